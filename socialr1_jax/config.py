@@ -1,0 +1,350 @@
+"""Typed configuration: the Qwen3 model config, its presets, and YAML + `key=value` loading.
+
+Every config is a frozen dataclass. `load_yaml(cls, path, overrides)` builds any of them from a YAML
+file plus command-line overrides such as `model.num_layers=4` or `optim.lr=1e-6`, checking every
+key and value type so a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from typing import Any
+
+import jax.numpy as jnp
+import yaml
+
+DTYPES = {
+    "float32": jnp.float32, "fp32": jnp.float32,
+    "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+    "float16": jnp.float16, "fp16": jnp.float16,
+}
+
+
+def parse_dtype(name: str | Any) -> Any:
+    """Map 'bf16' / 'bfloat16' / 'fp32' / a jnp dtype to a jnp dtype; refuse anything else."""
+    if not isinstance(name, str):
+        return jnp.dtype(name).type
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def dtype_name(dtype: Any) -> str:
+    """Canonical name ('float32', 'bfloat16', ...) of a dtype."""
+    return jnp.dtype(dtype).name
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a dense Qwen3 decoder.
+
+    `param_dtype` is how weights are stored, `dtype` what matmuls run in: bf16/bf16 on accelerators,
+    fp32/fp32 on CPU. `remat` is the per-layer rematerialisation policy used in training
+    ('none', 'full': recompute the whole layer, 'dots': keep matmul outputs, recompute the rest).
+    """
+
+    vocab_size: int = 151936
+    hidden_size: int = 2560
+    num_layers: int = 36
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    intermediate_size: int = 9728
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 40960
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: str = "none"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+        parse_dtype(self.param_dtype)
+        parse_dtype(self.dtype)
+
+    @property
+    def jnp_dtype(self):
+        return parse_dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self):
+        return parse_dtype(self.param_dtype)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self) -> int:
+        """Parameter count computed from the shapes (the tests check it against the model)."""
+        d, h, f = self.hidden_size, self.head_dim, self.intermediate_size
+        attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads) + 2 * h
+        layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.num_layers * layer + d + head
+
+    def to_hf_config(self) -> dict:
+        """The config.json fields transformers' Qwen3Config reads."""
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_bias": False,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "torch_dtype": dtype_name(self.param_dtype),
+        }
+
+
+# Numbers from the Qwen3 model cards / config.json files (SPEC.md).
+PRESETS: dict[str, ModelConfig] = {
+    "qwen3-0.6b": ModelConfig(hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
+                              intermediate_size=3072, tie_word_embeddings=True),
+    "qwen3-1.7b": ModelConfig(hidden_size=2048, num_layers=28, num_heads=16, num_kv_heads=8,
+                              intermediate_size=6144, tie_word_embeddings=True),
+    "qwen3-4b": ModelConfig(hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8,
+                            intermediate_size=9728, tie_word_embeddings=True),
+    "qwen3-8b": ModelConfig(hidden_size=4096, num_layers=36, num_heads=32, num_kv_heads=8,
+                            intermediate_size=12288, tie_word_embeddings=False),
+    # Tests and the CPU demo: every code path of the big models (GQA ratio 2, QK-norm, tied head).
+    "tiny": ModelConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, intermediate_size=128, rope_theta=10_000.0,
+                        max_position_embeddings=2048, tie_word_embeddings=True),
+    # The ~100M benchmark model of the sampler and GRPO issues (real vocabulary).
+    "bench-100m": ModelConfig(vocab_size=151936, hidden_size=512, num_layers=8, num_heads=8,
+                              num_kv_heads=4, head_dim=64, intermediate_size=1536,
+                              tie_word_embeddings=True),
+}
+
+
+def preset(name: str, **changes) -> ModelConfig:
+    """A named preset ('qwen3-4b', 'tiny', ...) with optional field changes."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+    return base.replace(**changes) if changes else base
+
+
+def _rope_theta(hf: dict, where: str) -> float:
+    params = hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling")
+    if isinstance(params, dict):
+        rtype = params.get("rope_type", params.get("type", "default"))
+        if rtype not in (None, "default"):
+            raise ValueError(f"{where}: rope_parameters.rope_type={rtype!r} (RoPE scaling) is not "
+                             "implemented; only plain RoPE is")
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+    if scaling not in (None, {}):
+        rtype = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+        if rtype not in (None, "default"):
+            raise ValueError(f"{where}: rope_scaling={scaling!r} is not implemented; only plain RoPE is")
+    if "rope_theta" not in hf:
+        raise ValueError(f"{where}: no rope_theta (nor rope_parameters.rope_theta); refusing to guess")
+    return float(hf["rope_theta"])
+
+
+def from_hf_config(hf: dict | str | os.PathLike, *, where: str | None = None,
+                   param_dtype: str | None = None, dtype: str | None = None) -> ModelConfig:
+    """Build a ModelConfig from a transformers Qwen3 `config.json` (a dict, a file or a directory).
+
+    Anything that would change the math and is not implemented (MoE, RoPE scaling, sliding window,
+    attention bias, another activation) raises ValueError naming the file and the field.
+    """
+    if not isinstance(hf, dict):
+        path = os.fspath(hf)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        where = where or path
+        try:
+            with open(path) as f:
+                hf = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    where = where or "config.json"
+
+    mtype = hf.get("model_type")
+    if mtype != "qwen3":
+        raise ValueError(f"{where}: model_type={mtype!r}; only dense 'qwen3' is implemented "
+                         "(qwen3_moe and others are refused)")
+    for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        if hf.get(key):
+            raise ValueError(f"{where}: {key}={hf[key]!r} (mixture of experts) is not implemented")
+    if hf.get("attention_bias"):
+        raise ValueError(f"{where}: attention_bias=true is not implemented (Qwen3 has none)")
+    if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or []):
+        raise ValueError(f"{where}: sliding-window attention (use_sliding_window / layer_types) "
+                         "is not implemented")
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"{where}: hidden_act={act!r}; only 'silu' (SwiGLU) is implemented")
+
+    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size"]
+    missing = [k for k in required if k not in hf]
+    if missing:
+        raise ValueError(f"{where}: missing fields {missing}")
+    heads = int(hf["num_attention_heads"])
+    weights_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+    pdt = param_dtype or ("bfloat16" if weights_dtype == "bfloat16" else "float32")
+    return ModelConfig(
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+        intermediate_size=int(hf["intermediate_size"]),
+        rope_theta=_rope_theta(hf, where),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 40960)),
+        param_dtype=dtype_name(parse_dtype(pdt)),
+        dtype=dtype_name(parse_dtype(dtype or pdt)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML + key=value overrides for any (nested) config dataclass.
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{key}: {value!r} does not fit {typ}")
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(typ, value, prefix=key + ".")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(typ)
+        elem = args[0] if args else Any
+        out = [_coerce(v, elem, key) for v in value]
+        return tuple(out) if origin is tuple else out
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, *, prefix: str = ""):
+    """Build dataclass `cls` from a (nested) dict, refusing unknown keys and ill-typed values."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; "
+                         f"{cls.__name__} has {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """A dataclass config as a plain nested dict (for YAML dumps and logs)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings onto a nested dict (values parsed as YAML scalars)."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_yaml(cls, path: str | os.PathLike | None = None, overrides: list[str] = (), *,
+              defaults: dict | None = None):
+    """Load dataclass `cls` from YAML `path` (optional) with `key=value` overrides applied on top."""
+    data = dict(defaults or {})
+    if path is not None:
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+        data.update(loaded)
+    data = apply_overrides(data, list(overrides))
+    try:
+        return from_dict(cls, data)
+    except ValueError as e:
+        raise ValueError(f"{path or 'config'}: {e}") from None

@@ -1,0 +1,135 @@
+"""Building models: fresh (random, sharded at creation) or loaded from a checkpoint.
+
+Parameters never pass through one device whole: each is created under `jax.jit` with its
+`out_shardings`, or assembled with `jax.make_array_from_callback`, which asks the host only for
+the slices its own devices hold (on a pod, each host reads just its part of every tensor).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+
+from socialr1_jax import hf_layout
+from socialr1_jax.config import ModelConfig, from_hf_config, parse_dtype, dtype_name
+from socialr1_jax.model import Qwen3
+from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
+from socialr1_jax.sharding import check_model_fits_mesh, param_shardings, path_str
+
+
+def abstract_model(cfg: ModelConfig) -> Qwen3:
+    """The model with ShapeDtypeStruct leaves: nothing is allocated."""
+    return nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
+
+
+def param_count(model_or_state) -> int:
+    """Number of parameters of a model or state (abstract or concrete)."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state))
+
+
+def shardings_for(cfg: ModelConfig, mesh: Mesh | None):
+    """(graphdef, abstract state, tree of shardings or None) for a config on a mesh."""
+    graphdef, abstract = nnx.split(abstract_model(cfg))
+    if mesh is None:
+        return graphdef, abstract, None
+    check_model_fits_mesh(cfg, mesh)
+    return graphdef, abstract, param_shardings(abstract, mesh)
+
+
+def create_model(cfg: ModelConfig, *, mesh: Mesh | None = None, seed: int = 0) -> Qwen3:
+    """A randomly initialised model, its parameters created directly in their shardings."""
+    graphdef, _, shardings = shardings_for(cfg, mesh)
+
+    @jax.jit
+    def init():
+        return nnx.state(Qwen3(cfg, rngs=nnx.Rngs(seed)))
+
+    if shardings is not None:
+        init = jax.jit(init, out_shardings=shardings)
+    return nnx.merge(graphdef, init())
+
+
+def assemble_state(cfg: ModelConfig, mesh: Mesh | None,
+                   read: Callable[[hf_layout.Entry], np.ndarray], *, where: str) -> Qwen3:
+    """Build a model whose parameter `entry.path` is `read(entry)` (a host array in our layout).
+
+    `read` may return a memory map: only the slices this process's devices own are touched.
+    Every tensor is checked (presence, shape) before the model is returned, so a bad checkpoint
+    never yields a half-loaded model.
+    """
+    graphdef, abstract, shardings = shardings_for(cfg, mesh)
+    table = hf_layout.by_path(cfg)
+    flat_abs = jax.tree_util.tree_leaves_with_path(abstract)
+    flat_shard = jax.tree_util.tree_leaves(shardings) if shardings is not None else [None] * len(flat_abs)
+    arrays = []
+    device = jax.local_devices()[0]
+    for (path, leaf), sharding in zip(flat_abs, flat_shard):
+        entry = table[path_str(path)]
+        host = read(entry)
+        if tuple(host.shape) != tuple(leaf.shape):
+            raise CheckpointError(f"{where}: tensor {entry.hf_name} has shape {list(host.shape)}, "
+                                  f"the config needs {list(entry.hf_shape)}")
+        sharding = sharding or SingleDeviceSharding(device)
+        dtype = leaf.dtype
+
+        def cb(index, host=host, dtype=dtype):
+            return np.asarray(host[index]).astype(dtype, copy=False)
+
+        arrays.append(jax.make_array_from_callback(leaf.shape, sharding, cb))
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), arrays)
+    return nnx.merge(graphdef, state)
+
+
+def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
+            param_dtype: str | None = None) -> Qwen3:
+    """Load an HF Qwen3 directory (config.json + safetensors, sharded or not), torch-free."""
+    cfg = from_hf_config(path, param_dtype=param_dtype or dtype, dtype=dtype)
+    st = SafetensorsDir(path)
+    table = hf_layout.by_hf_name(cfg)
+    names = set(st.keys())
+    missing = [n for n in table if n not in names]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks tensor(s) {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''} needed by its config.json")
+    extra = sorted(names - set(table) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
+    if extra:
+        raise CheckpointError(f"{path}: tensor(s) {extra[:5]} in {st.file_of(extra[0])} are not "
+                              "part of a dense Qwen3 with this config.json")
+    for name, e in table.items():
+        shape, _ = st.info(name)
+        if tuple(shape) != e.hf_shape:
+            raise CheckpointError(f"{st.file_of(name)}: tensor {name} has shape {list(shape)}, "
+                                  f"config.json needs {list(e.hf_shape)}")
+
+    def read(entry):
+        return st.get(entry.hf_name).reshape(entry.shape)
+
+    try:
+        return assemble_state(cfg, mesh, read, where=path)
+    finally:
+        st.close()
+
+
+def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None) -> Qwen3:
+    """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
+
+    dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
+    mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    from socialr1_jax import checkpoint  # orbax is heavy to import; only when needed
+
+    if checkpoint.is_orbax_checkpoint(path):
+        return checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
+    if os.path.exists(os.path.join(path, "config.json")):
+        return load_hf(path, dtype=dtype, mesh=mesh)
+    raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json) nor an Orbax checkpoint")

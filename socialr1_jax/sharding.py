@@ -1,0 +1,190 @@
+"""Device mesh and the one table of partition rules for parameters, activations and the KV cache.
+
+Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with parameters,
+gradients and optimizer state split), `tensor` (attention heads and MLP columns split). The batch
+is split over `data` x `fsdp`.
+
+All axes are `AxisType.Auto`: we place arrays with NamedSharding and let XLA's partitioner
+propagate through the model, pinning only layer boundaries with `constrain`. Explicit axes would
+make every op's output sharding part of its type, which the model code does not need.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
+
+# One rule per parameter, matched on the parameter's path ("layers/3/attn/q_nhd").
+# Our weights keep HF's [out, in] layout (see hf_layout.py): `_vd` = [vocab, hidden] etc.
+PARAM_RULES: tuple[tuple[str, P], ...] = (
+    (r"embed_vd$", P("tensor", "fsdp")),
+    (r"lm_head_vd$", P("tensor", "fsdp")),
+    (r"attn/q_nhd$", P("tensor", None, "fsdp")),
+    (r"attn/k_khd$", P("tensor", None, "fsdp")),
+    (r"attn/v_khd$", P("tensor", None, "fsdp")),
+    (r"attn/o_dnh$", P("fsdp", "tensor", None)),
+    (r"mlp/gate_fd$", P("tensor", "fsdp")),
+    (r"mlp/up_fd$", P("tensor", "fsdp")),
+    (r"mlp/down_df$", P("fsdp", "tensor")),
+    (r"norm/scale_d$|norm_scale_h$", P()),  # small vectors: replicated
+)
+
+# Activations at layer boundaries and the KV cache.
+ACT_BTD = P(BATCH, None, None)        # residual stream [batch, time, hidden]
+ACT_BTNH = P(BATCH, None, "tensor", None)   # per-head q / k / v
+ACT_BTF = P(BATCH, None, "tensor")    # MLP hidden
+LOGITS_BTV = P(BATCH, None, "tensor")
+TOKENS_BT = P(BATCH, None)
+CACHE_BSKH = P(BATCH, None, "tensor", None)
+
+
+def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1, *,
+              devices: list | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over every process's devices.
+
+    `fsdp=None` takes whatever the other two leave. The product must equal the device count;
+    otherwise ValueError names the three sizes and the count.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if fsdp is None:
+        if n % (data * tensor):
+            raise ValueError(f"mesh data={data} x tensor={tensor} does not divide {n} devices")
+        fsdp = n // (data * tensor)
+    for name, size in (("data", data), ("fsdp", fsdp), ("tensor", tensor)):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"mesh axis {name}={size!r} must be a positive integer")
+    if data * fsdp * tensor != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = "
+                         f"{data * fsdp * tensor} does not equal the {n} available devices")
+    # Keep tensor-parallel peers on one host/ICI ring: tensor varies fastest, then fsdp.
+    arr = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(data, fsdp, tensor)
+    return Mesh(arr, AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def parse_mesh(spec: str) -> dict:
+    """'2x4x1' or 'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1}."""
+    spec = spec.strip()
+    if "=" in spec:
+        out = {}
+        for part in spec.split(","):
+            k, v = part.split("=")
+            if k.strip() not in AXES:
+                raise ValueError(f"mesh spec {spec!r}: unknown axis {k.strip()!r}; axes are {AXES}")
+            out[k.strip()] = int(v)
+        return out
+    sizes = [int(x) for x in spec.lower().split("x")]
+    if len(sizes) != 3:
+        raise ValueError(f"mesh spec {spec!r}: expected DATAxFSDPxTENSOR, e.g. 1x8x1")
+    return dict(zip(AXES, sizes))
+
+
+def check_model_fits_mesh(cfg, mesh: Mesh) -> None:
+    """Refuse, before anything compiles, a tensor size that does not divide the heads."""
+    t = mesh.shape["tensor"]
+    for what, n in (("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads),
+                    ("intermediate_size", cfg.intermediate_size)):
+        if n % t:
+            raise ValueError(f"mesh tensor={t} does not divide {what}={n}; "
+                             f"choose a tensor size that divides {what}")
+
+
+def path_str(path) -> str:
+    """'layers/3/attn/q_nhd' from a jax/nnx key path (nnx's trailing `.value` dropped)."""
+    if path and getattr(path[-1], "name", None) == "value":
+        path = path[:-1]
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def spec_for(path: str, ndim: int) -> P:
+    """The PartitionSpec of a parameter from the rule table; unknown parameters are an error."""
+    for pattern, spec in PARAM_RULES:
+        if re.search(pattern, path):
+            if len(spec) not in (0, ndim):
+                raise ValueError(f"rule {pattern!r} has {len(spec)} axes, parameter {path} has {ndim}")
+            return spec
+    raise KeyError(f"no partition rule for parameter {path!r}; add one to PARAM_RULES")
+
+
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes from dims they do not divide (e.g. a vocab of 151,936 over tensor=3).
+
+    Only dims that cannot be split evenly lose their axis; the caller sees it in the shard shapes.
+    """
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            out.append(None)
+            continue
+        names = axes if isinstance(axes, tuple) else (axes,)
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if dim % size == 0 else None)
+    return P(*out)
+
+
+def param_shardings(state, mesh: Mesh):
+    """A tree of NamedSharding matching a parameter state (abstract or concrete) by the rules."""
+    def one(path, leaf):
+        spec = fit_spec(spec_for(path_str(path), len(leaf.shape)), leaf.shape, mesh)
+        return NamedSharding(mesh, spec)
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [batch, ...] array: batch over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways the batch dimension is split (data x fsdp)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def constrain(x: jax.Array, spec: P) -> jax.Array:
+    """with_sharding_constraint under a mesh context (jax.set_mesh); a no-op without one.
+
+    The model calls this at layer boundaries, so the same code runs unsharded in tests and on a
+    single device, and pinned on a pod.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, _fit_abstract(spec, x.shape, mesh))
+
+
+def _fit_abstract(spec: P, shape, mesh) -> P:
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            out.append(None)
+            continue
+        names = axes if isinstance(axes, tuple) else (axes,)
+        if any(a not in mesh.axis_names for a in names):
+            out.append(None)
+            continue
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if dim % size == 0 else None)
+    return P(*out)
+
+
+def describe(x: Any) -> str:
+    """'[4096, 2560] bfloat16 P(tensor, fsdp) shard [512, 2560]' for logs and errors."""
+    shard = x.sharding.shard_shape(x.shape) if hasattr(x, "sharding") else x.shape
+    spec = getattr(getattr(x, "sharding", None), "spec", None)
+    return f"{list(x.shape)} {x.dtype} {spec} shard {list(shard)}"
