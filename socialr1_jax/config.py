@@ -152,8 +152,12 @@ def preset(name: str, **changes) -> ModelConfig:
 
 
 def _rope_theta(hf: dict, where: str) -> float:
-    params = hf.get("rope_parameters")
     scaling = hf.get("rope_scaling")
+    if scaling not in (None, {}):
+        rtype = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+        if rtype not in (None, "default"):
+            raise ValueError(f"{where}: rope_scaling={scaling!r} is not implemented; only plain RoPE is")
+    params = hf.get("rope_parameters")
     if isinstance(params, dict):
         rtype = params.get("rope_type", params.get("type", "default"))
         if rtype not in (None, "default"):
@@ -161,10 +165,6 @@ def _rope_theta(hf: dict, where: str) -> float:
                              "implemented; only plain RoPE is")
         if "rope_theta" in params:
             return float(params["rope_theta"])
-    if scaling not in (None, {}):
-        rtype = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-        if rtype not in (None, "default"):
-            raise ValueError(f"{where}: rope_scaling={scaling!r} is not implemented; only plain RoPE is")
     if "rope_theta" not in hf:
         raise ValueError(f"{where}: no rope_theta (nor rope_parameters.rope_theta); refusing to guess")
     return float(hf["rope_theta"])

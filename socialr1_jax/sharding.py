@@ -11,6 +11,7 @@ make every op's output sharding part of its type, which the model code does not 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
@@ -138,12 +141,72 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*out)
 
 
+# A parameter this large that loses a mesh axis (its dim not divisible) is worth a warning: it
+# is then replicated along that axis, which costs memory on every device.
+_WARN_REPLICATED_BYTES = 1 << 20
+
+
+def _param_sharding(path: str, leaf, mesh: Mesh) -> NamedSharding:
+    rule = spec_for(path, len(leaf.shape))
+    spec = fit_spec(rule, leaf.shape, mesh)
+    if spec != rule and len(rule):
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        if nbytes >= _WARN_REPLICATED_BYTES:
+            log.warning("parameter %s %s: rule %s does not divide on mesh %s; placed as %s",
+                        path, list(leaf.shape), rule, dict(mesh.shape), spec)
+    return NamedSharding(mesh, spec)
+
+
 def param_shardings(state, mesh: Mesh):
     """A tree of NamedSharding matching a parameter state (abstract or concrete) by the rules."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _param_sharding(path_str(path), leaf, mesh), state)
+
+
+def tree_shardings(tree, mesh: Mesh):
+    """Shardings for a tree holding parameter-shaped leaves, e.g. an optax/nnx optimizer state.
+
+    A leaf whose path ends in a parameter path (".../mu/layers/3/attn/q_nhd") gets that
+    parameter's rule, so AdamW's moments are split exactly like the weights they follow. Scalars
+    (step counts) are replicated. Any other non-scalar leaf is an error: a silently replicated
+    4B-sized moment would not fit.
+    """
     def one(path, leaf):
-        spec = fit_spec(spec_for(path_str(path), len(leaf.shape)), leaf.shape, mesh)
-        return NamedSharding(mesh, spec)
-    return jax.tree_util.tree_map_with_path(one, state)
+        if len(getattr(leaf, "shape", ())) == 0:
+            return NamedSharding(mesh, P())
+        return _param_sharding(path_str(path), leaf, mesh)
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def cache_shardings(cache, mesh: Mesh):
+    """Shardings of a `model.KVCache`: rows over data x fsdp, KV heads over tensor.
+
+    Refuses a batch that the data-parallel axes do not divide (the cache is the largest buffer
+    of sampling; replicating it instead would multiply its size by data x fsdp).
+    """
+    batch = cache.valid_bs.shape[0]
+    if batch % batch_shards(mesh):
+        raise ValueError(f"KV cache batch {batch} is not divisible by mesh data x fsdp = "
+                         f"{batch_shards(mesh)}; choose a batch that is")
+
+    def one(path, leaf):
+        field = path_str(path).split("/")[0]
+        spec = {"k": CACHE_BSKH, "v": CACHE_BSKH, "valid_bs": P(BATCH, None),
+                "next_pos_b": P(BATCH), "index": P()}[field]
+        return NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh))
+    return jax.tree_util.tree_map_with_path(one, cache)
+
+
+def create_cache(cfg, batch: int, slots: int, mesh: Mesh | None = None, dtype=None):
+    """An empty KV cache created directly in its shardings (never whole on one device)."""
+    from socialr1_jax.model import KVCache  # model imports this module
+
+    make = lambda: KVCache.zeros(cfg, batch, slots, dtype)  # noqa: E731
+    if mesh is None:
+        return jax.jit(make)()
+    check_model_fits_mesh(cfg, mesh)
+    shardings = cache_shardings(jax.eval_shape(make), mesh)
+    return jax.jit(make, out_shardings=shardings)()
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

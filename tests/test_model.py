@@ -1,0 +1,227 @@
+"""The Qwen3 model against transformers' Qwen3ForCausalLM, and the loader's refusals."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from socialr1_jax import KVCache, create_model, load_model, param_count, preset
+from socialr1_jax.loading import abstract_model, load_hf
+from socialr1_jax.safetensors_io import CheckpointError, SafetensorsFile, write_file
+from tests.hf_fixtures import make_hf_checkpoint
+
+
+def _ragged_batch(vocab, lengths, t, seed=0):
+    """Left-padded ids/mask with the given real lengths."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (len(lengths), t))
+    mask = np.zeros((len(lengths), t), np.int64)
+    for i, n in enumerate(lengths):
+        mask[i, t - n:] = 1
+    ids = np.where(mask == 1, ids, 0)
+    return ids, mask
+
+
+def _reference_logits(ref, ids, mask):
+    with torch.no_grad():
+        return ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+@pytest.mark.parametrize("tie,heads,kv_heads", [
+    (True, 4, 4),    # ratio 1, tied
+    (False, 4, 4),   # ratio 1, untied
+    (True, 8, 2),    # ratio 4, tied
+    (False, 8, 2),   # ratio 4, untied
+])
+def test_logits_match_transformers(tmp_path, tie, heads, kv_heads):
+    ref = make_hf_checkpoint(tmp_path, tie=tie, heads=heads, kv_heads=kv_heads, seed=heads + tie)
+    model = load_model(str(tmp_path))
+    assert model.cfg.tie_word_embeddings == tie
+    ids, mask = _ragged_batch(256, [12, 7, 1, 10], 12)
+    expected = _reference_logits(ref, ids, mask)
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    diff = np.abs(got - expected)[mask == 1]
+    assert diff.max() <= 1e-4, diff.max()
+    # The reference is not trivially small: a wrong model could not pass by accident.
+    assert np.abs(expected[mask == 1]).max() > 0.1
+
+
+def test_left_padding_does_not_change_real_tokens(tiny_hf):
+    model = load_model(tiny_hf)
+    ids, mask = _ragged_batch(256, [5], 9, seed=3)
+    padded = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))[0, -5:]
+    alone = np.asarray(model(jnp.asarray(ids[:, -5:])))[0]
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+def test_bf16_error_against_fp32_reference(tmp_path):
+    ref = make_hf_checkpoint(tmp_path, tie=True, heads=4, kv_heads=2, seed=5)
+    ids, mask = _ragged_batch(256, [16, 9], 16, seed=5)
+    expected = _reference_logits(ref, ids, mask)[mask == 1]
+    model = load_model(str(tmp_path), dtype="bf16")
+    leaf = model.layers[0].attn.q_nhd[...]
+    assert leaf.dtype == jnp.bfloat16
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)).astype(jnp.float32))[mask == 1]
+    err = np.abs(got - expected).max()
+    scale = np.abs(expected).max()
+    print(f"bf16 vs fp32 reference: max |diff| = {err:.4g} (max |logit| {scale:.3g})")
+    # bf16 has an 8-bit mantissa (rel. 2^-8 ~ 0.4%); through 2 layers we expect a few percent.
+    assert err <= 0.05 * scale
+    assert err > 0  # it really ran in bf16
+
+
+def test_kv_cache_decode_matches_full_forward():
+    cfg = preset("tiny")
+    model = create_model(cfg, seed=1)
+    ids, mask = _ragged_batch(cfg.vocab_size, [10, 6, 8], 10, seed=1)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    full = np.asarray(model(ids, mask))
+    cache = KVCache.zeros(cfg, 3, 16)
+    hidden, cache = model.hidden_states(ids[:, :7], mask[:, :7], cache=cache)
+    steps = [np.asarray(model.logits(hidden))]
+    for t in range(7, 10):
+        hidden, cache = model.hidden_states(ids[:, t:t + 1], mask[:, t:t + 1], cache=cache)
+        steps.append(np.asarray(model.logits(hidden)))
+    incremental = np.concatenate(steps, axis=1)
+    m = np.asarray(mask) == 1
+    np.testing.assert_allclose(incremental[m], full[m], atol=1e-5)
+    assert int(cache.index) == 10
+    np.testing.assert_array_equal(np.asarray(cache.next_pos_b), np.asarray(mask).sum(1))
+
+
+def test_remat_gives_same_gradients():
+    cfg = preset("tiny")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 8)))
+
+    def grads(remat):
+        from flax import nnx
+        model = create_model(cfg.replace(remat=remat), seed=2)
+        graphdef, state = nnx.split(model)
+
+        def loss(s):
+            return jnp.mean(nnx.merge(graphdef, s)(ids) ** 2)
+        return jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(state))
+
+    for a, b, c in zip(grads("none"), grads("full"), grads("dots")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
+
+
+def test_4b_parameter_count_from_abstract_init():
+    model = abstract_model(preset("qwen3-4b"))
+    leaves = jax.tree_util.tree_leaves(model)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves if hasattr(x, "shape"))
+    assert param_count(model) == 4_022_468_096
+    assert preset("qwen3-4b").num_params() == 4_022_468_096
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "qwen3-1.7b", "qwen3-8b", "tiny"])
+def test_presets_count_matches_formula(name):
+    cfg = preset(name)
+    assert param_count(abstract_model(cfg)) == cfg.num_params()
+
+
+def test_separate_param_and_compute_dtypes():
+    cfg = preset("tiny", param_dtype="bfloat16", dtype="float32")
+    model = create_model(cfg)
+    assert model.embed_vd[...].dtype == jnp.bfloat16
+    out = model(jnp.zeros((1, 4), jnp.int32))
+    assert out.dtype == jnp.float32
+
+
+# ---- bad input: every refusal names the file and the tensor or field -------------------------
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def _rewrite_without(path, drop=None, reshape=None):
+    """Rewrite a safetensors file dropping one tensor or giving one a wrong shape."""
+    f = SafetensorsFile(path)
+    names = [n for n in f.keys() if n != drop]
+    arrays = {n: np.array(f.get(n)) for n in names}
+    f.close()
+    if reshape:
+        name, shape = reshape
+        arrays[name] = np.zeros(shape, arrays[name].dtype)
+    write_file(path, [(n, arrays[n].shape, arrays[n].dtype) for n in names],
+               (arrays[n] for n in names))
+
+
+def test_missing_tensor_is_named(tiny_hf, tmp_path):
+    d = _copy(tiny_hf, tmp_path / "ckpt")
+    _rewrite_without(os.path.join(d, "model.safetensors"), drop="model.layers.1.mlp.up_proj.weight")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight") as e:
+        load_model(d)
+    assert d in str(e.value)
+
+
+def test_wrong_shape_is_named(tiny_hf, tmp_path):
+    d = _copy(tiny_hf, tmp_path / "ckpt")
+    f = os.path.join(d, "model.safetensors")
+    _rewrite_without(f, reshape=("model.layers.0.self_attn.k_proj.weight", (16, 64)))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight") as e:
+        load_model(d)
+    assert "model.safetensors" in str(e.value) and "[16, 64]" in str(e.value)
+
+
+def test_truncated_file_is_named(tiny_hf, tmp_path):
+    d = _copy(tiny_hf, tmp_path / "ckpt")
+    f = os.path.join(d, "model.safetensors")
+    size = os.path.getsize(f)
+    with open(f, "r+b") as fh:
+        fh.truncate(size - 1000)
+    with pytest.raises(CheckpointError, match="truncated") as e:
+        load_model(d)
+    msg = str(e.value)
+    assert f in msg and "tensor model." in msg
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "rope_scaling"),
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}, "rope_type"),
+    ("use_sliding_window", True, "sliding"),
+    ("attention_bias", True, "attention_bias"),
+    ("hidden_act", "gelu", "hidden_act"),
+    ("model_type", "qwen3_moe", "model_type"),
+    ("num_experts", 8, "num_experts"),
+])
+def test_config_that_changes_the_math_is_refused(tiny_hf, tmp_path, field, value, needle):
+    d = _copy(tiny_hf, tmp_path / "ckpt")
+    cfg_path = os.path.join(d, "config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    hf[field] = value
+    with open(cfg_path, "w") as f:
+        json.dump(hf, f)
+    with pytest.raises(ValueError, match=needle) as e:
+        load_model(d)
+    assert "config.json" in str(e.value)
+
+
+def test_rope_theta_is_read_not_assumed(tmp_path):
+    ref = make_hf_checkpoint(tmp_path, rope_theta=5_000_000.0, seed=7)
+    model = load_hf(str(tmp_path))
+    assert model.cfg.rope_theta == 5_000_000.0
+    ids, mask = _ragged_batch(256, [12], 12, seed=7)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))),
+                               _reference_logits(ref, ids, mask), atol=1e-4)
+
+
+def test_missing_rope_theta_is_refused(tiny_hf, tmp_path):
+    d = _copy(tiny_hf, tmp_path / "ckpt")
+    cfg_path = os.path.join(d, "config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    hf.pop("rope_parameters", None)
+    hf.pop("rope_theta", None)
+    with open(cfg_path, "w") as f:
+        json.dump(hf, f)
+    with pytest.raises(ValueError, match="rope_theta"):
+        load_model(d)
