@@ -170,7 +170,8 @@ def write_file(path: str, specs: list[tuple[str, tuple, np.dtype]],
             if arr.shape != shape or arr.dtype != dtype:
                 raise CheckpointError(f"{path}: tensor {name} is {arr.shape} {arr.dtype}, "
                                       f"expected {shape} {dtype}")
-            f.write(np.ascontiguousarray(arr).data)
+            # bytes view: memoryview cannot export ml_dtypes bfloat16 ("E") directly
+            f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
             total += arr.nbytes
             if on_tensor is not None:
                 on_tensor(name, arr.nbytes)

@@ -1,0 +1,263 @@
+"""Benchmark: HF -> Orbax -> HF conversion of a random Qwen3-shaped bf16 checkpoint vs a plain copy.
+
+    python benchmarks/convert_bench.py [--preset qwen3-4b|bench-100m|tiny] [--repeats 3]
+                                       [--work DIR] [--keep]
+
+Makes an HF-layout checkpoint of the preset's shapes (random bf16, two safetensors shards + index,
+written tensor by tensor), then in one run times, each in a fresh subprocess: a plain copy of the
+two shard files (shutil.copyfile), `conversion.hf_to_orbax`, `conversion.orbax_to_hf`. Before
+each child its output of an earlier run is deleted, `sync` runs and its input is read once
+(all untimed), so every task starts with a warm page cache and no dirty pages or freed blocks
+of another. Each child imports everything first, resets its peak-RSS counter
+(/proc/self/clear_refs) and reports wall time, peak RSS (VmHWM) above its RSS after imports, and
+the time until its output is fsynced (the copy may finish in the page cache before the disk).
+Medians over --repeats. The exported files are compared with the source bit for bit, one tensor
+at a time. Results: printed table, benchmarks/results/convert_bench[.<preset>].{json,md}.
+Targets (issue 4): each direction <= 2x the copy's wall time; peak RSS <= 3 GB above baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+TIME_RATIO_TARGET, RSS_TARGET_GB = 2.0, 3.0
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def child(task: str, src: str, dst: str) -> None:
+    """Run one timed task in this (fresh) process and print a JSON line with its numbers."""
+    import numpy  # noqa: F401  everything the tasks need is imported before the baseline
+    import orbax.checkpoint  # noqa: F401
+
+    from conversion import hf_to_orbax, orbax_to_hf
+    import socialr1_jax.checkpoint_stream  # noqa: F401
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _status("VmRSS")
+    t0 = time.perf_counter()
+    if task == "copy":
+        os.makedirs(dst)
+        for name in sorted(os.listdir(src)):
+            if name.endswith(".safetensors"):
+                shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+        nbytes = sum(os.path.getsize(os.path.join(dst, n)) for n in os.listdir(dst))
+    elif task == "hf_to_orbax":
+        nbytes = hf_to_orbax.convert(src, dst, progress=False).nbytes
+    elif task == "orbax_to_hf":
+        nbytes = orbax_to_hf.export(src, dst, max_shard_size="5GB", progress=False).nbytes
+    else:
+        raise ValueError(f"unknown task {task}")
+    wall = time.perf_counter() - t0
+    peak = _status("VmHWM") - base
+    from conversion import fsync_tree
+
+    fsync_tree(dst)  # and until the output is on disk: page-cache effects aside
+    durable = time.perf_counter() - t0
+    print(json.dumps({"task": task, "wall_s": wall, "durable_s": durable,
+                      "peak_rss_above_base": peak, "base_rss": base, "bytes": nbytes}))
+
+
+def warm(path: str) -> None:
+    """Read every file under `path` once so the timed run finds its input in the page cache."""
+    buf = bytearray(16 << 20)
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+
+def run_child(task: str, src: str, dst: str) -> dict:
+    # Same start for every task: its output gone, every dirty page (and ext4's discards of freed
+    # blocks, processed at the journal commit that sync forces) flushed, its input in the cache.
+    shutil.rmtree(dst, ignore_errors=True)
+    os.sync()
+    warm(src)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", task, src, dst],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"{task} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
+    """A random bf16 HF checkpoint of cfg's shapes in two shards; returns its tensor bytes."""
+    import ml_dtypes
+    import numpy as np
+    from tqdm import tqdm
+
+    from socialr1_jax import hf_layout
+    from socialr1_jax.safetensors_io import INDEX_NAME, write_file
+
+    os.makedirs(hf_dir)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(seed)
+    # A pool of 32M normal values; each tensor is slices of it at random offsets: realistic
+    # values, generated at memory speed rather than one normal draw per weight.
+    pool = (0.02 * rng.standard_normal(1 << 25, dtype=np.float32)).astype(bf16)
+    table = hf_layout.layout(cfg)
+    sizes = [int(np.prod(e.hf_shape)) * 2 for e in table]
+    half, acc, cut = sum(sizes) / 2, 0, len(table)
+    for i, s in enumerate(sizes):
+        acc += s
+        if acc >= half:
+            cut = i + 1
+            break
+    groups = [table[:cut], table[cut:]] if cut < len(table) else [table]
+    names = ([f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+             if len(groups) > 1 else ["model.safetensors"])
+    bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="making source", file=sys.stderr)
+
+    def tensors(entries):
+        for e in entries:
+            n = int(np.prod(e.hf_shape))
+            out = np.empty(n, bf16)
+            for start in range(0, n, 1 << 24):
+                k = min(1 << 24, n - start)
+                off = int(rng.integers(0, pool.size - k + 1))
+                out[start:start + k] = pool[off:off + k]
+            bar.update(n * 2)
+            yield out.reshape(e.hf_shape)
+
+    for fname, group in zip(names, groups):
+        write_file(os.path.join(hf_dir, fname), [(e.hf_name, e.hf_shape, bf16) for e in group],
+                   tensors(group), metadata={"format": "pt"})
+    bar.close()
+    if len(groups) > 1:
+        with open(os.path.join(hf_dir, INDEX_NAME), "w") as f:
+            json.dump({"metadata": {"total_size": sum(sizes)},
+                       "weight_map": {e.hf_name: n for n, g in zip(names, groups) for e in g}}, f)
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(cfg.to_hf_config(), f, indent=2)
+    with open(os.path.join(hf_dir, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": [151645, 151643], "pad_token_id": 151643}, f)
+    return sum(sizes)
+
+
+def verify(src: str, out: str) -> int:
+    """Bitwise compare every tensor of `out` with `src`, one at a time; returns tensors compared."""
+    import numpy as np
+
+    from conversion import read_tensor
+    from socialr1_jax.safetensors_io import SafetensorsDir
+
+    a, b = SafetensorsDir(src), SafetensorsDir(out)
+    if sorted(a.keys()) != sorted(b.keys()):
+        raise AssertionError(f"tensor names differ: {sorted(set(a.keys()) ^ set(b.keys()))[:5]}")
+    for name in a.keys():
+        x, y = read_tensor(a, name), read_tensor(b, name)
+        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(
+                x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8)):
+            raise AssertionError(f"tensor {name} differs after HF -> Orbax -> HF")
+    return len(a.keys())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="qwen3-4b")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "convert_bench"))
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--child", nargs=3, metavar=("TASK", "SRC", "DST"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        child(*a.child)
+        return 0
+
+    from socialr1_jax.config import preset
+
+    cfg = preset(a.preset, param_dtype="bfloat16", dtype="bfloat16")
+    work = os.path.abspath(a.work)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    src, ckpt, out, copy_dst = (os.path.join(work, n) for n in ("hf", "orbax", "hf_out", "copy"))
+    try:
+        t0 = time.perf_counter()
+        nbytes = make_source(cfg, src)
+        print(f"source: {a.preset}, {cfg.num_params():,} params, {nbytes / 1e9:.3f} GB bf16 in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        runs = {"copy": [], "hf_to_orbax": [], "orbax_to_hf": []}
+        for r in range(a.repeats):
+            runs["copy"].append(run_child("copy", src, copy_dst))
+            shutil.rmtree(copy_dst)  # keep the disk footprint of one output at a time
+            runs["hf_to_orbax"].append(run_child("hf_to_orbax", src, ckpt))
+            runs["orbax_to_hf"].append(run_child("orbax_to_hf", ckpt, out))
+            print(f"repeat {r + 1}/{a.repeats}: " + ", ".join(
+                f"{k} {v[-1]['wall_s']:.2f} s / {v[-1]['peak_rss_above_base'] / 1e9:.2f} GB"
+                for k, v in runs.items()), flush=True)
+        checked = verify(src, out)
+        print(f"round trip: {checked} tensors bitwise identical", flush=True)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(x["wall_s"] for x in v) for k, v in runs.items()}
+    dur = {k: statistics.median(x["durable_s"] for x in v) for k, v in runs.items()}
+    rss = {k: max(x["peak_rss_above_base"] for x in v) for k, v in runs.items()}
+    rows = []
+    for k in runs:
+        ratio = med[k] / med["copy"]
+        rows.append({"task": k, "wall_s_median": round(med[k], 3),
+                     "wall_s_all": [round(x["wall_s"], 3) for x in runs[k]],
+                     "ratio_vs_copy": round(ratio, 3),
+                     "with_fsync_s_median": round(dur[k], 3),
+                     "with_fsync_s_all": [round(x["durable_s"], 3) for x in runs[k]],
+                     "with_fsync_ratio_vs_copy": round(dur[k] / dur["copy"], 3),
+                     "peak_rss_above_baseline_gb": round(rss[k] / 1e9, 3),
+                     "throughput_gb_s": round(nbytes / med[k] / 1e9, 3),
+                     "meets_time": k == "copy" or ratio <= TIME_RATIO_TARGET,
+                     "meets_rss": rss[k] / 1e9 <= RSS_TARGET_GB})
+    head = (f"| task | wall s (median of {a.repeats}) | x copy | wall + fsync of output s | x copy "
+            "| peak RSS above baseline (GB) | GB/s | targets met |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ok = "-" if row["task"] == "copy" else (
+            "yes" if row["meets_time"] and row["meets_rss"] else "NO")
+        lines.append(f"| {row['task']} | {row['wall_s_median']:.2f} | {row['ratio_vs_copy']:.2f} | "
+                     f"{row['with_fsync_s_median']:.2f} | {row['with_fsync_ratio_vs_copy']:.2f} | "
+                     f"{row['peak_rss_above_baseline_gb']:.3f} | {row['throughput_gb_s']:.2f} | {ok} |")
+    table = "\n".join(lines)
+    print(table)
+    result = {"preset": a.preset, "params": cfg.num_params(), "bytes": nbytes, "dtype": "bfloat16",
+              "repeats": a.repeats, "round_trip_bitwise_tensors": checked, "rows": rows,
+              "targets": {"time_ratio_vs_copy": TIME_RATIO_TARGET, "peak_rss_gb": RSS_TARGET_GB},
+              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    stem = "convert_bench" if a.preset == "qwen3-4b" else f"convert_bench.{a.preset}"
+    res_dir = os.path.join(ROOT, "benchmarks", "results")
+    os.makedirs(res_dir, exist_ok=True)
+    with open(os.path.join(res_dir, stem + ".json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(res_dir, stem + ".md"), "w") as f:
+        f.write(f"# Conversion benchmark ({a.preset}: {cfg.num_params():,} params, "
+                f"{nbytes / 1e9:.2f} GB bf16, two shards)\n\n"
+                f"Plain copy vs `conversion.hf_to_orbax` vs `conversion.orbax_to_hf`, each in a "
+                f"fresh subprocess, page cache warm, median of {a.repeats}; peak RSS = VmHWM minus "
+                f"RSS after imports; 'wall + fsync' also waits until the output files are on disk. "
+                f"Round trip verified bitwise on {checked} tensors.\n"
+                f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB.\n\n"
+                f"{table}\n\nCommand: `python benchmarks/convert_bench.py --preset {a.preset} "
+                f"--repeats {a.repeats}`\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

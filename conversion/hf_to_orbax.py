@@ -1,0 +1,155 @@
+"""HF safetensors directory -> Orbax checkpoint root (step 0, params only), one tensor at a time.
+
+    python -m conversion.hf_to_orbax --hf-dir DIR --out CKPT [--dtype bf16|fp32] [--overwrite]
+
+Every tensor is checked against config.json (present, shape, dtype) before anything is written;
+then each is read with plain file reads, reshaped by `hf_layout.layout(cfg)` (never transposed,
+so the data is bit-identical) and written by Orbax's TensorStore specs while the next one is read.
+config.json (torch_dtype set to the stored dtype), generation_config.json and tokenizer files are
+kept beside the step. The result loads with `load_model(CKPT, mesh=...)` and the trainer's restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+from conversion import Summary, read_tensor, staged_dir
+from socialr1_jax import hf_layout
+from socialr1_jax.checkpoint import PARAMS, copy_side_files, list_steps, manager
+from socialr1_jax.config import dtype_name, from_hf_config, parse_dtype
+from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16),
+                np.dtype(np.float64))
+
+
+def plan(hf_dir: str, dtype: str | None = None):
+    """Validate an HF directory; returns (cfg, SafetensorsDir, layout entries, stored numpy dtype).
+
+    Refuses, naming the file and tensor: missing or extra tensors, a shape that disagrees with
+    config.json, tensors whose dtype differs from config.json's (unless `dtype` casts them all).
+    """
+    if not os.path.isdir(hf_dir):
+        raise CheckpointError(f"{hf_dir}: no such HF checkpoint directory")
+    cfg_probe = from_hf_config(hf_dir)
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        hf_cfg = json.load(f)
+    declared = hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")
+    st = SafetensorsDir(hf_dir)
+    table = hf_layout.layout(cfg_probe)
+    names = set(st.keys())
+    missing = [e.hf_name for e in table if e.hf_name not in names]
+    if missing:
+        raise CheckpointError(f"{hf_dir}: checkpoint lacks tensor(s) {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''} needed by its config.json")
+    known = {e.hf_name for e in table}
+    extra = sorted(names - known)
+    if extra:
+        raise CheckpointError(f"{hf_dir}: tensor {extra[0]} in {st.file_of(extra[0])} is not part "
+                              f"of a dense Qwen3 with this config.json"
+                              f"{' (tie_word_embeddings is true)' if extra[0] == 'lm_head.weight' else ''}")
+    dtypes = {}
+    for e in table:
+        shape, dt = st.info(e.hf_name)
+        if tuple(shape) != e.hf_shape:
+            raise CheckpointError(f"{st.file_of(e.hf_name)}: tensor {e.hf_name} has shape "
+                                  f"{list(shape)}, config.json needs {list(e.hf_shape)}")
+        if dt not in FLOAT_DTYPES:
+            raise CheckpointError(f"{st.file_of(e.hf_name)}: tensor {e.hf_name} has dtype {dt}, "
+                                  "not a floating-point weight")
+        dtypes[e.hf_name] = dt
+    if dtype is None:
+        want = np.dtype(parse_dtype(declared)) if declared else dtypes[table[0].hf_name]
+        for e in table:
+            if dtypes[e.hf_name] != want:
+                raise CheckpointError(
+                    f"{st.file_of(e.hf_name)}: tensor {e.hf_name} is {dtypes[e.hf_name]} but "
+                    f"{'config.json declares ' + str(declared) if declared else 'others are ' + str(want)}"
+                    "; pass --dtype to convert every tensor to one dtype")
+        target = want
+    else:
+        target = np.dtype(parse_dtype(dtype))
+    cfg = cfg_probe.replace(param_dtype=dtype_name(target), dtype=dtype_name(target))
+    return cfg, st, table, target
+
+
+def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool = False,
+            progress: bool = True, fsync: bool = False,
+            max_inflight_bytes: int = 1 << 30) -> Summary:
+    """Convert `hf_dir` into the Orbax checkpoint root `out`; returns the summary."""
+    import orbax.checkpoint as ocp
+
+    from socialr1_jax.checkpoint_stream import StreamedTensor, nest, streaming_registry
+
+    t0 = time.perf_counter()
+    hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    cfg, st, table, target = plan(hf_dir, dtype)
+    total = sum(int(np.prod(e.shape)) * target.itemsize for e in table)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="hf->orbax", disable=not progress,
+               file=sys.stderr)
+    count = [0]
+
+    def on_written(name, nbytes):
+        count[0] += 1
+        bar.set_postfix_str(f"{count[0]}/{len(table)} tensors", refresh=False)
+        bar.update(nbytes)
+
+    def produce(entry):
+        arr = read_tensor(st, entry.hf_name).reshape(entry.shape)
+        return arr if arr.dtype == target else arr.astype(target)
+
+    leaves = {e.path: StreamedTensor(e.shape, target, lambda e=e: produce(e), name=e.hf_name,
+                                     on_written=on_written) for e in table}
+    try:
+        with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
+            handler = ocp.PyTreeCheckpointHandler(
+                use_compression=False, type_handler_registry=streaming_registry(max_inflight_bytes))
+            mgr = manager(tmp, create=True, params_handler=handler)
+            try:
+                mgr.save(0, args=ocp.args.Composite(**{PARAMS: ocp.args.PyTreeSave(nest(leaves))}))
+                mgr.wait_until_finished()
+            finally:
+                mgr.close()
+            if list_steps(tmp) != [0] or count[0] != len(table):
+                raise CheckpointError(f"{tmp}: the Orbax save did not finish step 0 "
+                                      f"({count[0]}/{len(table)} tensors written)")
+            copy_side_files(hf_dir, tmp, dtype=target)
+    finally:
+        bar.close()
+        st.close()
+    return Summary("hf_to_orbax", len(table), total, time.perf_counter() - t0, out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hf-dir", required=True, help="HF directory: config.json + safetensors")
+    p.add_argument("--out", required=True, help="Orbax checkpoint root to create")
+    p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
+                   help="store parameters in this dtype (default: the checkpoint's own)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--fsync", action="store_true",
+                   help="flush the output to disk before it is renamed into place")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        s = convert(a.hf_dir, a.out, dtype=a.dtype, overwrite=a.overwrite,
+                    progress=not a.no_progress, fsync=a.fsync)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(s.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Orbax checkpoint (converted or training) -> HF safetensors directory, one tensor at a time.
+
+    python -m conversion.orbax_to_hf --ckpt CKPT [--step N] --out DIR [--max-shard-size 5GB]
+                                     [--dtype bf16|fp32] [--overwrite]
+
+Only the `params` item of the step is read (a training checkpoint's optimizer state is left on
+disk). Tensors are renamed and reshaped by `hf_layout.layout(cfg)` and split into shards as
+transformers' save_pretrained does: a new shard when the next tensor would pass --max-shard-size,
+a tensor larger than that alone in its own, `model-0000K-of-0000N.safetensors` with
+`model.safetensors.index.json` when there is more than one, `model.safetensors` otherwise.
+config.json (torch_dtype = the exported dtype), generation_config.json and the tokenizer files
+are copied from the checkpoint root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from conversion import Summary, parse_size, staged_dir
+from socialr1_jax import hf_layout
+from socialr1_jax.checkpoint import (PARAMS, check_params, copy_side_files, read_config, resolve,
+                                     write_json_atomic)
+from socialr1_jax.config import parse_dtype
+from socialr1_jax.safetensors_io import INDEX_NAME, SINGLE_NAME, CheckpointError, write_file
+
+
+def split_shards(sizes: list[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
+    """Group tensor names into shards in order, the way huggingface_hub splits a state dict."""
+    shards, current, current_size = [], [], 0
+    for name, size in sizes:
+        if size > max_shard_size:
+            shards.append([name])
+            continue
+        if current and current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_names(n: int) -> list[str]:
+    """File names of n shards, as save_pretrained names them."""
+    if n == 1:
+        return [SINGLE_NAME]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _prefetched(stores, entries, target):
+    """Yield each tensor in HF layout while TensorStore already reads the next one."""
+    nxt = stores[entries[0].path][0].read() if entries else None
+    for i, e in enumerate(entries):
+        cur = nxt
+        nxt = stores[entries[i + 1].path][0].read() if i + 1 < len(entries) else None
+        arr = np.asarray(cur.result()).reshape(e.hf_shape)
+        del cur
+        yield arr if arr.dtype == target else arr.astype(target)
+
+
+def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str | int = "5GB",
+           dtype: str | None = None, overwrite: bool = False, progress: bool = True,
+           fsync: bool = False) -> Summary:
+    """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary."""
+    from socialr1_jax.checkpoint_stream import open_param_stores
+
+    t0 = time.perf_counter()
+    out = os.path.abspath(out)
+    limit = parse_size(max_shard_size)
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    root, step = resolve(ckpt, step)
+    cfg = read_config(root)
+    item_dir = os.path.join(root, str(step), PARAMS)
+    stores = open_param_stores(item_dir)
+    check_params(cfg, item_dir, {p: m for p, (_, m) in stores.items()})
+    table = hf_layout.layout(cfg)
+    stored = {np.dtype(stores[e.path][1].dtype) for e in table}
+    if dtype is None and len(stored) > 1:
+        raise CheckpointError(f"{item_dir}: parameters are stored in several dtypes "
+                              f"{sorted(map(str, stored))}; pass --dtype to export one")
+    target = np.dtype(parse_dtype(dtype)) if dtype is not None else stored.pop()
+    sizes = [(e.hf_name, int(np.prod(e.hf_shape)) * target.itemsize) for e in table]
+    groups = split_shards(sizes, limit)
+    files = shard_names(len(groups))
+    by_name = {e.hf_name: e for e in table}
+    total = sum(s for _, s in sizes)
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="orbax->hf", disable=not progress,
+               file=sys.stderr)
+    count = [0]
+
+    def on_tensor(name, nbytes):
+        count[0] += 1
+        bar.set_postfix_str(f"{count[0]}/{len(table)} tensors", refresh=False)
+        bar.update(nbytes)
+
+    ordered = [by_name[n] for g in groups for n in g]
+    tensors = _prefetched(stores, ordered, target)
+    try:
+        with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
+            for fname, group in zip(files, groups):
+                specs = [(n, by_name[n].hf_shape, target) for n in group]
+                write_file(os.path.join(tmp, fname), specs, tensors, metadata={"format": "pt"},
+                           on_tensor=on_tensor)
+            if len(files) > 1:
+                write_json_atomic(os.path.join(tmp, INDEX_NAME), {
+                    "metadata": {"total_size": total, "total_parameters": cfg.num_params()},
+                    "weight_map": {n: f for f, g in zip(files, groups) for n in g},
+                })
+            copy_side_files(root, tmp, dtype=target)
+    finally:
+        tensors.close()
+        bar.close()
+    return Summary("orbax_to_hf", len(table), total, time.perf_counter() - t0, out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="Orbax checkpoint root (or one step directory)")
+    p.add_argument("--step", type=int, default=None, help="step to export (default: the latest)")
+    p.add_argument("--out", required=True, help="HF directory to create")
+    p.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB, 2GiB")
+    p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
+                   help="export in this dtype (default: as stored)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--fsync", action="store_true",
+                   help="flush the output to disk before it is renamed into place")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        s = export(a.ckpt, a.out, step=a.step, max_shard_size=a.max_shard_size, dtype=a.dtype,
+                   overwrite=a.overwrite, progress=not a.no_progress, fsync=a.fsync)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(s.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Batched sampling with a KV cache: one compiled program prefills and decodes a whole batch.
+
+`sample(model, prompts, ...)` left-pads the prompts, repeats each `num_samples` times (the GRPO
+group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted function that
+
+1. creates the KV cache inside the program (so nothing outside holds it and XLA updates the
+   loop-carried buffers in place: this is the donation of the cache),
+2. prefills the left-padded prompts in one forward pass and samples the first token from the
+   last position only (the LM head never runs over the prompt),
+3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
+   soon as every row has emitted one of the EOS ids.
+
+Shapes are bucketed (prompt length and generation length rounded up to a few sizes, see
+`bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
+length compiles a handful of programs. With a mesh the batch is split over ('data', 'fsdp')
+(padded with inactive dummy rows to a multiple of the shard count) and the cache is pinned with
+`CACHE_BSKH`; the random draws do not depend on the sharding (threefry is partitionable).
+
+Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
+vocabulary, before top-k / top-p truncation. This is what the trainer recomputes
+(`logprobs.completion_logprobs(..., temperature=T)`) and uses as the old policy in the GRPO ratio,
+as verl does with vLLM's log-probs. Greedy decoding (T = 0) reports log softmax(logits) (T = 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, PartitionSpec as P
+
+from socialr1_jax.model import KVCache
+from socialr1_jax.sharding import (BATCH, CACHE_BSKH, TOKENS_BT, batch_sharding, batch_shards,
+                                   constrain, param_shardings)
+
+# When only top-p is asked, the nucleus is first looked for among this many highest logits (a
+# partial sort); only if some row's nucleus is wider does the step fall back to a full sort.
+TOP_P_CANDIDATES = 1024
+
+
+@dataclasses.dataclass
+class SampleResult:
+    """Completions of `sample`; every [R, ...] array has R = len(prompts) * num_samples rows.
+
+    tokens [R, N] int32: generated ids, `pad_id` after the row's EOS.
+    logprobs [R, N] float32: log-prob of each token under softmax(logits / T) (0 where masked).
+    mask [R, N] int32: 1 for each generated token up to and including the EOS, 0 after.
+    lengths [R] int32: number of generated tokens (mask.sum(1)).
+    prompt_ids, prompt_mask [R, P]: the left-padded prompts (P bucketed), repeated per sample,
+    so `completion_logprobs(model, prompt_ids, prompt_mask, tokens, mask)` recomputes logprobs.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    num_samples: int = 1
+    steps: int = 0  # positions generated before every row was done (= lengths.max())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The static part of a compiled sampling program (one program per distinct plan + shapes)."""
+
+    new_len: int        # generation buffer length (bucketed)
+    greedy: bool
+    top_k: int          # 0 = off
+    use_top_p: bool
+    pad_id: int
+    prefill_chunk: int  # prompt tokens per prefill forward pass (divides the prompt length)
+    top_p_candidates: int = TOP_P_CANDIDATES
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round a length up: powers of two up to 1024, then multiples of 1024."""
+    if n <= minimum:
+        return minimum
+    if n <= 1024:
+        return 1 << (n - 1).bit_length()
+    return -(-n // 1024) * 1024
+
+
+# -- one sampling step on logits ---------------------------------------------------------------
+
+def _keep_threshold(sorted_desc, probs_sorted, top_p):
+    """The smallest kept value per row: the nucleus is the shortest prefix with mass >= top_p."""
+    cum = jnp.cumsum(probs_sorted, axis=-1)
+    keep = (cum - probs_sorted) < top_p  # mass strictly before a token < p: always >= 1 kept
+    n_keep = jnp.maximum(jnp.sum(keep, axis=-1), 1)
+    return jnp.take_along_axis(sorted_desc, (n_keep - 1)[:, None], axis=-1)[:, 0]
+
+
+def truncate_logits(scaled_bv, *, top_k: int, top_p, use_top_p: bool,
+                    candidates: int = TOP_P_CANDIDATES):
+    """Logits with everything outside top-k, then top-p (of the renormalised rest), at -inf.
+
+    Order as in transformers' and vLLM's samplers: temperature, top-k, top-p. Tokens tied with
+    the last kept value are kept too (measure-zero for real logits). With top-p alone the
+    nucleus is searched among the `candidates` highest logits and, only when some row's nucleus
+    is wider than that, among the fully sorted row (`lax.cond`: exact either way).
+    """
+    if top_k <= 0 and not use_top_p:
+        return scaled_bv
+    v = scaled_bv.shape[-1]
+    if top_k > 0:
+        vals, _ = jax.lax.top_k(scaled_bv, min(top_k, v))
+        thresh = vals[:, -1]
+        if use_top_p:
+            thresh = _keep_threshold(vals, jax.nn.softmax(vals, axis=-1), top_p)
+    else:
+        lse = jax.nn.logsumexp(scaled_bv, axis=-1, keepdims=True)
+        cap = min(candidates, v)
+
+        def from_sorted(vals):
+            return _keep_threshold(vals, jnp.exp(vals - lse), top_p)
+
+        vals, _ = jax.lax.top_k(scaled_bv, cap)
+        if cap == v:
+            thresh = from_sorted(vals)
+        else:
+            covered = jnp.all(jnp.sum(jnp.exp(vals - lse), axis=-1) >= top_p)
+            thresh = jax.lax.cond(covered, lambda: from_sorted(vals),
+                                  lambda: from_sorted(-jnp.sort(-scaled_bv, axis=-1)))
+    return jnp.where(scaled_bv >= thresh[:, None], scaled_bv, -jnp.inf)
+
+
+def sample_step(key, logits_bv, temperature, top_p, *, greedy: bool, top_k: int,
+                use_top_p: bool, candidates: int = TOP_P_CANDIDATES):
+    """Choose one token per row from logits [B, V]; returns (tokens [B], logprobs [B]).
+
+    The log-prob is under softmax(logits / T) before truncation (T = 1 when greedy).
+    """
+    logits_bv = logits_bv.astype(jnp.float32)
+    if greedy:
+        tok = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        scaled = logits_bv
+    else:
+        scaled = logits_bv / temperature
+        kept = truncate_logits(scaled, top_k=top_k, top_p=top_p, use_top_p=use_top_p,
+                               candidates=candidates)
+        tok = jax.random.categorical(key, kept, axis=-1).astype(jnp.int32)
+    lse = jax.nn.logsumexp(scaled, axis=-1)
+    logp = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
+    return tok, logp
+
+
+# -- the compiled program ----------------------------------------------------------------------
+
+def _head(h_bd, w_vd):
+    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int):
+    """Write the prompts into the cache `chunk` tokens per forward pass; last hidden [B, D].
+
+    Chunking bounds the attention scores to [B, heads, chunk, S] however long the prompt.
+    """
+    b, p = prompt_ids.shape
+    if chunk >= p:
+        hidden, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
+        return hidden[:, -1], cache
+    ids_cbt = prompt_ids.reshape(b, p // chunk, chunk).swapaxes(0, 1)
+    mask_cbt = prompt_mask.reshape(b, p // chunk, chunk).swapaxes(0, 1)
+
+    def one(carry, xs):
+        cache, _ = carry
+        hidden, cache = model.hidden_states(xs[0], xs[1], cache=cache)
+        return (cache, hidden[:, -1]), None
+
+    h0 = jnp.zeros((b, model.cfg.hidden_size), model.cfg.jnp_dtype)
+    (cache, last), _ = jax.lax.scan(one, (cache, h0), (ids_cbt, mask_cbt))
+    return last, cache
+
+
+@partial(jax.jit, static_argnames=("graphdef", "plan"))
+def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperature, top_p,
+              eos_ids, max_new, *, plan: _Plan):
+    """Prefill + while_loop decode.
+
+    Returns (tokens, logprobs, mask) [B, plan.new_len] and the number of positions generated.
+    """
+    model = nnx.merge(graphdef, state)
+    cfg = model.cfg
+    b, p = prompt_ids.shape
+    n = plan.new_len
+    cache = KVCache.zeros(cfg, b, p + n)
+    cache = dataclasses.replace(
+        cache, k=[constrain(x, CACHE_BSKH) for x in cache.k],
+        v=[constrain(x, CACHE_BSKH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+    w_vd = model.lm_head_weight()
+    choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
+                     top_k=plan.top_k, use_top_p=plan.use_top_p,
+                     candidates=plan.top_p_candidates)
+
+    def emit(i, tok, logp, done, bufs):
+        """Write step i's token for rows not yet done; a row is done after its EOS."""
+        tokens, logps, mask = bufs
+        live = ~done
+        tokens = jax.lax.dynamic_update_slice(
+            tokens, jnp.where(live, tok, plan.pad_id)[:, None], (0, i))
+        logps = jax.lax.dynamic_update_slice(logps, jnp.where(live, logp, 0.0)[:, None], (0, i))
+        mask = jax.lax.dynamic_update_slice(mask, live.astype(jnp.int32)[:, None], (0, i))
+        done = done | jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+        return done, (tokens, logps, mask)
+
+    # Left padding puts every row's last prompt token at the last position.
+    last_bd, cache = _prefill(model, prompt_ids, prompt_mask, cache, plan.prefill_chunk)
+    tok, logp = choose(jax.random.fold_in(key, 0), _head(last_bd, w_vd))
+    bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
+            constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
+            constrain(jnp.zeros((b, n), jnp.int32), TOKENS_BT))
+    done, bufs = emit(0, tok, logp, ~active_b, bufs)
+
+    def cond(carry):
+        i, _, done, _, _ = carry
+        return (i < max_new) & ~jnp.all(done)
+
+    def body(carry):
+        i, prev, done, cache, bufs = carry
+        hidden, cache = model.hidden_states(prev[:, None], jnp.ones((b, 1), jnp.int32),
+                                            cache=cache)
+        tok, logp = choose(jax.random.fold_in(key, i), _head(hidden[:, 0], w_vd))
+        done, bufs = emit(i, tok, logp, done, bufs)
+        return i + 1, tok, done, cache, bufs
+
+    carry = (jnp.int32(1), tok, done, cache, bufs)
+    steps, _, _, _, bufs = jax.lax.while_loop(cond, body, carry)
+    return bufs, steps
+
+
+# -- public entry point ------------------------------------------------------------------------
+
+def _validate(prompts, vocab, max_len, max_new_tokens, temperature, top_k, top_p, num_samples,
+              eos_ids, pad_id):
+    if max_new_tokens is None or int(max_new_tokens) <= 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k={top_k!r} must be an integer >= 0 (0 = off)")
+    if not (0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
+    for e in eos_ids:
+        if not (0 <= int(e) < vocab):
+            raise ValueError(f"eos id {e!r} is outside the vocabulary [0, {vocab})")
+    if not (0 <= int(pad_id) < vocab):
+        raise ValueError(f"pad_id={pad_id!r} is outside the vocabulary [0, {vocab})")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: nothing to sample")
+    for i, pr in enumerate(prompts):
+        if len(pr) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        bad = [t for t in pr if not (0 <= int(t) < vocab)]
+        if bad:
+            raise ValueError(f"prompt {i} has token id(s) {bad[:5]} outside the vocabulary "
+                             f"[0, {vocab})")
+        if len(pr) + max_new_tokens > max_len:
+            raise ValueError(f"prompt {i} has {len(pr)} tokens; with max_new_tokens="
+                             f"{max_new_tokens} that needs {len(pr) + max_new_tokens} positions, "
+                             f"more than the cache allows ({max_len})")
+
+
+def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+           eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
+           pad_id: int = 0, max_cache_len: Optional[int] = None,
+           bucket_shapes: bool = True, prefill_chunk: int = 512) -> SampleResult:
+    """Sample `num_samples` completions for each prompt (a list of token-id lists).
+
+    temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
+    truncated to the top_k highest (0 = off), then to the smallest set whose renormalised mass is
+    >= top_p (always at least the top token), renormalised. A row stops after emitting any of
+    `eos_ids` (that EOS is part of the completion and its mask) or at `max_new_tokens`; the
+    program stops when every row has. Returned log-probs are those of the sampled tokens under the
+    untruncated softmax(logits / T) (T = 1 for greedy): what GRPO uses as old log-probs.
+
+    mesh: split the batch over ('data', 'fsdp') (padded with dummy rows that are dropped);
+    pad_id fills the prompt padding and the completion after EOS; max_cache_len (default the
+    model's max_position_embeddings) bounds prompt + max_new_tokens; bucket_shapes rounds the
+    prompt and generation lengths up (`bucket`) so few programs are compiled; prefill_chunk
+    bounds how many prompt tokens one prefill pass attends with (memory of the scores).
+    Raises ValueError naming the value for bad arguments.
+    """
+    cfg = model.cfg
+    max_len = int(max_cache_len or cfg.max_position_embeddings)
+    prompts = [list(map(int, p)) for p in prompts]
+    eos_ids = tuple(int(e) for e in eos_ids)
+    _validate(prompts, cfg.vocab_size, max_len, max_new_tokens, temperature, top_k, top_p,
+              num_samples, eos_ids, pad_id)
+    n_new = int(max_new_tokens)
+    longest = max(len(p) for p in prompts)
+    if bucket_shapes:
+        p_len = min(bucket(longest), max_len - n_new)
+        n_len = min(bucket(n_new), max_len - p_len)
+    else:
+        p_len, n_len = longest, n_new
+    if p_len > prefill_chunk:  # whole chunks: extra left padding changes nothing
+        p_len = -(-p_len // prefill_chunk) * prefill_chunk
+
+    rows = len(prompts) * num_samples
+    shards = batch_shards(mesh) if mesh is not None else 1
+    padded_rows = -(-rows // shards) * shards
+    ids = np.full((padded_rows, p_len), pad_id, np.int32)
+    mask = np.zeros((padded_rows, p_len), np.int32)
+    for r in range(padded_rows):
+        pr = prompts[min(r, rows - 1) // num_samples]  # dummy rows copy the last prompt
+        ids[r, p_len - len(pr):] = pr
+        mask[r, p_len - len(pr):] = 1
+    active = np.arange(padded_rows) < rows
+
+    plan = _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
+                 use_top_p=top_p < 1.0, pad_id=int(pad_id),
+                 prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES)
+    eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
+    graphdef, state = nnx.split(model)
+    args = [ids, mask, active]
+    if mesh is not None:
+        state = jax.device_put(state, param_shardings(state, mesh))
+        args = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in args]
+    scalars = (jax.random.key(seed), jnp.float32(temperature if temperature > 0 else 1.0),
+               jnp.float32(top_p), jnp.asarray(eos), jnp.int32(n_new))
+    if mesh is not None:
+        with jax.set_mesh(mesh):
+            (tokens, logps, cmask), steps = _generate(graphdef, state, *args, *scalars,
+                                                      plan=plan)
+    else:
+        (tokens, logps, cmask), steps = _generate(graphdef, state, *args, *scalars, plan=plan)
+
+    keep = slice(0, rows)
+    tokens, logps, cmask = (x[keep, :n_new] for x in (tokens, logps, cmask))
+    return SampleResult(tokens=tokens, logprobs=logps, mask=cmask,
+                        lengths=cmask.sum(axis=1).astype(jnp.int32),
+                        prompt_ids=jnp.asarray(ids[keep]), prompt_mask=jnp.asarray(mask[keep]),
+                        num_samples=int(num_samples), steps=int(steps))
+
+
+def compiled_programs() -> int:
+    """How many sampling programs have been compiled in this process (for bucketing checks)."""
+    return _generate._cache_size()

@@ -1,0 +1,406 @@
+"""The GRPO update: one jitted, sharded, donated step over a `TrainState`.
+
+API
+---
+TrainState (a pytree): params (nnx.State in the model's param_dtype: what sampling and the
+    forward use), master (fp32 nnx.State copy when param_dtype is lower precision, else None),
+    opt_state (optax AdamW state over the master/fp32 weights, sharded like the parameters),
+    step (updates applied), skipped (updates skipped for NaN/Inf), consecutive_skips.
+TrainBatch (a pytree of [B, ...] arrays): prompt_ids/prompt_mask [B, P] (left-padded),
+    completion_ids/completion_mask [B, C], old_logp/ref_logp [B, C] fp32, advantages [B] fp32.
+
+make_optimizer(optim_cfg, total_updates) -> (optax transformation, lr schedule)
+init_train_state(params, optim_cfg, mesh, total_updates) -> TrainState (created in its shardings)
+abstract_train_state(model_cfg, optim_cfg, mesh, total_updates) -> TrainState of
+    ShapeDtypeStruct carrying shardings (nothing allocated)
+abstract_batch(batch, prompt_len, completion_len, mesh) -> TrainBatch of ShapeDtypeStruct
+make_train_step(model_cfg, optim_cfg, grpo_cfg, mesh, *, temperature, micro_batch_size,
+    total_updates) -> step; `step(state, batch) -> (state, metrics)` applies ONE optimizer
+    update over the batch (its micro-batches accumulated inside the program); the state is
+    donated. `step.lower(abstract_state, abstract_batch)` compiles it abstractly.
+make_logprob_fn(model_cfg, mesh, *, temperature, chunk, micro_batch_size) -> fn;
+    `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> logp [B, C]`: the
+    reference model's forward (or the old policy's when recomputed), `.lower(...)` too.
+rollout_updates(step, state, batch, *, mini_batch_size, epochs, shuffle, seed, mesh)
+    -> (state, [metrics per update]): several updates per rollout (mini-batches x epochs).
+
+Inside one update, the loss of micro-batch k is normalised by the counts of the whole batch
+(grpo.batch_normalisers), so the summed gradients equal the gradient of the one-batch loss.
+A non-finite loss or gradient norm leaves params, master and optimizer state unchanged (selected
+inside the program) and counts the skip; the trainer stops after N consecutive skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from socialr1_jax import grpo
+from socialr1_jax.config import ModelConfig, parse_dtype
+from socialr1_jax.loading import shardings_for
+from socialr1_jax.logprobs import completion_logprobs
+from socialr1_jax.sharding import BATCH, batch_sharding, batch_shards, constrain, param_shardings
+from socialr1_jax.train_config import GRPOConfig, OptimConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything one update reads and replaces (donated as a whole)."""
+
+    params: Any
+    master: Optional[Any]
+    opt_state: Any
+    step: jax.Array
+    skipped: jax.Array
+    consecutive_skips: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainBatch:
+    """One mini-batch of rollout sequences, already scored."""
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    completion_ids: jax.Array
+    completion_mask: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array
+    advantages: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def take(self, idx) -> "TrainBatch":
+        """The rows `idx` (host indices) of every field."""
+        return jax.tree.map(lambda x: x[idx], self)
+
+
+# -- optimizer ---------------------------------------------------------------------------------
+
+def make_schedule(cfg: OptimConfig, total_updates: int):
+    """lr(step): linear warm-up from 0 over warmup_steps, then constant or cosine decay."""
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(cfg.lr)
+    else:
+        decay = max((cfg.decay_steps or total_updates) - cfg.warmup_steps, 1)
+        main = optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.min_lr_ratio)
+    if cfg.warmup_steps <= 0:
+        return main
+    warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warm, main], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimConfig, total_updates: int):
+    """(optax AdamW with global-norm clipping, its lr schedule)."""
+    schedule = make_schedule(cfg, total_updates)
+    parts = []
+    if cfg.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay,
+                             mu_dtype=parse_dtype(cfg.master_dtype)))
+    return optax.chain(*parts), schedule
+
+
+def _needs_master(param_dtype, optim_cfg: OptimConfig) -> bool:
+    return jnp.dtype(param_dtype) != jnp.dtype(parse_dtype(optim_cfg.master_dtype))
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+# -- state -------------------------------------------------------------------------------------
+
+def _replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def state_shardings(abstract_state: TrainState, optimizer, mesh: Optional[Mesh]):
+    """Shardings of a TrainState: params, master and optimizer moments by PARAM_RULES, scalars
+    replicated. None without a mesh."""
+    if mesh is None:
+        return None
+    pshard = param_shardings(abstract_state.params, mesh)
+    rep = _replicated(mesh)
+    oshard = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state.opt_state, pshard,
+                                   transform_non_params=lambda _: rep)
+    return TrainState(params=pshard, master=None if abstract_state.master is None else pshard,
+                      opt_state=oshard, step=rep, skipped=rep, consecutive_skips=rep)
+
+
+def _new_state(params, optim_cfg: OptimConfig, optimizer) -> TrainState:
+    pdt = jax.tree.leaves(params)[0].dtype
+    master = _cast(params, parse_dtype(optim_cfg.master_dtype)) if _needs_master(pdt, optim_cfg) else None
+    trainable = master if master is not None else params
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(params=params, master=master, opt_state=optimizer.init(trainable),
+                      step=zero, skipped=zero, consecutive_skips=zero)
+
+
+def init_train_state(params, optim_cfg: OptimConfig, mesh: Optional[Mesh] = None, *,
+                     total_updates: int = 1) -> TrainState:
+    """A fresh TrainState around `params` (an nnx.State), every part created in its sharding.
+
+    `params` is copied, never aliased: the returned state can be donated while the caller keeps
+    using `params` (e.g. as the frozen reference).
+    """
+    optimizer, _ = make_optimizer(optim_cfg, total_updates)
+    abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), params)
+    shardings = state_shardings(abstract, optimizer, mesh)
+
+    def build(p):
+        return _new_state(jax.tree.map(jnp.copy, p), optim_cfg, optimizer)
+
+    return jax.jit(build, out_shardings=shardings)(params)
+
+
+def abstract_train_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh],
+                         *, total_updates: int = 1) -> TrainState:
+    """The TrainState of `model_cfg` as ShapeDtypeStruct leaves with their shardings."""
+    optimizer, _ = make_optimizer(optim_cfg, total_updates)
+    _, abstract_params, _ = shardings_for(model_cfg, mesh)
+    abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
+    shardings = state_shardings(abstract, optimizer, mesh)
+    if shardings is None:
+        return abstract
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def batch_shardings(mesh: Optional[Mesh]):
+    """TrainBatch of shardings: every field split over the batch axis."""
+    if mesh is None:
+        return None
+    two, one = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
+    return TrainBatch(two, two, two, two, two, two, one)
+
+
+def abstract_batch(batch: int, prompt_len: int, completion_len: int,
+                   mesh: Optional[Mesh] = None) -> TrainBatch:
+    """A TrainBatch of ShapeDtypeStruct (for `.lower`)."""
+    sh = batch_shardings(mesh) or TrainBatch(*([None] * 7))
+
+    def sds(shape, dtype, s):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+
+    bp, bc = (batch, prompt_len), (batch, completion_len)
+    return TrainBatch(sds(bp, jnp.int32, sh.prompt_ids), sds(bp, jnp.int32, sh.prompt_mask),
+                      sds(bc, jnp.int32, sh.completion_ids), sds(bc, jnp.int32, sh.completion_mask),
+                      sds(bc, jnp.float32, sh.old_logp), sds(bc, jnp.float32, sh.ref_logp),
+                      sds((batch,), jnp.float32, sh.advantages))
+
+
+# -- the step ----------------------------------------------------------------------------------
+
+class MeshFunction:
+    """A jitted function that is traced, lowered and run inside `jax.set_mesh(mesh)`, so the
+    model's sharding constraints see the mesh."""
+
+    def __init__(self, jitted, mesh: Optional[Mesh]):
+        self.jitted, self.mesh = jitted, mesh
+
+    def _ctx(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def __call__(self, *args):
+        with self._ctx():
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with self._ctx():
+            return self.jitted.lower(*args)
+
+
+def _split_micro(tree, n: int):
+    """[B, ...] -> [n, B/n, ...]; micro-batch k takes rows k, k+n, k+2n, ... so each device's
+    contiguous block of the batch feeds every micro-batch (no resharding)."""
+    def one(x):
+        b = x.shape[0]
+        y = x.reshape(b // n, n, *x.shape[1:]).swapaxes(0, 1)
+        return constrain(y, P(None, BATCH, *([None] * (x.ndim - 1))))
+    return jax.tree.map(one, tree)
+
+
+def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
+                temperature: float, compute_dtype=None, normalisers=None):
+    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
+
+    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
+    normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
+    """
+    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
+    model = nnx.merge(graphdef, params)
+    out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                              batch.completion_mask, temperature=temperature,
+                              chunk=grpo_cfg.logprob_chunk, with_entropy=grpo_cfg.compute_entropy)
+    logp, entropy = out if grpo_cfg.compute_entropy else (out, None)
+    if normalisers is None:
+        normalisers = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
+                                             grpo_cfg.loss_scale_factor or None)
+    num_tokens, num_seqs, scale = normalisers
+    return grpo.loss(logp, batch.old_logp, batch.ref_logp, batch.advantages,
+                     batch.completion_mask, beta=grpo_cfg.beta, kl=grpo_cfg.kl,
+                     eps_low=grpo_cfg.eps_low, eps_high=grpo_cfg.eps_high,
+                     dual_clip=grpo_cfg.dual_clip or None, agg=grpo_cfg.agg, entropy=entropy,
+                     num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=scale)
+
+
+def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
+    """The jitted update `step(state, batch) -> (state, metrics)`; see the module docstring.
+
+    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
+    and, on a mesh, be a multiple of the batch shard count.
+    """
+    graphdef, abstract_params, _ = shardings_for(model_cfg, mesh)
+    optimizer, schedule = make_optimizer(optim_cfg, total_updates)
+    master = _needs_master(model_cfg.jnp_param_dtype, optim_cfg)
+    compute_dtype = model_cfg.jnp_param_dtype if master else None
+    shards = batch_shards(mesh) if mesh is not None else 1
+    if micro_batch_size and micro_batch_size % shards:
+        raise ValueError(f"grpo.micro_batch_size={micro_batch_size} is not a multiple of the "
+                         f"{shards} batch shards of the mesh")
+
+    def step(state: TrainState, batch: TrainBatch):
+        b = batch.size
+        mbs = micro_batch_size or b
+        if b % mbs:
+            raise ValueError(f"micro_batch_size={mbs} does not divide the batch of {b}")
+        n_micro = b // mbs
+        trainable = state.master if master else state.params
+        norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
+                                       grpo_cfg.loss_scale_factor or None)
+
+        def loss_fn(p, mb):
+            return policy_loss(graphdef, p, mb, grpo_cfg, temperature=temperature,
+                               compute_dtype=compute_dtype, normalisers=norms)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if n_micro == 1:
+            (_, metrics), grads = grad_fn(trainable, batch)
+        else:
+            def body(acc, mb):
+                (_, m), g = grad_fn(trainable, mb)
+                return jax.tree.map(jnp.add, acc, (g, m)), None
+
+            zero_g = jax.tree.map(jnp.zeros_like, trainable)
+            _, m_shape = jax.eval_shape(loss_fn, trainable,
+                                        jax.tree.map(lambda x: x[:mbs], batch))
+            zero_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+            (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m),
+                                               _split_micro(batch, n_micro))
+
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        # Zeroed grads keep the optimizer arithmetic finite; its result is discarded anyway.
+        grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+        updates, new_opt = optimizer.update(grads, state.opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+        new_trainable = keep(new_trainable, trainable)
+        new_opt = keep(new_opt, state.opt_state)
+        if master:
+            new_state = dataclasses.replace(state, master=new_trainable,
+                                            params=_cast(new_trainable, compute_dtype))
+        else:
+            new_state = dataclasses.replace(state, params=new_trainable)
+        skip = (~ok).astype(jnp.int32)
+        new_state = dataclasses.replace(
+            new_state, opt_state=new_opt, step=state.step + (1 - skip),
+            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
+
+        adv = batch.advantages.astype(jnp.float32)
+        metrics = dict(metrics)
+        metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
+                       skipped=skip, adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(),
+                       adv_max=adv.max())
+        return new_state, metrics
+
+    if mesh is None:
+        jitted = jax.jit(step, donate_argnums=0)
+    else:
+        abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
+        st_sh = state_shardings(abstract, optimizer, mesh)
+        jitted = jax.jit(step, donate_argnums=0, in_shardings=(st_sh, batch_shardings(mesh)),
+                         out_shardings=(st_sh, _replicated(mesh)))
+    return MeshFunction(jitted, mesh)
+
+
+def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
+                    temperature: float = 1.0, chunk: int = 256,
+                    micro_batch_size: int = 0) -> MeshFunction:
+    """Jitted `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> [B, C]`
+    log-probs at `temperature` (forward only, micro-batched with lax.map when asked)."""
+    graphdef, _, pshard = shardings_for(model_cfg, mesh)
+
+    def fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+        def one(args):
+            # Merged inside the mapped function: nnx modules must not cross trace levels.
+            model = nnx.merge(graphdef, params)
+            return completion_logprobs(model, *args, temperature=temperature, chunk=chunk)
+
+        b = completion_ids.shape[0]
+        if not micro_batch_size or micro_batch_size >= b:
+            return one(inputs)
+        if b % micro_batch_size:
+            raise ValueError(f"micro_batch_size={micro_batch_size} does not divide {b}")
+        n = b // micro_batch_size
+        out = jax.lax.map(one, _split_micro(inputs, n))  # [n, B/n, C]
+        return out.swapaxes(0, 1).reshape(b, -1)
+
+    if mesh is None:
+        return MeshFunction(jax.jit(fn), None)
+    two = batch_sharding(mesh, 2)
+    return MeshFunction(jax.jit(fn, in_shardings=(pshard, two, two, two, two), out_shardings=two),
+                        mesh)
+
+
+# -- several updates per rollout ---------------------------------------------------------------
+
+def put_batch(batch: TrainBatch, mesh: Optional[Mesh]) -> TrainBatch:
+    """Place a batch (host or device arrays) in its shardings."""
+    sh = batch_shardings(mesh)
+    if sh is None:
+        return jax.tree.map(jnp.asarray, batch)
+    return jax.tree.map(jax.device_put, batch, sh)
+
+
+def rollout_updates(step: MeshFunction, state: TrainState, batch: TrainBatch, *,
+                    mini_batch_size: int = 0, epochs: int = 1, shuffle: bool = True,
+                    seed: int = 0, mesh: Optional[Mesh] = None):
+    """`epochs` passes over the rollout in mini-batches of `mini_batch_size` sequences, one
+    update each, all with the rollout's old log-probs. Returns (state, [metrics per update])."""
+    n = batch.size
+    mbs = mini_batch_size or n
+    if n % mbs:
+        raise ValueError(f"mini_batch_size={mbs} does not divide the rollout of {n} sequences")
+    rng = np.random.default_rng(seed)
+    history = []
+    for _ in range(epochs):
+        if mbs == n:
+            parts = [batch]  # one update: the order of rows does not change the loss
+        else:
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            parts = [batch.take(order[k:k + mbs]) for k in range(0, n, mbs)]
+        for part in parts:
+            state, metrics = step(state, put_batch(part, mesh))
+            history.append(metrics)
+    return state, history

@@ -1,0 +1,299 @@
+"""HF <-> Orbax converters: bitwise round trips, transformers reloads, mesh restores, refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conversion import hf_to_orbax, orbax_to_hf, parse_size
+from socialr1_jax import load_model
+from socialr1_jax.checkpoint import is_orbax_checkpoint, list_steps, load_model_from_orbax
+from socialr1_jax.safetensors_io import INDEX_NAME, CheckpointError, SafetensorsDir
+from socialr1_jax.sharding import make_mesh
+from tests.hf_fixtures import make_hf_checkpoint
+
+SIDE = {"tokenizer.json": '{"version": "1.0", "model": {}}',
+        "tokenizer_config.json": '{"eos_token": "<|im_end|>"}',
+        "chat_template.jinja": "{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}"}
+
+
+def _make(d, *, dtype="float32", tie=True, shard=None, seed=0):
+    ref = make_hf_checkpoint(d, tie=tie, dtype=dtype, max_shard_size=shard, seed=seed)
+    for name, text in SIDE.items():
+        (d / name).write_text(text)
+    return ref
+
+
+def _tensors(d):
+    st = SafetensorsDir(str(d))
+    out = {n: (st.get(n).dtype, st.get(n).shape, st.get(n).tobytes()) for n in st.keys()}
+    st.close()
+    return out
+
+
+def _leftovers(parent):
+    return [n for n in os.listdir(parent) if ".tmp-" in n or ".old-" in n]
+
+
+@pytest.mark.parametrize("dtype,tie,src_shard,out_shard", [
+    ("float32", True, None, "40KB"),      # one file in, several out
+    ("float32", False, "60KB", "5GB"),    # several in, one out
+    ("bfloat16", True, "30KB", "30KB"),   # several both ways
+    ("bfloat16", False, None, "5GB"),     # one file both ways
+])
+def test_round_trip_is_bitwise(tmp_path, dtype, tie, src_shard, out_shard):
+    hf, ckpt, out = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "out"
+    _make(hf, dtype=dtype, tie=tie, shard=src_shard, seed=3)
+    assert os.path.exists(hf / INDEX_NAME) == (src_shard is not None)
+    s1 = hf_to_orbax.convert(str(hf), str(ckpt), progress=False)
+    s2 = orbax_to_hf.export(str(ckpt), str(out), max_shard_size=out_shard, progress=False)
+    src, got = _tensors(hf), _tensors(out)
+    assert sorted(src) == sorted(got)
+    assert ("lm_head.weight" in got) == (not tie)
+    for name in src:
+        assert got[name] == src[name], name  # dtype, shape and every byte
+    assert s1.tensors == s2.tensors == len(src)
+    assert s1.nbytes == s2.nbytes == sum(len(v[2]) for v in src.values())
+
+    files = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
+    limit = parse_size(out_shard)
+    if s2.nbytes > limit:
+        n = len(files)
+        assert n > 1 and files == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        index = json.loads((out / INDEX_NAME).read_text())
+        assert index["metadata"]["total_size"] == s2.nbytes
+        assert sorted(index["weight_map"]) == sorted(src) and set(index["weight_map"].values()) == set(files)
+        for f in files:  # no shard past the limit unless it is one tensor alone
+            names = [k for k, v in index["weight_map"].items() if v == f]
+            assert sum(len(src[k][2]) for k in names) <= limit or len(names) == 1
+    else:
+        assert files == ["model.safetensors"] and not os.path.exists(out / INDEX_NAME)
+    for name, text in SIDE.items():  # tokenizer files kept beside the steps and exported again
+        assert (ckpt / name).read_text() == text and (out / name).read_text() == text
+    assert json.loads((out / "generation_config.json").read_text()) == \
+        json.loads((hf / "generation_config.json").read_text())
+    cfg_out = json.loads((out / "config.json").read_text())
+    assert cfg_out["dtype"] == dtype
+    assert {k: v for k, v in cfg_out.items() if k != "dtype"} == \
+        {k: v for k, v in json.loads((hf / "config.json").read_text()).items() if k != "dtype"}
+    assert list_steps(str(ckpt)) == [0]
+    assert _leftovers(tmp_path) == []
+
+
+def _hf_logits(model_dir, ids, dtype):
+    from transformers import Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids)).logits.float().numpy()
+
+
+def test_exported_dir_loads_in_transformers(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 256, (2, 9))
+    # fp32, untied, several shards: the exported weights give the original torch model's logits.
+    ref = _make(tmp_path / "hf32", tie=False, shard="60KB", seed=5)
+    hf_to_orbax.convert(str(tmp_path / "hf32"), str(tmp_path / "c32"), progress=False)
+    orbax_to_hf.export(str(tmp_path / "c32"), str(tmp_path / "o32"), max_shard_size="50KB",
+                       progress=False)
+    with torch.no_grad():
+        expected = ref(input_ids=torch.tensor(ids)).logits.numpy()
+    got = _hf_logits(tmp_path / "o32", ids, torch.float32)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_array_equal(got, expected)
+    # bf16, tied: the export loads as bf16 and matches loading the original directory.
+    _make(tmp_path / "hf16", dtype="bfloat16", tie=True, seed=6)
+    hf_to_orbax.convert(str(tmp_path / "hf16"), str(tmp_path / "c16"), progress=False)
+    orbax_to_hf.export(str(tmp_path / "c16"), str(tmp_path / "o16"), progress=False)
+    from transformers import AutoConfig
+    assert str(AutoConfig.from_pretrained(str(tmp_path / "o16")).dtype).endswith("bfloat16")
+    np.testing.assert_array_equal(_hf_logits(tmp_path / "o16", ids, torch.bfloat16),
+                                  _hf_logits(tmp_path / "hf16", ids, torch.bfloat16))
+
+
+def test_load_model_from_orbax_on_mesh(tmp_path):
+    hf, ckpt = tmp_path / "hf", tmp_path / "ckpt"
+    _make(hf, tie=False, seed=7)
+    hf_to_orbax.convert(str(hf), str(ckpt), progress=False)
+    mesh = make_mesh(1, 4, 2)
+    a, b = load_model(str(hf), mesh=mesh), load_model(str(ckpt), mesh=mesh)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 8)))
+    np.testing.assert_array_equal(np.asarray(b(ids)), np.asarray(a(ids)))
+    # Shards as the rules say: q [N,H,D] split N over tensor=2 and D over fsdp=4, etc.
+    q, o, e = b.layers[0].attn.q_nhd[...], b.layers[1].attn.o_dnh[...], b.embed_vd[...]
+    assert q.sharding.shard_shape(q.shape) == (2, 16, 16)
+    assert o.sharding.shard_shape(o.shape) == (16, 2, 16)
+    assert e.sharding.shard_shape(e.shape) == (128, 16)
+    assert b.lm_head_vd[...].sharding.shard_shape((256, 64)) == (128, 16)
+    # No mesh: one device, same numbers as the unsharded HF load.
+    c, d = load_model(str(ckpt)), load_model(str(hf))
+    assert len(c.embed_vd[...].sharding.device_set) == 1
+    np.testing.assert_array_equal(np.asarray(c(ids)), np.asarray(d(ids)))
+    # dtype override on restore casts: bf16 parameters equal to the fp32 ones rounded.
+    e16 = load_model(str(ckpt), dtype="bf16").embed_vd[...]
+    assert e16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(e16), np.asarray(e).astype(jnp.bfloat16))
+
+
+def test_dtype_option_casts_both_ways(tmp_path):
+    hf = tmp_path / "hf"
+    _make(hf, dtype="bfloat16", seed=8)
+    hf_to_orbax.convert(str(hf), str(tmp_path / "c"), dtype="fp32", progress=False)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["dtype"] == "float32"
+    orbax_to_hf.export(str(tmp_path / "c"), str(tmp_path / "o32"), progress=False)
+    orbax_to_hf.export(str(tmp_path / "c"), str(tmp_path / "o16"), dtype="bf16", progress=False)
+    src, o32, o16 = (SafetensorsDir(str(d)) for d in (hf, tmp_path / "o32", tmp_path / "o16"))
+    for n in src.keys():
+        assert o32.get(n).dtype == np.float32
+        np.testing.assert_array_equal(o32.get(n), src.get(n).astype(np.float32))
+        assert o16.get(n).tobytes() == src.get(n).tobytes()  # bf16 -> fp32 -> bf16 is exact
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals.
+
+@pytest.fixture()
+def sharded_hf(tmp_path):
+    d = tmp_path / "hf"
+    _make(d, shard="60KB", seed=9)
+    return d
+
+
+def _shards(d):
+    return sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+
+
+def test_missing_shard_file_is_named(sharded_hf, tmp_path):
+    victim = _shards(sharded_hf)[1]
+    os.remove(sharded_hf / victim)
+    with pytest.raises(CheckpointError, match=f"shard file.*{victim}"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    assert not os.path.exists(tmp_path / "c") and _leftovers(tmp_path) == []
+
+
+def test_index_naming_a_tensor_no_file_has(sharded_hf, tmp_path):
+    index = json.loads((sharded_hf / INDEX_NAME).read_text())
+    first = _shards(sharded_hf)[0]
+    index["weight_map"]["model.layers.0.mlp.extra_proj.weight"] = first
+    (sharded_hf / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"tensor model\.layers\.0\.mlp\.extra_proj\.weight "
+                                              f"is in {first}.* has no such tensor"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+
+
+def test_shape_and_dtype_mismatch_are_named(sharded_hf, tmp_path):
+    cfg_path = sharded_hf / "config.json"
+    good = cfg_path.read_text()
+    cfg = json.loads(good)
+    cfg["intermediate_size"] = 96
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"\.safetensors: tensor model\.layers\.0\.mlp\.\w+_proj"
+                                              r"\.weight has shape \[\d+, \d+\], config\.json needs"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    cfg["intermediate_size"], cfg["dtype"] = json.loads(good)["intermediate_size"], "bfloat16"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"tensor model\.embed_tokens\.weight is float32 but "
+                                              r"config\.json declares bfloat16"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    # Casting on purpose is allowed.
+    hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), dtype="bf16", progress=False)
+    assert is_orbax_checkpoint(str(tmp_path / "c"))
+
+
+def test_truncated_file_is_named(sharded_hf, tmp_path):
+    last = _shards(sharded_hf)[-1]
+    path = sharded_hf / last
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=f"{last}: truncated: " r"tensor \S+ ends at byte"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+
+
+def test_existing_output_refused_unless_overwrite(sharded_hf, tmp_path):
+    ckpt, out = tmp_path / "c", tmp_path / "o"
+    for d in (ckpt, out):
+        d.mkdir()
+        (d / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        hf_to_orbax.convert(str(sharded_hf), str(ckpt), progress=False)
+    assert os.listdir(ckpt) == ["keep.txt"]
+    # The command line says so and fails.
+    assert hf_to_orbax.main(["--hf-dir", str(sharded_hf), "--out", str(ckpt), "--no-progress"]) == 1
+    assert hf_to_orbax.main(["--hf-dir", str(sharded_hf), "--out", str(ckpt), "--no-progress",
+                             "--overwrite"]) == 0
+    assert is_orbax_checkpoint(str(ckpt)) and not os.path.exists(ckpt / "keep.txt")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        orbax_to_hf.export(str(ckpt), str(out), progress=False)
+    assert orbax_to_hf.main(["--ckpt", str(ckpt), "--out", str(out), "--overwrite",
+                             "--no-progress"]) == 0
+    assert not os.path.exists(out / "keep.txt") and os.path.exists(out / INDEX_NAME) is False
+    assert _tensors(out) == _tensors(sharded_hf)
+    assert _leftovers(tmp_path) == []
+
+
+def test_missing_step_is_named(sharded_hf, tmp_path, capsys):
+    ckpt = tmp_path / "c"
+    hf_to_orbax.convert(str(sharded_hf), str(ckpt), progress=False)
+    with pytest.raises(CheckpointError, match=r"step 7 does not exist; steps present: \[0\]"):
+        orbax_to_hf.export(str(ckpt), str(tmp_path / "o"), step=7, progress=False)
+    assert orbax_to_hf.main(["--ckpt", str(ckpt), "--step", "3", "--out", str(tmp_path / "o")]) == 1
+    assert "step 3 does not exist" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="step 2 does not exist"):
+        load_model_from_orbax(str(ckpt), step=2)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_interrupted_conversions_leave_nothing_complete(sharded_hf, tmp_path, monkeypatch):
+    calls = [0]
+    real_read = hf_to_orbax.read_tensor
+
+    def failing_read(st, name):
+        calls[0] += 1
+        if calls[0] == 6:
+            raise OSError(f"simulated read failure on {name}")
+        return real_read(st, name)
+
+    monkeypatch.setattr(hf_to_orbax, "read_tensor", failing_read)
+    with pytest.raises(OSError, match="simulated read failure"):
+        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    assert calls[0] >= 6
+    assert not os.path.exists(tmp_path / "c") and _leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    real_prefetched = orbax_to_hf._prefetched
+
+    def failing(stores, entries, target):
+        for i, arr in enumerate(real_prefetched(stores, entries, target)):
+            if i == 7:
+                raise OSError("simulated failure mid-export")
+            yield arr
+
+    monkeypatch.setattr(orbax_to_hf, "_prefetched", failing)
+    with pytest.raises(OSError, match="mid-export"):
+        orbax_to_hf.export(str(tmp_path / "c"), str(tmp_path / "o"), max_shard_size="30KB",
+                           progress=False)
+    assert not os.path.exists(tmp_path / "o") and _leftovers(tmp_path) == []
+
+
+def test_command_line_entry_points(tmp_path):
+    hf = tmp_path / "hf"
+    _make(hf, seed=11)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "conversion.hf_to_orbax", "--hf-dir", str(hf),
+                        "--out", str(tmp_path / "c"), "--fsync"], cwd=root, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    n = len(SafetensorsDir(str(hf)).keys())
+    assert f"hf_to_orbax: {n} tensors" in r.stdout and "hf->orbax" in r.stderr  # summary + bar
+    r = subprocess.run([sys.executable, "-m", "conversion.orbax_to_hf", "--ckpt",
+                        str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--max-shard-size",
+                        "40KB", "--fsync"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"orbax_to_hf: {n} tensors" in r.stdout
+    assert _tensors(tmp_path / "o") == _tensors(hf)

@@ -1,0 +1,83 @@
+"""The memory plan: XLA's per-device numbers agree with the shardings, and remat and
+micro-batching show up in them (tiny configs; the Qwen3-4B table is benchmarks/results/)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from socialr1_jax import memory_plan
+from socialr1_jax.config import preset
+from socialr1_jax.hf_layout import layout
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _elements_per_device(cfg, split: int) -> int:
+    """Our own count: every matrix split `split` ways (1x8x1 FSDP), vectors replicated."""
+    return sum(math.prod(e.shape) // split if len(e.shape) >= 2 else math.prod(e.shape)
+               for e in layout(cfg))
+
+
+def test_plan_agrees_with_the_shardings():
+    b, p_len, c_len = 16, 8, 16
+    plan = memory_plan.plan(preset="tiny", mesh="1x8x1", prompts=4, group=4, prompt_len=p_len,
+                            completion_len=c_len, micro_batch=8, remat="none",
+                            param_dtype="bfloat16", master_dtype="float32")
+    n = _elements_per_device(preset("tiny"), 8)
+    st = plan["state_bytes_per_device"]
+    assert st["params"] == st["reference_params"] == 2 * n   # bf16
+    assert st["master"] == 4 * n                              # fp32 master copy
+    assert 8 * n <= st["optimizer"] <= 8 * n + 64             # fp32 mu + nu, and step counters
+    assert st["train_state_total"] == st["params"] + st["master"] + st["optimizer"] + 12
+
+    train, ref = plan["programs"]
+    rows = b // 8
+    # XLA's arguments of the reference forward: its weight shards and this device's rows.
+    assert ref["arguments"] == st["reference_params"] + 4 * rows * 2 * (p_len + c_len)
+    assert ref["outputs"] == 4 * rows * c_len
+    # The donated train state comes back in place: the master and moments are aliased.
+    assert train["aliased"] >= st["master"] + 8 * n
+    assert train["outputs"] >= st["train_state_total"] - 64
+    assert train["resident_besides"] == st["reference_params"]
+    assert ref["resident_besides"] == st["train_state_total"]
+    for q in plan["programs"]:
+        assert q["program_total"] == q["arguments"] + q["outputs"] - q["aliased"] + q["temporaries"]
+        assert q["peak"] == q["program_total"] + q["resident_besides"]
+    assert plan["peak_bytes_per_device"] == max(q["peak"] for q in plan["programs"])
+
+
+def test_cli_shows_remat_and_micro_batching(tmp_path):
+    """A fresh process (its own XLA flags): 4 settings; remat and micro-batching cut temps."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = tmp_path / "plan"
+    proc = subprocess.run(
+        [sys.executable, "-m", "socialr1_jax.memory_plan", "--preset", "tiny", "--layers", "4",
+         "--prompts", "4", "--group", "4", "--prompt-len", "64", "--completion-len", "192",
+         "--remat", "none,full", "--micro-batch", "16,8", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plans = json.loads((tmp_path / "plan.json").read_text())["plans"]
+    temps = {(p["setting"]["remat"], p["setting"]["micro_batch"]): p["programs"][0]["temporaries"]
+             for p in plans}
+    assert sorted(temps) == [("full", 8), ("full", 16), ("none", 8), ("none", 16)]
+    print({k: f"{v / 2**20:.2f} MiB" for k, v in temps.items()})
+    assert temps[("full", 16)] < 0.8 * temps[("none", 16)]
+    assert temps[("none", 8)] < 0.8 * temps[("none", 16)]
+    assert temps[("full", 8)] == min(temps.values())
+    for p in plans:
+        assert p["setting"]["devices"] == 8 and p["setting"]["layers"] == 4
+        assert memory_plan.MEMORY_SCHEDULER_FLAG in p["xla_flags"]
+    table = (tmp_path / "plan.md").read_text()
+    assert table.count("\n| 1x8x1 |") == 4
+    assert "peak per device" in proc.stdout
+
+
+def test_cli_refuses_a_bad_mesh(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "socialr1_jax.memory_plan", "--preset", "tiny", "--mesh", "1x4x1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "--mesh 1x4x1 needs 4 devices; this process has 8" in proc.stderr

@@ -1,0 +1,228 @@
+"""The sampler against transformers' greedy `generate`, a NumPy sampling reference, and the
+trainer's log-prob recomputation; EOS / lengths / early stop; sharding; bucketing; bad inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from socialr1_jax import create_model, load_model, make_mesh, preset
+from socialr1_jax import sampler as S
+from socialr1_jax.logprobs import completion_logprobs
+from tests.hf_fixtures import make_hf_checkpoint
+
+NEW = 64
+
+
+def _prompts(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, n).tolist() for n in lengths]
+
+
+def _hf_greedy(ref, prompts, new):
+    """transformers' greedy generate on the left-padded batch (no EOS: runs `new` tokens)."""
+    p = max(map(len, prompts))
+    ids = np.zeros((len(prompts), p), np.int64)
+    mask = np.zeros_like(ids)
+    for i, pr in enumerate(prompts):
+        ids[i, p - len(pr):], mask[i, p - len(pr):] = pr, 1
+    with torch.no_grad():
+        out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                           max_new_tokens=new, do_sample=False, pad_token_id=0)
+    assert out.shape[1] == p + new
+    return out[:, p:].numpy()
+
+
+@pytest.fixture(scope="module", params=[(True, 4, 2, 4), (False, 8, 2, 1)],
+                ids=["tied-gqa2", "untied-gqa4"])
+def greedy_case(request, tmp_path_factory):
+    """A random checkpoint with std 0.3 weights, its HF greedy reference and ours loaded."""
+    tie, heads, kv, seed = request.param
+    d = tmp_path_factory.mktemp("greedy")
+    ref = make_hf_checkpoint(d, tie=tie, heads=heads, kv_heads=kv, init_std=0.3, seed=seed)
+    prompts = _prompts(256, [7, 12, 1, 9], seed=seed)
+    expected = _hf_greedy(ref, prompts, NEW)
+    return load_model(str(d)), prompts, expected
+
+
+def test_greedy_equals_transformers_generate(greedy_case):
+    model, prompts, expected = greedy_case
+    # A broken cache can still reproduce a model that repeats one token: demand variety.
+    assert len(np.unique(expected)) >= 20, np.unique(expected)
+    assert min(len(set(row)) for row in expected.tolist()) >= 8
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0)
+    got = np.asarray(res.tokens)
+    assert got.shape == (4, NEW)
+    np.testing.assert_array_equal(got, expected)
+    assert np.asarray(res.mask).all() and (np.asarray(res.lengths) == NEW).all()
+    assert res.steps == NEW
+
+
+def test_eos_stops_rows_and_the_loop(greedy_case):
+    """Each row stops at its first EOS (several ids), which it keeps; then pads, mask 0."""
+    model, prompts, expected = greedy_case
+    # Two EOS ids taken from the reference so that every row stops at a known place.
+    eos = (int(expected[0, 10]), int(expected[1, 20]))
+    stop = [next((t + 1 for t, tok in enumerate(row) if tok in eos), NEW) for row in expected]
+    assert min(stop) <= 11 and len(set(stop)) > 1
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, eos_ids=eos, pad_id=3)
+    tokens, mask = np.asarray(res.tokens), np.asarray(res.mask)
+    for r, n in enumerate(stop):
+        np.testing.assert_array_equal(tokens[r, :n], expected[r, :n])
+        assert (tokens[r, n:] == 3).all() and mask[r, :n].all() and not mask[r, n:].any()
+        assert (np.asarray(res.logprobs)[r, n:] == 0).all()
+    np.testing.assert_array_equal(np.asarray(res.lengths), stop)
+    # The loop ran only until the last row finished, not to max_new_tokens.
+    assert res.steps == max(stop)
+
+
+def test_early_stop_when_all_rows_done(greedy_case):
+    model, prompts, expected = greedy_case
+    eos = tuple(int(expected[r, 4]) for r in range(4))  # every row stops by its 5th token
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, eos_ids=eos)
+    lengths = np.asarray(res.lengths)
+    assert lengths.max() <= 5 and res.steps == lengths.max()
+
+
+def _truncated_reference(logits, temperature, top_k, top_p):
+    """softmax(logits / T), cut to top-k, renormalised, cut to the smallest prefix with mass
+    >= top_p, renormalised: written independently in NumPy (float64)."""
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros_like(p, bool)
+    k = top_k if top_k > 0 else len(p)
+    keep[order[:k]] = True
+    q = np.where(keep, p, 0)
+    q /= q.sum()
+    if top_p < 1:
+        cum = np.cumsum(q[order])
+        n = int(np.searchsorted(cum, top_p) + 1)  # first prefix whose mass reaches top_p
+        nucleus = np.zeros_like(keep)
+        nucleus[order[:n]] = True
+        q = np.where(nucleus, q, 0)
+        q /= q.sum()
+    return q
+
+
+@pytest.fixture(scope="module")
+def dist_model():
+    return create_model(preset("tiny", init_std=0.3), seed=7)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 20, 1.0), (1.3, 0, 0.8), (0.9, 40, 0.7)])
+def test_first_token_distribution(dist_model, temperature, top_k, top_p):
+    """4000 draws of the first token against the truncated softmax of the model's logits.
+
+    Bound: E|p_hat_i - p_i| <= sqrt(p_i (1 - p_i) / N), so the expected total variation is at
+    most s = 0.5 * sum_i sqrt(p_i (1 - p_i) / N) (the normal approximation gives 0.8 s). TV is
+    a sum over ~100 nearly independent terms, so its spread is a small fraction of s; we allow
+    2 s (2.5x the expectation) and check the same draws are rejected against a wrong
+    reference. Tokens outside the kept set must never appear (exact).
+    """
+    n = 4000
+    prompt = [5, 17, 99, 3, 250, 42]
+    logits = np.asarray(dist_model(jnp.asarray([prompt]))[0, -1], np.float64)
+    q = _truncated_reference(logits, temperature, top_k, top_p)
+    res = S.sample(dist_model, [prompt], max_new_tokens=1, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=n, seed=11)
+    tokens = np.asarray(res.tokens)[:, 0]
+    emp = np.bincount(tokens, minlength=len(q)) / n
+    assert emp[q == 0].sum() == 0, "sampled a token outside the top-k / top-p set"
+    tv = 0.5 * np.abs(emp - q).sum()
+    bound = 2 * 0.5 * np.sqrt(q * (1 - q) / n).sum()
+    print(f"TV {tv:.4f} bound {bound:.4f} wrong {0.5 * np.abs(emp - _truncated_reference(logits, temperature * 1.5, 0, 1.0)).sum():.4f} support {(q > 0).sum()}")
+    assert tv < bound, (tv, bound)
+    # Power: the same draws against the untruncated / wrong-temperature distribution fail.
+    wrong = _truncated_reference(logits, temperature * 1.5, 0, 1.0)
+    assert 0.5 * np.abs(emp - wrong).sum() > bound
+    # The reported log-probs are those of softmax(logits / T) before truncation.
+    full = logits / temperature - np.log(np.exp(logits / temperature).sum())
+    np.testing.assert_allclose(np.asarray(res.logprobs)[:, 0], full[tokens], atol=1e-5)
+
+
+def test_top_p_candidates_and_full_sort_agree():
+    """The partial-sort fast path and the full-sort fallback of top-p give the same cut."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(0, 2.0, (6, 300)), jnp.float32)
+    for top_p in (0.3, 0.9, 0.999):
+        ref = np.stack([_truncated_reference(np.asarray(l), 1.0, 0, top_p) > 0 for l in logits])
+        for cand in (8, 64, 300):  # 8: mostly the fallback; 300 = V: sort only
+            kept = S.truncate_logits(logits, top_k=0, top_p=top_p, use_top_p=True,
+                                     candidates=cand)
+            np.testing.assert_array_equal(np.isfinite(np.asarray(kept)), ref)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (1.0, 0, 1.0), (0.0, 0, 1.0),
+                                                      (1.2, 30, 0.95)])
+def test_logprobs_equal_trainer_recomputation(greedy_case, temperature, top_k, top_p):
+    model, prompts, expected = greedy_case
+    eos = (int(expected[1, 5]),)
+    res = S.sample(model, prompts, max_new_tokens=24, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=3, eos_ids=eos, seed=5)
+    assert res.tokens.shape == (12, 24) and res.prompt_ids.shape == (12, 16)
+    # row i*n+j is sample j of prompt i: the prompt is repeated per sample.
+    np.testing.assert_array_equal(np.asarray(res.prompt_ids)[4:6], np.asarray(res.prompt_ids)[3:5])
+    t = temperature if temperature > 0 else 1.0
+    lp = completion_logprobs(model, res.prompt_ids, res.prompt_mask, res.tokens, res.mask,
+                             temperature=t)
+    m = np.asarray(res.mask) == 1
+    diff = np.abs(np.asarray(lp) - np.asarray(res.logprobs))[m]
+    assert m.sum() > 100 and diff.max() <= 1e-4, diff.max()
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2), (2, 4, 1)])
+def test_sharded_sampling_equals_unsharded(tiny_hf, shape):
+    prompts = _prompts(256, [5, 11, 2], seed=1)  # 3 or 6 rows: padded to the 4 / 8 shards
+    plain = load_model(tiny_hf)
+    mesh = make_mesh(*shape)
+    sharded = load_model(tiny_hf, mesh=mesh)
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, num_samples=2)):
+        a = S.sample(plain, prompts, max_new_tokens=20, seed=3, **kw)
+        b = S.sample(sharded, prompts, max_new_tokens=20, seed=3, mesh=mesh, **kw)
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+
+
+def test_bucketing_reuses_compiled_programs(tiny_hf):
+    model = load_model(tiny_hf)
+    S.sample(model, _prompts(256, [5, 3]), max_new_tokens=20, temperature=0)
+    before = S.compiled_programs()
+    for lengths, new in (([9, 2], 30), ([16, 1], 17), ([4, 4], 32)):  # prompt 16, gen 32 buckets
+        res = S.sample(model, _prompts(256, lengths), max_new_tokens=new, temperature=0)
+        assert res.tokens.shape == (2, new) and res.prompt_ids.shape == (2, 16)
+    assert S.compiled_programs() == before
+    assert [S.bucket(n) for n in (1, 16, 17, 64, 65, 1000, 1025, 3000)] == \
+        [16, 16, 32, 64, 128, 1024, 2048, 3072]
+
+
+def test_chunked_prefill_equals_single_pass(greedy_case):
+    model, prompts, expected = greedy_case
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, prefill_chunk=4)
+    np.testing.assert_array_equal(np.asarray(res.tokens), expected)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_new_tokens=0), "max_new_tokens=0"),
+    (dict(max_new_tokens=-3), "max_new_tokens=-3"),
+    (dict(top_p=0.0), "top_p=0.0"),
+    (dict(top_p=1.5), "top_p=1.5"),
+    (dict(top_k=-1), "top_k=-1"),
+    (dict(temperature=-0.5), "temperature=-0.5"),
+    (dict(eos_ids=(3, 256)), "eos id 256"),
+    (dict(num_samples=0), "num_samples=0"),
+    (dict(prompts=[]), "prompts is empty"),
+    (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+    (dict(prompts=[[1, 300]]), r"token id\(s\) \[300\]"),
+    (dict(max_new_tokens=2040), "prompt 0 has 10 tokens.*2050 positions.*2048"),
+    (dict(max_cache_len=12), "prompt 0 has 10 tokens.*14 positions.*12"),
+])
+def test_bad_inputs(tiny_hf, kwargs, match):
+    model = load_model(tiny_hf)
+    args = dict(prompts=[list(range(10))], max_new_tokens=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        S.sample(model, args.pop("prompts"), **args)
