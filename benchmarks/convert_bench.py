@@ -5,14 +5,15 @@
 
 Makes an HF-layout checkpoint of the preset's shapes (random bf16, two safetensors shards + index,
 written tensor by tensor), then in one run times, each in a fresh subprocess: a plain copy of the
-two shard files (shutil.copyfile), `conversion.hf_to_orbax`, `conversion.orbax_to_hf`. Before
-each child its output of an earlier run is deleted, `sync` runs and its input is read once
-(all untimed), so every task starts with a warm page cache and no dirty pages or freed blocks
-of another. Each child imports everything first, resets its peak-RSS counter
-(/proc/self/clear_refs) and reports wall time, peak RSS (VmHWM) above its RSS after imports, and
-the time until its output is fsynced (the copy may finish in the page cache before the disk).
-Medians over --repeats. The exported files are compared with the source bit for bit, one tensor
-at a time. Results: printed table, benchmarks/results/convert_bench[.<preset>].{json,md}.
+two shard files (shutil.copyfile), `conversion.hf_to_orbax`, `conversion.orbax_to_hf`.
+Before each child (untimed): its earlier output is deleted, `sync` runs, the work dir's files are
+dropped from the page cache and the child's input is read once. So every task starts with its
+input cached, the same free memory for its output, and no dirty pages or freed blocks of another.
+Each child imports everything first, resets its peak-RSS counter (/proc/self/clear_refs) and
+reports wall time, peak RSS (VmHWM) above its RSS after imports, and the time until its output is
+fsynced (a copy may return before its bytes reach the disk). Medians over --repeats. The
+exported files are compared with the source bit for bit, one tensor at a time.
+Results: printed table, benchmarks/results/convert_bench[.<preset>].{json,md}.
 Targets (issue 4): each direction <= 2x the copy's wall time; peak RSS <= 3 GB above baseline.
 """
 
@@ -86,11 +87,24 @@ def warm(path: str) -> None:
                     pass
 
 
+def evict(path: str) -> None:
+    """Drop the (clean) page-cache pages of every file under `path`."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def run_child(task: str, src: str, dst: str) -> dict:
     # Same start for every task: its output gone, every dirty page (and ext4's discards of freed
-    # blocks, processed at the journal commit that sync forces) flushed, its input in the cache.
+    # blocks, processed at the journal commit that sync forces) flushed, and of the work dir only
+    # its input in the page cache (so each finds the same free memory for its output).
     shutil.rmtree(dst, ignore_errors=True)
     os.sync()
+    evict(os.path.dirname(src))
     warm(src)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", task, src, dst],
                           capture_output=True, text=True, cwd=ROOT)
@@ -250,7 +264,8 @@ def main(argv=None) -> int:
         f.write(f"# Conversion benchmark ({a.preset}: {cfg.num_params():,} params, "
                 f"{nbytes / 1e9:.2f} GB bf16, two shards)\n\n"
                 f"Plain copy vs `conversion.hf_to_orbax` vs `conversion.orbax_to_hf`, each in a "
-                f"fresh subprocess, page cache warm, median of {a.repeats}; peak RSS = VmHWM minus "
+                f"fresh subprocess with only its input in the page cache, median of {a.repeats}; "
+                f"peak RSS = VmHWM minus "
                 f"RSS after imports; 'wall + fsync' also waits until the output files are on disk. "
                 f"Round trip verified bitwise on {checked} tensors.\n"
                 f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB.\n\n"

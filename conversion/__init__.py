@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
+from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir, _header_bytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -115,6 +115,49 @@ def read_tensor(st: SafetensorsDir, name: str) -> np.ndarray:
                                       f"{end - begin} bytes")
             done += n
     return out
+
+
+def _write_fully(f, data: memoryview) -> None:
+    done = 0
+    while done < len(data):
+        done += f.write(data[done:])
+
+
+def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None = None,
+                      on_tensor=None) -> int:
+    """Stream tensors into a safetensors file via `path.tmp`; returns the data bytes written.
+
+    Each source (in `specs` order) is either an array, or a list of (file, nbytes) whose bytes,
+    concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
+    The header comes from safetensors_io, like `safetensors_io.write_file`'s.
+    """
+    from socialr1_jax import checkpoint_stream
+
+    specs = [(n, tuple(s), np.dtype(d)) for n, s, d in specs]
+    tmp = path + ".tmp"
+    total = 0
+    it = iter(sources)
+    with open(tmp, "wb", buffering=0) as f:  # unbuffered: sendfile appends at the fd's offset
+        _write_fully(f, memoryview(_header_bytes(specs, metadata)))
+        for name, shape, dtype in specs:
+            src = next(it)
+            want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if isinstance(src, np.ndarray):
+                if src.shape != shape or src.dtype != dtype:
+                    raise CheckpointError(f"{path}: tensor {name} is {src.shape} {src.dtype}, "
+                                          f"expected {shape} {dtype}")
+                _write_fully(f, np.ascontiguousarray(src).reshape(-1).view(np.uint8).data)
+            else:
+                if sum(n for _, n in src) != want:
+                    raise CheckpointError(f"{path}: tensor {name}: source files hold "
+                                          f"{sum(n for _, n in src)} bytes, expected {want}")
+                for file, n in src:
+                    checkpoint_stream.copy_range(file, 0, n, f.fileno())
+            total += want
+            if on_tensor is not None:
+                on_tensor(name, want)
+    os.replace(tmp, path)
+    return total
 
 
 @dataclasses.dataclass

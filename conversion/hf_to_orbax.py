@@ -2,9 +2,11 @@
 
     python -m conversion.hf_to_orbax --hf-dir DIR --out CKPT [--dtype bf16|fp32] [--overwrite]
 
-Every tensor is checked against config.json (present, shape, dtype) before anything is written;
-then each is read with plain file reads, reshaped by `hf_layout.layout(cfg)` (never transposed,
-so the data is bit-identical) and written by Orbax's TensorStore specs while the next one is read.
+Every tensor is checked against config.json (present, shape, dtype) before anything is written.
+Parameters are renamed and reshaped by `hf_layout.layout(cfg)` (never transposed, so the bytes
+are the same): Orbax and TensorStore create each array, and its chunk files are copied from the
+safetensors byte ranges by the kernel (see checkpoint_stream); with --dtype each tensor is read,
+cast and written through TensorStore instead, at most ~1 GB of them in memory.
 config.json (torch_dtype set to the stored dtype), generation_config.json and tokenizer files are
 kept beside the step. The result loads with `load_model(CKPT, mesh=...)` and the trainer's restore.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -81,10 +84,19 @@ def plan(hf_dir: str, dtype: str | None = None):
     return cfg, st, table, target
 
 
+def _no_ocdbt_merge_note(record) -> bool:
+    """Drop Orbax's warning that a raw (non-OCDBT) item has no OCDBT files to merge."""
+    return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
 def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool = False,
-            progress: bool = True, fsync: bool = False,
+            progress: bool = True, fsync: bool = False, raw_copy: bool = True,
             max_inflight_bytes: int = 1 << 30) -> Summary:
-    """Convert `hf_dir` into the Orbax checkpoint root `out`; returns the summary."""
+    """Convert `hf_dir` into the Orbax checkpoint root `out`; returns the summary.
+
+    raw_copy=False writes every tensor through TensorStore into Orbax's default OCDBT format
+    (what training checkpoints use) instead of kernel-copied raw zarr chunks.
+    """
     import orbax.checkpoint as ocp
 
     from socialr1_jax.checkpoint_stream import StreamedTensor, nest, streaming_registry
@@ -93,7 +105,7 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
     hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
     if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    cfg, st, table, target = plan(hf_dir, dtype)
+    _, st, table, target = plan(hf_dir, dtype)
     total = sum(int(np.prod(e.shape)) * target.itemsize for e in table)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="hf->orbax", disable=not progress,
                file=sys.stderr)
@@ -108,17 +120,30 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
         arr = read_tensor(st, entry.hf_name).reshape(entry.shape)
         return arr if arr.dtype == target else arr.astype(target)
 
+    def raw(entry):
+        """Where the tensor's bytes lie, when they can be copied as they are."""
+        if not raw_copy or st.info(entry.hf_name)[1] != target:
+            return None
+        f = st.files[st.weight_map[entry.hf_name]]
+        return f.path, f.data_start + f.header[entry.hf_name]["data_offsets"][0]
+
     leaves = {e.path: StreamedTensor(e.shape, target, lambda e=e: produce(e), name=e.hf_name,
-                                     on_written=on_written) for e in table}
+                                     raw=raw(e), on_written=on_written) for e in table}
     try:
         with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
+            # Raw zarr (no OCDBT, uncompressed): each chunk a file the kernel copies from the
+            # safetensors bytes. Restores read it like any Orbax item.
             handler = ocp.PyTreeCheckpointHandler(
-                use_compression=False, type_handler_registry=streaming_registry(max_inflight_bytes))
+                use_ocdbt=not raw_copy, use_compression=False,
+                type_handler_registry=streaming_registry(max_inflight_bytes))
             mgr = manager(tmp, create=True, params_handler=handler)
+            absl_log = logging.getLogger("absl")
+            absl_log.addFilter(_no_ocdbt_merge_note)
             try:
                 mgr.save(0, args=ocp.args.Composite(**{PARAMS: ocp.args.PyTreeSave(nest(leaves))}))
                 mgr.wait_until_finished()
             finally:
+                absl_log.removeFilter(_no_ocdbt_merge_note)
                 mgr.close()
             if list_steps(tmp) != [0] or count[0] != len(table):
                 raise CheckpointError(f"{tmp}: the Orbax save did not finish step 0 "

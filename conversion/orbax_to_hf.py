@@ -4,7 +4,9 @@
                                      [--dtype bf16|fp32] [--overwrite]
 
 Only the `params` item of the step is read (a training checkpoint's optimizer state is left on
-disk). Tensors are renamed and reshaped by `hf_layout.layout(cfg)` and split into shards as
+disk). Arrays stored as raw zarr chunks in the exported dtype (what hf_to_orbax writes) are
+copied file to file by the kernel; others (OCDBT training checkpoints, --dtype casts) are read
+through TensorStore one tensor at a time, the next read overlapping the current write. Tensors are renamed and reshaped by `hf_layout.layout(cfg)` and split into shards as
 transformers' save_pretrained does: a new shard when the next tensor would pass --max-shard-size,
 a tensor larger than that alone in its own, `model-0000K-of-0000N.safetensors` with
 `model.safetensors.index.json` when there is more than one, `model.safetensors` otherwise.
@@ -22,12 +24,12 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from conversion import Summary, parse_size, staged_dir
+from conversion import Summary, parse_size, staged_dir, write_safetensors
 from socialr1_jax import hf_layout
 from socialr1_jax.checkpoint import (PARAMS, check_params, copy_side_files, read_config, resolve,
                                      write_json_atomic)
 from socialr1_jax.config import parse_dtype
-from socialr1_jax.safetensors_io import INDEX_NAME, SINGLE_NAME, CheckpointError, write_file
+from socialr1_jax.safetensors_io import INDEX_NAME, SINGLE_NAME, CheckpointError
 
 
 def split_shards(sizes: list[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
@@ -54,14 +56,25 @@ def shard_names(n: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 
-def _prefetched(stores, entries, target):
-    """Yield each tensor in HF layout while TensorStore already reads the next one."""
-    nxt = stores[entries[0].path][0].read() if entries else None
+def _sources(stores, raw, entries, target):
+    """Yield each tensor's source: its raw chunk files, or the array read through TensorStore
+    (the next such read already under way)."""
+    reads = [i for i, e in enumerate(entries) if raw[e.path] is None]
+    pending = {}
+
+    def start(k):
+        if k < len(reads):
+            pending[reads[k]] = stores[entries[reads[k]].path][0].read()
+
+    start(0)
+    k = 0
     for i, e in enumerate(entries):
-        cur = nxt
-        nxt = stores[entries[i + 1].path][0].read() if i + 1 < len(entries) else None
-        arr = np.asarray(cur.result()).reshape(e.hf_shape)
-        del cur
+        if raw[e.path] is not None:
+            yield raw[e.path]
+            continue
+        k += 1
+        start(k)
+        arr = np.asarray(pending.pop(i).result()).reshape(e.hf_shape)
         yield arr if arr.dtype == target else arr.astype(target)
 
 
@@ -69,7 +82,7 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
            dtype: str | None = None, overwrite: bool = False, progress: bool = True,
            fsync: bool = False) -> Summary:
     """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary."""
-    from socialr1_jax.checkpoint_stream import open_param_stores
+    from socialr1_jax.checkpoint_stream import open_param_stores, raw_chunk_files
 
     t0 = time.perf_counter()
     out = os.path.abspath(out)
@@ -103,13 +116,15 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
         bar.update(nbytes)
 
     ordered = [by_name[n] for g in groups for n in g]
-    tensors = _prefetched(stores, ordered, target)
+    raw = {e.path: raw_chunk_files(item_dir, stores[e.path][1].name, e.shape, target)
+           for e in table}
+    tensors = _sources(stores, raw, ordered, target)
     try:
         with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
             for fname, group in zip(files, groups):
                 specs = [(n, by_name[n].hf_shape, target) for n in group]
-                write_file(os.path.join(tmp, fname), specs, tensors, metadata={"format": "pt"},
-                           on_tensor=on_tensor)
+                write_safetensors(os.path.join(tmp, fname), specs, tensors,
+                                  metadata={"format": "pt"}, on_tensor=on_tensor)
             if len(files) > 1:
                 write_json_atomic(os.path.join(tmp, INDEX_NAME), {
                     "metadata": {"total_size": total, "total_parameters": cfg.num_params()},

@@ -10,7 +10,8 @@ hf_layout.py.
 from socialr1_jax.config import ModelConfig, from_hf_config, preset
 from socialr1_jax.loading import create_model, load_model, param_count
 from socialr1_jax.model import KVCache, Qwen3
+from socialr1_jax.sampler import SampleResult, sample
 from socialr1_jax.sharding import make_mesh
 
 __all__ = ["ModelConfig", "Qwen3", "KVCache", "create_model", "from_hf_config", "load_model",
-           "make_mesh", "param_count", "preset"]
+           "make_mesh", "param_count", "preset", "sample", "SampleResult"]

@@ -10,6 +10,11 @@ Layout of a checkpoint root `CKPT` (an Orbax CheckpointManager directory):
     CKPT/<step>/opt_state/          training checkpoints only: the optimizer state pytree
     CKPT/<step>/meta/               training checkpoints only: JSON {"step": ..., ...}
 
+Inside `params/` Orbax stores each array as zarr: training saves use Orbax's default OCDBT
+store; `hf_to_orbax` writes one plain directory per parameter (no OCDBT, uncompressed, chunks
+along axis 0), so its chunk files are byte ranges of the safetensors tensors, copied by the kernel
+both ways. Every restore below reads either kind (Orbax detects which).
+
 Steps are numbered directories finalized atomically by Orbax (written as `<step>.orbax-checkpoint-
 tmp-*` and renamed when complete), so a directory named by a number is always whole.
 `conversion.hf_to_orbax` writes step 0 with params only; `conversion.orbax_to_hf` exports the params

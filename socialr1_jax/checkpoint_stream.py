@@ -1,20 +1,29 @@
 """Tensor-at-a-time I/O in Orbax's own on-disk format (the converters' memory-bounded path).
 
 Orbax saves a pytree in one call and, for host arrays, wants every array in memory at once. The
-converters instead hand Orbax `StreamedTensor` leaves: a shape, a dtype and a function that
-produces the data. `StreamingHandler` (an Orbax TypeHandler, recorded as 'np.ndarray' like any host
-array) produces and writes them through Orbax's own TensorStore specs with a bounded number of bytes
-in flight, so the result is byte-for-byte the format `PyTreeCheckpointHandler` writes and restores
-(also as sharded jax.Arrays onto any mesh), while peak memory stays near one or two tensors.
+converters instead hand Orbax `StreamedTensor` leaves: a shape, a dtype, a function that produces
+the data and, when the bytes already sit in a file in C order (a safetensors tensor), where.
+`StreamingHandler` (an Orbax TypeHandler, recorded as 'np.ndarray' like any host array) writes
+each leaf through Orbax's own TensorStore spec, so the item is the format `PyTreeCheckpointHandler`
+restores (also as sharded jax.Arrays onto any mesh):
 
-`open_param_stores(step_dir)` is the reverse: every saved parameter opened as a TensorStore whose
-data is read only when asked for, so the exporter can read one tensor at a time.
+- raw path (the converters' default: a zarr item without OCDBT, uncompressed, same dtype):
+  TensorStore creates the array (its `.zarray`), chunked along axis 0 only, so every chunk file is
+  one contiguous byte range of the tensor, copied file to file by the kernel (`os.sendfile`, as
+  `shutil.copyfile` does). No tensor data passes through this process.
+- array path (dtype casts, OCDBT or compressed items): `produce()` in a worker thread, then
+  `TensorStore.write`, concurrently, with at most `max_inflight_bytes` produced but unwritten.
+
+`open_param_stores(item_dir)` and `raw_chunk_files(...)` are the reverse, for the exporter: every
+saved parameter opened lazily, and, where the item is raw zarr, the chunk files to copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import math
 import os
 from typing import Callable
 
@@ -31,23 +40,28 @@ from orbax.checkpoint._src.serialization import type_handler_registry as registr
 from orbax.checkpoint._src.serialization import type_handlers
 from orbax.checkpoint._src.serialization import types as ser_types
 
+from socialr1_jax.config import parse_dtype
 from socialr1_jax.safetensors_io import CheckpointError
 from socialr1_jax.sharding import path_str
 
-# Zarr chunks of at most this many bytes: a restore onto a mesh reads only the chunks its shards
-# touch, and TensorStore never holds more than a chunk of one tensor in its write buffers.
-CHUNK_BYTES = 256 * 2**20
+# Target chunk size: a restore onto a mesh reads only the chunks its shards touch.
+CHUNK_BYTES = 64 * 2**20
 
 
 class StreamedTensor:
-    """A checkpoint leaf whose data `produce()` returns only when Orbax writes it."""
+    """A checkpoint leaf whose data `produce()` returns only when Orbax writes it.
+
+    raw: (file, byte offset) where the tensor's bytes lie in C order and in `dtype`, if they do.
+    """
 
     def __init__(self, shape, dtype, produce: Callable[[], np.ndarray], *, name: str = "",
+                 raw: tuple[str, int] | None = None,
                  on_written: Callable[[str, int], None] | None = None):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.produce = produce
         self.name = name
+        self.raw = raw
         self.on_written = on_written
 
     @property
@@ -60,6 +74,61 @@ class StreamedTensor:
 
     def __repr__(self):
         return f"StreamedTensor({self.name!r}, {self.shape}, {self.dtype})"
+
+
+def copy_range(src: str, offset: int, nbytes: int, dst_fd: int) -> None:
+    """Append bytes [offset, offset + nbytes) of file `src` to `dst_fd`, copied by the kernel."""
+    with open(src, "rb", buffering=0) as f:
+        done = 0
+        while done < nbytes:
+            n = os.sendfile(dst_fd, f.fileno(), offset + done, nbytes - done)
+            if n == 0:
+                raise CheckpointError(f"{src}: file ended at byte {offset + done}, "
+                                      f"{nbytes - done} bytes short of the tensor's end")
+            done += n
+
+
+def row_chunks(shape: tuple, itemsize: int, target: int = CHUNK_BYTES) -> list[int]:
+    """A chunk shape splitting axis 0 only, into equal blocks of <= target bytes where possible.
+
+    Blocks of whole rows of a C-order array are contiguous byte ranges of it.
+    """
+    if not shape:
+        return []
+    row = math.prod(shape[1:]) * itemsize
+    n = shape[0]
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for c in (d, n // d):
+                if c * row <= target:
+                    best = max(best, c)
+    return [best, *shape[1:]]
+
+
+def _chunk_key(i: int, rank: int) -> str:
+    return ".".join([str(i)] + ["0"] * (rank - 1)) if rank else "0"
+
+
+def _raw_spec(spec: dict) -> bool:
+    """A plain uncompressed zarr v2 array in a directory: chunk files are raw C-order bytes."""
+    meta = spec.get("metadata", {})
+    return (spec.get("driver") == "zarr" and spec.get("kvstore", {}).get("driver") == "file"
+            and meta.get("compressor") is None and not meta.get("filters"))
+
+
+def _write_raw(directory: str, leaf: StreamedTensor, chunks: list[int]) -> None:
+    src, offset = leaf.raw
+    rank = len(leaf.shape)
+    nchunks = leaf.shape[0] // chunks[0] if rank else 1
+    chunk_bytes = leaf.nbytes // nchunks
+    for i in range(nchunks):
+        fd = os.open(os.path.join(directory, _chunk_key(i, rank)),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            copy_range(src, offset + i * chunk_bytes, chunk_bytes, fd)
+        finally:
+            os.close(fd)
 
 
 class _ByteBudget:
@@ -81,13 +150,11 @@ class _ByteBudget:
 
 
 class StreamingHandler(type_handlers.NumpyHandler):
-    """Writes `StreamedTensor` leaves with at most `max_inflight_bytes` of them in memory.
+    """Writes `StreamedTensor` leaves by the raw or the array path (see the module docstring).
 
-    Tensors are produced in order (file reads in a worker thread) and written concurrently, so
-    producing the next ones overlaps TensorStore writing the previous ones. The first error
-    (a bad read, a shape mismatch) cancels the rest and surfaces from the Orbax save.
-    Unlike Orbax it does not fsync after every file write (an OCDBT commit per tensor then
-    costs more than the data): written data is left to the page cache, as `cp` and transformers'
+    The first error (a bad read, a shape mismatch) stops it and surfaces from the Orbax save.
+    Unlike Orbax it does not fsync after every file (with OCDBT a commit per tensor would cost
+    more than the data): written data is left to the page cache, as `cp` and transformers'
     save_pretrained leave it; the converters' --fsync flushes the whole output once at the end.
     """
 
@@ -97,7 +164,7 @@ class StreamingHandler(type_handlers.NumpyHandler):
         self._context: tuple = (None, None)  # (Orbax's context, our copy without fsync)
 
     def _nosync_context(self, info) -> ts.Context:
-        """Orbax's TensorStore context for this save, minus the fsync after every file write.
+        """Orbax's TensorStore context for this save minus the fsync after every file write.
 
         One context per save, shared by all its tensors (so they share one OCDBT writer).
         """
@@ -133,6 +200,22 @@ class StreamingHandler(type_handlers.NumpyHandler):
         try:
             for leaf, info, arg in zip(values, infos, args):
                 await info.await_path_creation()
+                if arg.chunk_byte_size is None:
+                    arg = dataclasses.replace(arg, chunk_byte_size=CHUNK_BYTES)
+                spec = ts_utils.build_array_write_spec(
+                    info=info, arg=arg, global_shape=leaf.shape, local_shape=leaf.shape,
+                    dtype=leaf.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
+                    process_index=ocdbt_utils.get_process_index_for_subdir(
+                        use_ocdbt=info.is_ocdbt_checkpoint)).json
+                context = self._nosync_context(info)
+                if leaf.raw is not None and _raw_spec(spec):
+                    chunks = row_chunks(leaf.shape, leaf.dtype.itemsize)
+                    spec = {**spec, "metadata": {**spec["metadata"], "chunks": chunks}}
+                    await ts.open(ts.Spec(spec), create=True, open=True, context=context)
+                    await asyncio.to_thread(_write_raw, spec["kvstore"]["path"], leaf, chunks)
+                    if leaf.on_written is not None:
+                        leaf.on_written(leaf.name, leaf.nbytes)
+                    continue
                 await budget.acquire(leaf.nbytes)
                 try:
                     arr = await asyncio.to_thread(leaf.produce)
@@ -140,25 +223,19 @@ class StreamingHandler(type_handlers.NumpyHandler):
                     await budget.release(leaf.nbytes)
                     raise
                 if tuple(arr.shape) != leaf.shape or arr.dtype != leaf.dtype:
+                    await budget.release(leaf.nbytes)
                     raise CheckpointError(f"tensor {leaf.name}: produced {list(arr.shape)} "
                                           f"{arr.dtype}, expected {list(leaf.shape)} {leaf.dtype}")
-                if arg.chunk_byte_size is None:
-                    arg = dataclasses.replace(arg, chunk_byte_size=CHUNK_BYTES)
-                spec = ts_utils.build_array_write_spec(
-                    info=info, arg=arg, global_shape=leaf.shape, local_shape=leaf.shape,
-                    dtype=leaf.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
-                    process_index=ocdbt_utils.get_process_index_for_subdir(
-                        use_ocdbt=info.is_ocdbt_checkpoint))
-                pending.add(asyncio.ensure_future(
-                    self._write_one(spec.json, self._nosync_context(info), arr, leaf, budget)))
+                pending.add(asyncio.ensure_future(self._write_one(spec, context, arr, leaf, budget)))
                 del arr
                 for done in [p for p in pending if p.done()]:
                     pending.discard(done)
                     done.result()  # re-raise a failed write now, not at the end
             await asyncio.gather(*pending)
         except BaseException:
-            for p in pending:
-                p.cancel()
+            # Let the writes already started finish (at most the byte budget) before the error
+            # leaves: TensorStore would otherwise call back into a closed event loop.
+            await asyncio.gather(*pending, return_exceptions=True)
             raise
 
 
@@ -216,3 +293,34 @@ def open_param_stores(item_dir: str) -> dict[str, tuple[ts.TensorStore, object]]
 
     stores = asyncio.run(open_all())
     return {path: (store, meta) for (path, meta), store in zip(flat.items(), stores)}
+
+
+def raw_chunk_files(item_dir: str, name: str, shape: tuple, dtype) -> list[tuple[str, int]] | None:
+    """[(chunk file, nbytes)] whose concatenation is the array's C-order bytes, or None.
+
+    Only for a raw zarr v2 array (no OCDBT, no compressor or filters, C order, chunks splitting
+    axis 0 only, every chunk file present and whole); anything else is read through TensorStore.
+    """
+    array_dir = os.path.join(item_dir, name)
+    try:
+        with open(os.path.join(array_dir, ".zarray")) as f:
+            z = json.load(f)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    try:
+        stored = np.dtype(parse_dtype(z["dtype"])) if z["dtype"] == "bfloat16" else np.dtype(z["dtype"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    shape, rank = tuple(shape), len(shape)
+    chunks = tuple(z.get("chunks", ()))
+    if (z.get("zarr_format") != 2 or z.get("compressor") is not None or z.get("filters")
+            or z.get("order") != "C" or z.get("dimension_separator", ".") != "."
+            or tuple(z.get("shape", ())) != shape or stored != np.dtype(dtype)
+            or len(chunks) != rank or (rank and (chunks[1:] != shape[1:] or shape[0] % chunks[0]))):
+        return None
+    nchunks = shape[0] // chunks[0] if rank else 1
+    nbytes = math.prod(chunks) * stored.itemsize
+    files = [(os.path.join(array_dir, _chunk_key(i, rank)), nbytes) for i in range(nchunks)]
+    if not all(os.path.isfile(p) and os.path.getsize(p) == nbytes for p, _ in files):
+        return None
+    return files

@@ -117,9 +117,9 @@ class Attention(nnx.Module):
         mask_bts: True where query t may attend key slot s. Returns (out_btd, (k_bskh, v_bskh)).
         """
         cfg, dt = self.cfg, x_btd.dtype
-        q = jnp.einsum("btd,nhd->btnh", x_btd, self.q_nhd[...].astype(dt))
-        k = jnp.einsum("btd,khd->btkh", x_btd, self.k_khd[...].astype(dt))
-        v = jnp.einsum("btd,khd->btkh", x_btd, self.v_khd[...].astype(dt))
+        q = _heads_proj(x_btd, self.q_nhd[...].astype(dt))
+        k = _heads_proj(x_btd, self.k_khd[...].astype(dt))
+        v = _heads_proj(x_btd, self.v_khd[...].astype(dt))
         q = rms_norm(q, self.q_norm_scale_h[...], cfg.rms_norm_eps)
         k = rms_norm(k, self.k_norm_scale_h[...], cfg.rms_norm_eps)
         q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
@@ -137,9 +137,22 @@ class Attention(nnx.Module):
                             preferred_element_type=jnp.float32) * (h ** -0.5)
         scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dt)).reshape(b, t, n, h)
-        out = jnp.einsum("btnh,dnh->btd", out, self.o_dnh[...].astype(dt))
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dt)).reshape(b, t, n * h)
+        o_df = self.o_dnh[...].astype(dt).reshape(-1, n * h)  # free reshape, see _heads_proj
+        out = jnp.einsum("btf,df->btd", out, o_df)
         return out, (k, v)
+
+
+def _heads_proj(x_btd, w_nhd):
+    """x @ w per head: [B, T, D] x [N, H, D] -> [B, T, N, H].
+
+    Written as one 2-D matmul against the free reshape [N*H, D]: with the 3-D weight, XLA's CPU
+    backend transposed every projection weight on every call (inside the sampler's decode loop
+    too), which cost as much as the matmuls themselves.
+    """
+    n, h, d = w_nhd.shape
+    b, t, _ = x_btd.shape
+    return jnp.einsum("btd,fd->btf", x_btd, w_nhd.reshape(n * h, d)).reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conversion import hf_to_orbax, orbax_to_hf, parse_size
-from socialr1_jax import load_model
+from socialr1_jax import checkpoint_stream, load_model
 from socialr1_jax.checkpoint import is_orbax_checkpoint, list_steps, load_model_from_orbax
 from socialr1_jax.safetensors_io import INDEX_NAME, CheckpointError, SafetensorsDir
 from socialr1_jax.sharding import make_mesh
@@ -40,17 +40,24 @@ def _leftovers(parent):
     return [n for n in os.listdir(parent) if ".tmp-" in n or ".old-" in n]
 
 
-@pytest.mark.parametrize("dtype,tie,src_shard,out_shard", [
-    ("float32", True, None, "40KB"),      # one file in, several out
-    ("float32", False, "60KB", "5GB"),    # several in, one out
-    ("bfloat16", True, "30KB", "30KB"),   # several both ways
-    ("bfloat16", False, None, "5GB"),     # one file both ways
+@pytest.mark.parametrize("dtype,tie,src_shard,out_shard,raw", [
+    ("float32", True, None, "40KB", True),      # one file in, several out
+    ("float32", False, "60KB", "5GB", True),    # several in, one out
+    ("bfloat16", True, "30KB", "30KB", True),   # several both ways
+    ("bfloat16", False, None, "5GB", True),     # one file both ways
+    ("bfloat16", False, "30KB", "30KB", False),  # through TensorStore, Orbax's OCDBT format
 ])
-def test_round_trip_is_bitwise(tmp_path, dtype, tie, src_shard, out_shard):
+def test_round_trip_is_bitwise(tmp_path, dtype, tie, src_shard, out_shard, raw):
     hf, ckpt, out = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "out"
     _make(hf, dtype=dtype, tie=tie, shard=src_shard, seed=3)
     assert os.path.exists(hf / INDEX_NAME) == (src_shard is not None)
-    s1 = hf_to_orbax.convert(str(hf), str(ckpt), progress=False)
+    s1 = hf_to_orbax.convert(str(hf), str(ckpt), progress=False, raw_copy=raw)
+    params = ckpt / "0" / "params"
+    assert os.path.exists(params / "manifest.ocdbt") == (not raw)
+    if raw:  # raw zarr: the embedding's chunk files are its safetensors bytes, split by rows
+        files = checkpoint_stream.raw_chunk_files(str(params), "embed_vd", (256, 64), np.dtype(dtype))
+        assert files and b"".join(open(f, "rb").read() for f, _ in files) == \
+            SafetensorsDir(str(hf)).get("model.embed_tokens.weight").tobytes()
     s2 = orbax_to_hf.export(str(ckpt), str(out), max_shard_size=out_shard, progress=False)
     src, got = _tensors(hf), _tensors(out)
     assert sorted(src) == sorted(got)
@@ -247,37 +254,58 @@ def test_missing_step_is_named(sharded_hf, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o")
 
 
-def test_interrupted_conversions_leave_nothing_complete(sharded_hf, tmp_path, monkeypatch):
+def _fail_on_call(k, real, what):
     calls = [0]
-    real_read = hf_to_orbax.read_tensor
 
-    def failing_read(st, name):
+    def failing(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == 6:
-            raise OSError(f"simulated read failure on {name}")
-        return real_read(st, name)
+        if calls[0] == k:
+            raise OSError(f"simulated {what} failure")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(hf_to_orbax, "read_tensor", failing_read)
-    with pytest.raises(OSError, match="simulated read failure"):
-        hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
+    return failing, calls
+
+
+def test_interrupted_conversions_leave_nothing_complete(sharded_hf, tmp_path, monkeypatch):
+    def check(fn, what):
+        with pytest.raises(OSError, match=f"simulated {what} failure"):
+            fn()
+        for name in ("c", "o"):  # nothing under the output names, no staging dirs left
+            assert not os.path.exists(tmp_path / name) and not is_orbax_checkpoint(str(tmp_path / name))
+        assert _leftovers(tmp_path) == []
+
+    # hf -> orbax, kernel-copy path: the 6th tensor copy fails.
+    failing, calls = _fail_on_call(6, checkpoint_stream.copy_range, "copy")
+    monkeypatch.setattr(checkpoint_stream, "copy_range", failing)
+    check(lambda: hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False), "copy")
+    assert calls[0] == 6
+    monkeypatch.undo()
+    # hf -> orbax, read-and-cast path: the 6th tensor read fails.
+    failing, calls = _fail_on_call(6, hf_to_orbax.read_tensor, "read")
+    monkeypatch.setattr(hf_to_orbax, "read_tensor", failing)
+    check(lambda: hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), dtype="bf16",
+                                      progress=False), "read")
     assert calls[0] >= 6
-    assert not os.path.exists(tmp_path / "c") and _leftovers(tmp_path) == []
     monkeypatch.undo()
 
-    hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
-    real_prefetched = orbax_to_hf._prefetched
+    hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "ck"), progress=False)
+    # orbax -> hf, both paths: a chunk copy fails, or a TensorStore read does.
+    failing, calls = _fail_on_call(8, checkpoint_stream.copy_range, "copy")
+    monkeypatch.setattr(checkpoint_stream, "copy_range", failing)
+    check(lambda: orbax_to_hf.export(str(tmp_path / "ck"), str(tmp_path / "o"),
+                                     max_shard_size="30KB", progress=False), "copy")
+    monkeypatch.undo()
+    real_sources = orbax_to_hf._sources
 
-    def failing(stores, entries, target):
-        for i, arr in enumerate(real_prefetched(stores, entries, target)):
+    def failing_sources(*args):
+        for i, src in enumerate(real_sources(*args)):
             if i == 7:
-                raise OSError("simulated failure mid-export")
-            yield arr
+                raise OSError("simulated read failure")
+            yield src
 
-    monkeypatch.setattr(orbax_to_hf, "_prefetched", failing)
-    with pytest.raises(OSError, match="mid-export"):
-        orbax_to_hf.export(str(tmp_path / "c"), str(tmp_path / "o"), max_shard_size="30KB",
-                           progress=False)
-    assert not os.path.exists(tmp_path / "o") and _leftovers(tmp_path) == []
+    monkeypatch.setattr(orbax_to_hf, "_sources", failing_sources)
+    check(lambda: orbax_to_hf.export(str(tmp_path / "ck"), str(tmp_path / "o"), dtype="bf16",
+                                     progress=False), "read")
 
 
 def test_command_line_entry_points(tmp_path):

@@ -144,20 +144,40 @@ def test_first_token_distribution(dist_model, temperature, top_k, top_p):
     np.testing.assert_allclose(np.asarray(res.logprobs)[:, 0], full[tokens], atol=1e-5)
 
 
-def test_top_p_candidates_and_full_sort_agree():
-    """The partial-sort fast path and the full-sort fallback of top-p give the same cut."""
+def test_top_p_candidates_and_bisection_agree():
+    """The partial-sort fast path and the bisection fallback of top-p give the reference cut."""
     rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.normal(0, 2.0, (6, 300)), jnp.float32)
+    logits = rng.normal(0, 2.0, (6, 300)).astype(np.float32)
+    logits[0, :5] = logits[0, 5]  # ties: kept together
     for top_p in (0.3, 0.9, 0.999):
-        ref = np.stack([_truncated_reference(np.asarray(l), 1.0, 0, top_p) > 0 for l in logits])
-        for cand in (8, 64, 300):  # 8: mostly the fallback; 300 = V: sort only
-            kept = S.truncate_logits(logits, top_k=0, top_p=top_p, use_top_p=True,
+        ref = np.stack([_truncated_reference(l, 1.0, 0, top_p) > 0 for l in logits])
+        ref[0, :6] = ref[0, :6].any()
+        for cand in (8, 64, 300):  # 8 forces the bisection; 300 = V: the sort only
+            kept = S.truncate_logits(jnp.asarray(logits), top_k=0, top_p=top_p, use_top_p=True,
                                      candidates=cand)
             np.testing.assert_array_equal(np.isfinite(np.asarray(kept)), ref)
+        lse = jax.nn.logsumexp(jnp.asarray(logits), axis=-1, keepdims=True)
+        thresh = S._nucleus_threshold_bisect(jnp.asarray(logits), lse, top_p)
+        np.testing.assert_array_equal(np.asarray(thresh), np.where(ref, logits, np.inf).min(-1))
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (1.0, 0, 1.0), (0.0, 0, 1.0),
-                                                      (1.2, 30, 0.95)])
+def test_inverse_cdf_and_argmax_helpers():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.5, (3, 2500)).astype(np.float32)
+    logits[:, 1000:] = -np.inf  # only the first 1000 tokens (first chunk) may be drawn
+    logits[2, 1:] = -np.inf     # a single allowed token
+    u = jnp.asarray([0.0, 0.999999, 0.5], jnp.float32)
+    tok = np.asarray(S.inverse_cdf_sample(u, jnp.asarray(logits), chunk=256))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    cdf = np.cumsum(p, -1) / p.sum(-1, keepdims=True)
+    expected = [int(np.searchsorted(cdf[r], float(u[r]), side="right")) for r in range(3)]
+    np.testing.assert_array_equal(tok, expected)
+    assert (tok < 1000).all() and tok[2] == 0
+    x = jnp.asarray([[1.0, 3.0, 3.0, 2.0], [0.0, -1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(np.asarray(S.argmax_first(x)), [1, 0])
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (0.0, 0, 1.0), (1.2, 30, 0.95)])
 def test_logprobs_equal_trainer_recomputation(greedy_case, temperature, top_k, top_p):
     model, prompts, expected = greedy_case
     eos = (int(expected[1, 5]),)
