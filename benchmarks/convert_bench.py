@@ -9,6 +9,8 @@ two shard files (shutil.copyfile), `conversion.hf_to_orbax`, `conversion.orbax_t
 Before each child (untimed): its earlier output is deleted, `sync` runs, the work dir's files are
 dropped from the page cache and the child's input is read once. So every task starts with its
 input cached, the same free memory for its output, and no dirty pages or freed blocks of another.
+orbax_to_hf exports a checkpoint made by an untimed hf_to_orbax first; each repeat rotates the
+order of the three tasks.
 Each child imports everything first, resets its peak-RSS counter (/proc/self/clear_refs) and
 reports wall time, peak RSS (VmHWM) above its RSS after imports, and the time until its output is
 fsynced (a copy may return before its bytes reach the disk). Medians over --repeats. The
@@ -203,18 +205,25 @@ def main(argv=None) -> int:
     work = os.path.abspath(a.work)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    src, ckpt, out, copy_dst = (os.path.join(work, n) for n in ("hf", "orbax", "hf_out", "copy"))
+    src, ckpt_in, ckpt_out, out, copy_dst = (
+        os.path.join(work, n) for n in ("hf", "orbax_in", "orbax_out", "hf_out", "copy"))
     try:
         t0 = time.perf_counter()
         nbytes = make_source(cfg, src)
         print(f"source: {a.preset}, {cfg.num_params():,} params, {nbytes / 1e9:.3f} GB bf16 in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-        runs = {"copy": [], "hf_to_orbax": [], "orbax_to_hf": []}
+        run_child("hf_to_orbax", src, ckpt_in)  # untimed: the input of the orbax_to_hf runs
+        # The VM's page cache speed depends on what ran before (fresh guest pages cost more), so
+        # each repeat rotates the order of the three tasks; none always goes first.
+        tasks = {"copy": (src, copy_dst), "hf_to_orbax": (src, ckpt_out),
+                 "orbax_to_hf": (ckpt_in, out)}
+        runs = {k: [] for k in tasks}
+        order = list(tasks)
         for r in range(a.repeats):
-            runs["copy"].append(run_child("copy", src, copy_dst))
-            shutil.rmtree(copy_dst)  # keep the disk footprint of one output at a time
-            runs["hf_to_orbax"].append(run_child("hf_to_orbax", src, ckpt))
-            runs["orbax_to_hf"].append(run_child("orbax_to_hf", ckpt, out))
+            for k in order[r % 3:] + order[:r % 3]:
+                runs[k].append(run_child(k, *tasks[k]))
+                if k != "orbax_to_hf":  # one output on disk at a time (the last export is checked)
+                    shutil.rmtree(tasks[k][1])
             print(f"repeat {r + 1}/{a.repeats}: " + ", ".join(
                 f"{k} {v[-1]['wall_s']:.2f} s / {v[-1]['peak_rss_above_base'] / 1e9:.2f} GB"
                 for k, v in runs.items()), flush=True)

@@ -110,12 +110,13 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
          prompt_len: int = 512, completion_len: int = 2048, micro_batch: int = 0,
          ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
          master_dtype: str = "float32", logprob_chunk: int = 256, layers: int = 0,
-         compute_entropy: bool = True) -> dict:
+         compute_entropy: bool = True, topology: str | None = None) -> dict:
     """Compile the train step and the log-prob forward abstractly; return the memory plan.
 
     micro_batch: sequences per forward/backward (0 = the whole batch); ref_micro_batch: the
     same for the reference forward (None = micro_batch). layers: override the layer count
-    (0 = the preset's), for quick looks.
+    (0 = the preset's), for quick looks. topology: compile for a TPU slice (e.g. 'v5e:2x4')
+    through libtpu's ahead-of-time compiler instead of the simulated CPU devices.
     """
     import jax
 
@@ -130,10 +131,11 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
         changes["num_layers"] = layers
     cfg = get_preset(preset, **changes)
     sizes = parse_mesh(mesh)
-    if math.prod(sizes.values()) != jax.device_count():
-        raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; this process "
-                         f"has {jax.device_count()} (set --devices)")
-    m = make_mesh(**sizes)
+    devices = topology_devices(topology) if topology else jax.devices()
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there are "
+                         f"{len(devices)} ({topology or 'set --devices'})")
+    m = make_mesh(**sizes, devices=devices)
     check_model_fits_mesh(cfg, m)
     batch = prompts * group
     ref_micro = micro_batch if ref_micro_batch is None else ref_micro_batch
@@ -163,7 +165,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     ]
     peak = max(p.peak for p in programs)
     return {
-        "setting": dict(preset=preset, mesh=mesh, devices=jax.device_count(), prompts=prompts,
+        "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
                         group=group, batch=batch, prompt_len=prompt_len,
                         completion_len=completion_len, micro_batch=micro_batch or batch,
                         ref_micro_batch=ref_micro or batch, remat=remat, param_dtype=param_dtype,
@@ -181,7 +183,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
         "peak_bytes_per_device": peak,
         "fits_80GB": peak <= 80e9,
         "fits_16GB": peak <= 16e9,
-        "backend": jax.default_backend(),
+        "backend": f"tpu {topology} (libtpu AOT)" if topology else jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
     }
@@ -236,6 +238,19 @@ def sweep_markdown(plans: list[dict]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def topology_devices(topology: str) -> list:
+    """The devices of a TPU slice description ('v5e:2x4'), for ahead-of-time compilation on a
+    machine without TPUs. Needs the `libtpu` package (pip install 'libtpu==0.0.42.*' for jax
+    0.10.2); nothing runs on them, XLA's TPU compiler only plans their memory."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except Exception as e:  # libtpu missing or the name unknown: say which
+        raise SystemExit(f"--topology {topology!r}: cannot build the TPU topology ({e}); "
+                         "install libtpu matching jax (jax[tpu]) to compile for TPU") from None
+
+
 def _setup_devices(n: int, extra_flags: str = "") -> None:
     """Simulate `n` CPU devices; must run before JAX initialises its backend."""
     flags = os.environ.get("XLA_FLAGS", "") + " " + extra_flags
@@ -276,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--master-dtype", default=RECIPE["master_dtype"])
     ap.add_argument("--logprob-chunk", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0, help="override the layer count (quick looks)")
+    ap.add_argument("--topology", default=None,
+                    help="compile for a TPU slice, e.g. v5e:2x4, with libtpu's AOT compiler")
     ap.add_argument("--xla-flags", default="",
                     help="extra XLA flags, e.g. --xla_disable_hlo_passes=cpu-all-reduce-combiner")
     ap.add_argument("--sweep", action="store_true",
@@ -287,17 +304,22 @@ def main(argv=None) -> int:
     bad = [r for r in remats if r not in ("none", "full", "dots")]
     if bad:
         raise SystemExit(f"--remat {bad[0]!r}: expected none, full or dots")
-    _setup_devices(args.devices, args.xla_flags)
+    if args.topology:
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata here
+    else:
+        _setup_devices(args.devices, args.xla_flags)
 
     if args.sweep:
         settings = [dict(RECIPE, mesh=mesh, remat=remat, micro_batch=mb, ref_micro_batch=rmb,
-                         layers=args.layers) for mesh, remat, mb, rmb in SWEEP]
+                         layers=args.layers, topology=args.topology)
+                    for mesh, remat, mb, rmb in SWEEP]
     else:
         settings = [dict(preset=args.preset, mesh=mesh, prompts=args.prompts, group=args.group,
                          prompt_len=args.prompt_len, completion_len=args.completion_len,
                          micro_batch=mb, ref_micro_batch=args.ref_micro_batch, remat=remat,
                          param_dtype=args.param_dtype, master_dtype=args.master_dtype,
-                         logprob_chunk=args.logprob_chunk, layers=args.layers)
+                         logprob_chunk=args.logprob_chunk, layers=args.layers,
+                         topology=args.topology)
                     for mesh in args.mesh.split(",") for remat in remats
                     for mb in _ints(args.micro_batch, "--micro-batch")]
     plans = []
