@@ -24,7 +24,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from conversion import Summary, parse_size, staged_dir, write_safetensors
+from conversion import DATA_ALIGN, Summary, parse_size, staged_dir, write_safetensors
 from socialr1_jax import hf_layout
 from socialr1_jax.checkpoint import (PARAMS, check_params, copy_side_files, read_config, resolve,
                                      write_json_atomic)
@@ -101,7 +101,11 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
                               f"{sorted(map(str, stored))}; pass --dtype to export one")
     target = np.dtype(parse_dtype(dtype)) if dtype is not None else stored.pop()
     sizes = [(e.hf_name, int(np.prod(e.hf_shape)) * target.itemsize) for e in table]
-    groups = split_shards(sizes, limit)
+    # Within a file, tensors whose sizes are whole pages first and the small norm vectors last:
+    # with the page-aligned data section every large tensor then lands page-aligned.
+    size_of = dict(sizes)
+    groups = [sorted(g, key=lambda n: size_of[n] % DATA_ALIGN != 0)
+              for g in split_shards(sizes, limit)]
     files = shard_names(len(groups))
     by_name = {e.hf_name: e for e in table}
     total = sum(s for _, s in sizes)

@@ -152,10 +152,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     state_bytes = tree_bytes_per_device(state)
     ref_bytes = tree_bytes_per_device(ref_params)
     step = ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch)
-    # Forward only: rematerialisation changes nothing without a backward pass, so this program
-    # is compiled without it. (With remat on, make_logprob_fn's lax.map micro-batching fails to
-    # trace at the time of writing: flax "Cannot mutate Param from a different trace level".)
-    logp = ts.make_logprob_fn(cfg.replace(remat="none"), m, chunk=logprob_chunk,
+    logp = ts.make_logprob_fn(cfg, m, chunk=logprob_chunk,
                               micro_batch_size=ref_micro)
     programs = [
         _measure("train step", lambda: step.lower(state, abatch), ref_bytes),

@@ -293,7 +293,11 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
             (_, metrics), grads = grad_fn(trainable, batch)
         else:
             def body(acc, mb):
-                (_, m), g = grad_fn(trainable, mb)
+                # Without the barrier XLA hoists every layer's FSDP all-gather out of the loop
+                # and keeps a whole gathered copy of the model alive (measured: 44 -> 29 GB per
+                # device in the 4B memory plan).
+                tp, mb = jax.lax.optimization_barrier((trainable, mb))
+                (_, m), g = grad_fn(tp, mb)
                 return jax.tree.map(jnp.add, acc, (g, m)), None
 
             zero_g = jax.tree.map(jnp.zeros_like, trainable)
@@ -303,7 +307,7 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
             (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m),
                                                _split_micro(batch, n_micro))
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         # Zeroed grads keep the optimizer arithmetic finite; its result is discarded anyway.
         grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
@@ -346,15 +350,18 @@ def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
                     temperature: float = 1.0, chunk: int = 256,
                     micro_batch_size: int = 0) -> MeshFunction:
     """Jitted `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> [B, C]`
-    log-probs at `temperature` (forward only, micro-batched with lax.map when asked)."""
-    graphdef, _, pshard = shardings_for(model_cfg, mesh)
+    log-probs at `temperature` (forward only, micro-batched with lax.map when asked).
+    Rematerialisation is switched off: without a backward pass it saves nothing."""
+    graphdef, _, pshard = shardings_for(model_cfg.replace(remat="none"), mesh)
 
     def fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
 
         def one(args):
-            # Merged inside the mapped function: nnx modules must not cross trace levels.
-            model = nnx.merge(graphdef, params)
+            # Merged inside the mapped function: nnx modules must not cross trace levels. The
+            # barrier keeps the weight gathers inside the loop (see make_train_step).
+            p, args = jax.lax.optimization_barrier((params, args))
+            model = nnx.merge(graphdef, p)
             return completion_logprobs(model, *args, temperature=temperature, chunk=chunk)
 
         b = completion_ids.shape[0]
