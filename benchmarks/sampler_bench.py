@@ -114,7 +114,15 @@ def main(argv=None):
     ap.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "sampler_bench"))
     ap.add_argument("--skip-hf", action="store_true", help="time only ours (for profiling)")
     ap.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--quiet-load", type=float, default=None,
+                    help="first wait (up to --wait-s) until the 1-min load average is below this")
+    ap.add_argument("--wait-s", type=float, default=1800)
     args = ap.parse_args(argv)
+    if args.quiet_load is not None:
+        deadline = time.time() + args.wait_s
+        while os.getloadavg()[0] >= args.quiet_load and time.time() < deadline:
+            time.sleep(15)
+        print(f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
     import jax
     import numpy as np

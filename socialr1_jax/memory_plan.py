@@ -225,6 +225,10 @@ def sweep_markdown(plans: list[dict]) -> str:
     rows = []
     for p in plans:
         s = p["setting"]
+        if "refused" in p:  # the TPU compiler proved it cannot fit: no numbers to show
+            rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / "
+                        f"{s['ref_micro_batch']} | compiler: {p['refused']} | - | - | no | no |")
+            continue
         tr, rf = p["programs"]
         gb = lambda n: f"{n / 1e9:.1f}"  # noqa: E731
         rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / {s['ref_micro_batch']} "
@@ -322,7 +326,22 @@ def main(argv=None) -> int:
     plans = []
     bar = tqdm(settings, desc="compiling", file=sys.stderr, disable=len(settings) < 2)
     for s in bar:
-        p = plan(**s)
+        try:
+            p = plan(**s)
+        except Exception as e:
+            # XLA's TPU compiler refuses a program larger than the chip's HBM; that is a result
+            # of the plan (does not fit), not a failure of the tool.
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            reason = str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0]
+            p = {"setting": dict(s, micro_batch=s.get("micro_batch") or "all",
+                                 ref_micro_batch=s.get("ref_micro_batch") or s.get("micro_batch")
+                                 or "all"),
+                 "refused": reason, "fits_80GB": False, "fits_16GB": False}
+            bar.write(f"{s.get('mesh')} remat {s.get('remat')}: does not fit ({reason})\n",
+                      file=sys.stdout)
+            plans.append(p)
+            continue
         plans.append(p)
         bar.write(format_plan(p) + "\n", file=sys.stdout)
     print(sweep_markdown(plans))
@@ -339,7 +358,7 @@ def write_results(plans: list[dict], out: str, command: str) -> None:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump({"command": command, "plans": plans}, f, indent=1)
-    first = plans[0]
+    first = next((p for p in plans if "refused" not in p), plans[0])
     with open(out + ".md", "w") as f:
         f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
                 f"`{command}` (jax {first['jax']}, backend {first['backend']}, "

@@ -5,8 +5,8 @@ group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted 
 
 1. creates the KV cache inside the program (so nothing outside holds it and XLA updates the
    loop-carried buffers in place: this is the donation of the cache),
-2. prefills the left-padded prompts in one forward pass and samples the first token from the
-   last position only (the LM head never runs over the prompt),
+2. prefills the left-padded prompts (one forward pass per `prefill_chunk` tokens) and samples
+   the first token from the last position only (the LM head never runs over the prompt),
 3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
    soon as every row has emitted one of the EOS ids.
 
@@ -14,7 +14,8 @@ Shapes are bucketed (prompt length and generation length rounded up to a few siz
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
 length compiles a handful of programs. With a mesh the batch is split over ('data', 'fsdp')
 (padded with inactive dummy rows to a multiple of the shard count) and the cache is pinned with
-`CACHE_BSKH`; the random draws do not depend on the sharding (threefry is partitionable).
+`CACHE_BSKH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
+sharding.
 
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
 vocabulary, before top-k / top-p truncation. This is what the trainer recomputes
@@ -33,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from socialr1_jax.model import KVCache
-from socialr1_jax.sharding import (BATCH, CACHE_BSKH, TOKENS_BT, batch_sharding, batch_shards,
+from socialr1_jax.sharding import (CACHE_BSKH, TOKENS_BT, batch_sharding, batch_shards,
                                    constrain, param_shardings)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a

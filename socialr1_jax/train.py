@@ -109,6 +109,35 @@ def _save(cfg: TrainConfig, step: int, state: ts.TrainState, model_cfg) -> str:
                            flat, meta, cfg=model_cfg)
 
 
+def restore_train_state(root: str, template: ts.TrainState, model_cfg, mesh,
+                        step: Optional[int] = None) -> tuple[ts.TrainState, int]:
+    """(TrainState, step) from a checkpoint written by a run (`OUT/checkpoints`, latest step by
+    default), every array restored straight into the sharding of `template`'s matching leaf."""
+    from socialr1_jax.checkpoint import CheckpointError, restore_checkpoint
+
+    rest = (template.master, template.opt_state, template.step, template.skipped,
+            template.consecutive_skips)
+    leaves, treedef = jax.tree.flatten(rest)
+    abstract = {f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                for i, x in enumerate(leaves)}
+    r = restore_checkpoint(root, step, cfg=model_cfg, mesh=mesh, abstract_opt_state=abstract)
+    if (r.meta or {}).get("train_state_leaves") != len(leaves):
+        raise CheckpointError(f"{root} step {r.step}: its optimizer state has "
+                              f"{(r.meta or {}).get('train_state_leaves')} arrays, this run's "
+                              f"has {len(leaves)} (another optimizer or dtype setup?)")
+    rest = jax.tree.unflatten(treedef, [r.opt_state[k] for k in sorted(r.opt_state)])
+    return ts.TrainState(nnx.state(r.model), *rest), r.step
+
+
+def _resume_root(cfg: TrainConfig) -> str:
+    """out_dir/checkpoints when run.resume is set and it holds a finished step, else ''."""
+    root = os.path.join(cfg.run.out_dir, "checkpoints") if cfg.run.out_dir else ""
+    if not (cfg.run.resume and root and os.path.isdir(root)):
+        return ""
+    from socialr1_jax.checkpoint import list_steps
+    return root if list_steps(root) else ""
+
+
 def _mean_metrics(history: list[dict]) -> dict:
     keys = history[0].keys()
     host = jax.device_get(history)
@@ -116,10 +145,13 @@ def _mean_metrics(history: list[dict]) -> dict:
 
 
 def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print,
+          on_step: Optional[Callable[[int, ts.TrainState, dict], None]] = None) -> TrainResult:
     """Run GRPO for cfg.run.steps steps (or until too many non-finite updates in a row).
 
     task: defaults to the one named by cfg.run.task; model: defaults to `load_policy(cfg)`.
+    on_step(step, state, metrics): called after each step's updates (evaluation hooks, tests);
+    the state is donated to the next step, so copy what you keep.
     """
     if task is None and cfg.run.task != "toy":
         make_task(cfg, 0)  # raises before any model is loaded
@@ -131,7 +163,7 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     g, r = cfg.grpo, cfg.rollout
 
     _, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
-    state = ts.init_train_state(ref_params, cfg.optim, mesh, total_updates=cfg.total_updates)
+    resume_from = _resume_root(cfg)
     step_fn = ts.make_train_step(mcfg, cfg.optim, g, mesh, temperature=r.temperature,
                                  micro_batch_size=cfg.micro_batch,
                                  total_updates=cfg.total_updates)
@@ -140,6 +172,13 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     graphdef = nnx.graphdef(model)
     del model
 
+    first = 0
+    if resume_from:
+        state, first = restore_train_state(resume_from, ts.abstract_train_state(
+            mcfg, cfg.optim, mesh, total_updates=cfg.total_updates), mcfg, mesh)
+        log(f"resumed from {resume_from} step {first} ({int(state.step)} updates)")
+    else:
+        state = ts.init_train_state(ref_params, cfg.optim, mesh, total_updates=cfg.total_updates)
     from socialr1_jax.sampler import sample
 
     out_dir = cfg.run.out_dir
@@ -150,13 +189,15 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     bar = None
     if cfg.run.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.run.steps, desc="GRPO", unit="step", file=sys.stderr)
+        bar = tqdm(total=cfg.run.steps, initial=first, desc="GRPO", unit="step",
+                   file=sys.stderr)
         log = bar.write
     two = batch_sharding(mesh, 2)
 
+
     history, status = [], "done"
     try:
-        for step in range(cfg.run.steps):
+        for step in range(first, cfg.run.steps):
             prompts = task.prompts(step, r.prompts_per_step)
             too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
             if too_long:
@@ -202,6 +243,8 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
                     f"{m['clip_frac_low']:.3f}/{m['clip_frac_high']:.3f} ent {m['entropy']:.3f} "
                     f"|g| {m['grad_norm']:.3f} lr {m['lr']:.2e} len {m['response_len']:.1f} "
                     f"t {m['rollout_s']:.2f}/{m['ref_s']:.2f}/{m['update_s']:.2f}s")
+            if on_step is not None:
+                on_step(step, state, m)
             if int(state.consecutive_skips) >= g.max_consecutive_skips:
                 status = (f"stopped at step {step}: {int(state.consecutive_skips)} consecutive "
                           f"updates with NaN/Inf loss or gradients (grpo.max_consecutive_skips="
@@ -211,7 +254,7 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
             if out_dir and cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
                 _save(cfg, step + 1, state, mcfg)
         if out_dir and history:
-            path = _save(cfg, len(history), state, mcfg)
+            path = _save(cfg, first + len(history), state, mcfg)
             log(f"checkpoint: {path}")
     finally:
         if bar is not None:

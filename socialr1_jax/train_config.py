@@ -162,7 +162,9 @@ class MeshConfig:
 class RunConfig:
     """task: 'toy' (toy_task.py) or 'social-r1' (not implemented yet). out_dir: metrics.jsonl and
     checkpoints (empty = write nothing). save_every: checkpoint period in steps (0 = only at the
-    end). progress: a tqdm bar instead of one line per step."""
+    end). resume: continue from the latest checkpoint in out_dir/checkpoints (params, master
+    weights, optimizer state, counters; the reference stays the initial model). progress: a tqdm
+    bar alongside the per-step lines."""
 
     task: str = "toy"
     steps: int = 600
@@ -171,6 +173,7 @@ class RunConfig:
     save_every: int = 0
     log_every: int = 1
     progress: bool = True
+    resume: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -309,16 +309,20 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
 
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        # Zeroed grads keep the optimizer arithmetic finite; its result is discarded anyway.
-        grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-        updates, new_opt = optimizer.update(grads, state.opt_state, trainable)
-        new_trainable = optax.apply_updates(trainable, updates)
 
-        def keep(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        def apply(operands):
+            trainable, opt_state, grads = operands
+            updates, new_opt = optimizer.update(grads, opt_state, trainable)
+            return optax.apply_updates(trainable, updates), new_opt
 
-        new_trainable = keep(new_trainable, trainable)
-        new_opt = keep(new_opt, state.opt_state)
+        def skip_update(operands):
+            trainable, opt_state, _ = operands
+            return trainable, opt_state
+
+        # A branch, not a select: a skipped update costs nothing and the kept buffers alias the
+        # donated ones (a per-leaf jnp.where would read and write every array twice more).
+        new_trainable, new_opt = jax.lax.cond(ok, apply, skip_update,
+                                              (trainable, state.opt_state, grads))
         if master:
             new_state = dataclasses.replace(state, master=new_trainable,
                                             params=_cast(new_trainable, compute_dtype))

@@ -13,7 +13,7 @@ import torch
 from conversion import hf_to_orbax, orbax_to_hf, parse_size
 from socialr1_jax import checkpoint_stream, load_model
 from socialr1_jax.checkpoint import is_orbax_checkpoint, list_steps, load_model_from_orbax
-from socialr1_jax.safetensors_io import INDEX_NAME, CheckpointError, SafetensorsDir
+from socialr1_jax.safetensors_io import INDEX_NAME, CheckpointError, SafetensorsDir, SafetensorsFile
 from socialr1_jax.sharding import make_mesh
 from tests.hf_fixtures import make_hf_checkpoint
 
@@ -80,6 +80,12 @@ def test_round_trip_is_bitwise(tmp_path, dtype, tie, src_shard, out_shard, raw):
             assert sum(len(src[k][2]) for k in names) <= limit or len(names) == 1
     else:
         assert files == ["model.safetensors"] and not os.path.exists(out / INDEX_NAME)
+    for f in files:  # data section page-aligned, whole-page tensors before the odd-sized ones
+        sf = SafetensorsFile(str(out / f))
+        assert sf.data_start % 4096 == 0
+        spans = sorted(sf.header[n]["data_offsets"] for n in sf.keys())
+        odd = [(b - a) % 4096 != 0 for a, b in spans]
+        assert odd == sorted(odd)
     for name, text in SIDE.items():  # tokenizer files kept beside the steps and exported again
         assert (ckpt / name).read_text() == text and (out / name).read_text() == text
     assert json.loads((out / "generation_config.json").read_text()) == \

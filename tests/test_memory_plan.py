@@ -84,4 +84,4 @@ def test_cli_refuses_a_bad_mesh(tmp_path):
         [sys.executable, "-m", "socialr1_jax.memory_plan", "--preset", "tiny", "--mesh", "1x4x1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "--mesh 1x4x1 needs 4 devices; this process has 8" in proc.stderr
+    assert "--mesh 1x4x1 needs 4 devices; there are 8" in proc.stderr

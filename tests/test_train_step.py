@@ -74,11 +74,10 @@ def test_gradient_matches_finite_differences(model):
         analytic = float(sum(jnp.vdot(g, v) for g, v in zip(gflat, vs)))
         # fp32 loss ~ 1 -> rounding ~ 1e-7 / h = 1e-4 on fd; h^2 truncation ~ 1e-6
         assert abs(analytic) > 1e-3, (name, analytic)
-        print(name, fd, analytic)
         assert abs(fd - analytic) <= 2e-2 * abs(analytic) + 3e-4, (name, fd, analytic)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg", ["token-mean"])  # all modes: test_grpo's normaliser test
 def test_micro_batches_give_the_same_update_as_one_batch(model, agg):
     mesh = make_mesh(1, 8, 1)
     # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 a gradient component that is zero
@@ -162,7 +161,7 @@ def test_bf16_params_keep_an_fp32_master_and_compile_abstractly():
     state = ts.init_train_state(nnx.state(model), ocfg, mesh)
     batch = ts.put_batch(make_batch(create_model(CFG), b=16), mesh)
     before = np.asarray(state.master["embed_vd"][...])
-    state, m = step(state, batch)
+    state, m = compiled(state, batch)  # the abstractly compiled program runs the real state
     after = np.asarray(state.master["embed_vd"][...])
     assert np.isfinite(float(m["loss"])) and int(state.step) == 1
     assert 0 < np.max(np.abs(after - before)) < 1e-5

@@ -1,0 +1,193 @@
+"""One full GRPO step on the ~100M bench model, phase by phase, and the update against torch.
+
+    python benchmarks/grpo_bench.py [--repeats 5] [--results benchmarks/results/grpo_bench]
+
+The step (issue 6): rollout of 2 prompts x 4 samples (64 prompt + 64 new tokens, no early
+EOS), reference log-probs, rewards (a toy reward, plain arrays), advantages, one AdamW update
+with k3 KL 0.04. Each phase is timed after a warm-up step (compilation excluded), median of
+`--repeats` steps. The update alone is then compared with the same loss and AdamW step written
+with transformers + torch (what verl and TRL run), on identical weights and the same batch.
+Single CPU device, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from socialr1_jax import grpo, load_model, preset, sample  # noqa: E402
+from socialr1_jax import train_step as ts  # noqa: E402
+from socialr1_jax.train_config import GRPOConfig, OptimConfig  # noqa: E402
+
+PROMPTS, GROUP, PROMPT_LEN, NEW = 2, 4, 64, 64
+BETA, LR, TARGET_S = 0.04, 5e-7, 5.0
+
+
+def make_checkpoint(directory: str):
+    """A random transformers Qwen3 with the bench-100m shape, saved; returns the torch model."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    c = preset("bench-100m")
+    hf = Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                     num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+                     num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
+                     intermediate_size=c.intermediate_size, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+                     max_position_embeddings=4096)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(hf).float()
+    model.save_pretrained(directory)
+    return model
+
+
+def torch_update(model, batch: dict, repeats: int) -> list[float]:
+    """The same GRPO loss (SPEC: clipped ratio, dual clip, k3 KL, token-mean) and AdamW step in
+    torch; returns the wall time of each update after one warm-up."""
+    import torch
+
+    torch.set_num_threads(2)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.01)
+    t = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
+    ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1).long()
+    attn = torch.cat([t["prompt_mask"], t["completion_mask"]], 1).long()
+    p = t["prompt_ids"].shape[1]
+    mask = t["completion_mask"].float()
+    adv = t["advantages"].float()[:, None]
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, p - 1:-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, p:, None])[..., 0]
+        ratio = torch.exp(torch.clamp(logp - t["old_logp"], -20, 20))
+        pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2))
+        pg = torch.where(adv < 0, torch.minimum(pg, -adv * 3.0), pg)
+        d = torch.clamp(t["ref_logp"] - logp, -20, 20)
+        kl = torch.clamp(torch.exp(d) - d - 1, -10, 10)
+        loss = ((pg + BETA * kl) * mask).sum() / mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.detach().item()
+
+    first_loss = one()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - t0)
+    return times, first_loss
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--results", default="benchmarks/results/grpo_bench")
+    args = ap.parse_args(argv)
+
+    load_start = os.getloadavg()[0]
+    work = tempfile.mkdtemp(prefix="grpo_bench_")
+    torch_model = make_checkpoint(work)
+    model = load_model(work)
+    mcfg = model.cfg
+    gcfg = GRPOConfig(group_size=GROUP, beta=BETA, kl="k3", agg="token-mean")
+    ocfg = OptimConfig(lr=LR)
+    graphdef, ref_params = nnx.split(model)
+    state = ts.init_train_state(ref_params, ocfg, None)
+    step_fn = ts.make_train_step(mcfg, ocfg, gcfg, None)
+    logp_fn = ts.make_logprob_fn(mcfg, None, chunk=gcfg.logprob_chunk)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, mcfg.vocab_size, PROMPT_LEN)) for _ in range(PROMPTS)]
+    target = int(rng.integers(0, mcfg.vocab_size))
+
+    def grpo_step(state, seed):
+        t0 = time.perf_counter()
+        out = sample(nnx.merge(graphdef, state.params), prompts, max_new_tokens=NEW,
+                     temperature=1.0, num_samples=GROUP, eos_ids=(), seed=seed)
+        tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+        t1 = time.perf_counter()
+        seqs = (out.prompt_ids, out.prompt_mask, out.tokens, out.mask)
+        ref_logp = jax.block_until_ready(logp_fn(ref_params, *seqs))
+        t2 = time.perf_counter()
+        rewards = (tokens[:, 0] == target).astype(np.float32) + rng.random(len(tokens),
+                                                                           dtype=np.float32)
+        adv = grpo.advantages(rewards, GROUP)
+        batch = ts.TrainBatch(*seqs, out.logprobs, ref_logp, adv)
+        t3 = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        t4 = time.perf_counter()
+        assert mask.sum() == PROMPTS * GROUP * NEW, "the rollout stopped early"
+        return state, batch, {"rollout": t1 - t0, "reference log-probs": t2 - t1,
+                              "rewards + advantages": t3 - t2, "update": t4 - t3,
+                              "total": t4 - t0}
+
+    state, _, _ = grpo_step(state, 0)  # warm-up: compiles every program
+    phases = []
+    for i in range(args.repeats):
+        state, batch, times = grpo_step(state, i + 1)
+        phases.append(times)
+    med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+
+    host_batch = {k: np.asarray(getattr(batch, k)) for k in
+                  ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logp",
+                   "ref_logp", "advantages")}
+    # The same loss at the initial weights, ours vs torch's (checks the formulas agree).
+    our_loss = float(jax.jit(lambda p, b: ts.policy_loss(graphdef, p, b, gcfg,
+                                                         temperature=1.0)[0])(ref_params, batch))
+    torch_times, torch_loss = torch_update(torch_model, host_batch, args.repeats)
+    loss_rel = abs(our_loss - torch_loss) / max(abs(torch_loss), 1e-12)
+    torch_med = statistics.median(torch_times)
+
+    rows = [(k, v) for k, v in med.items()]
+    lines = [f"# GRPO step benchmark (bench-100m, {mcfg.num_params() / 1e6:.1f}M params, fp32, "
+             f"1 CPU device, {PROMPTS} prompts x {GROUP} samples, {PROMPT_LEN} + {NEW} tokens, "
+             f"k3 KL {BETA})", "",
+             f"Median of {args.repeats} steps after a warm-up step. Target: total <= "
+             f"{TARGET_S} s (Tunix 0.1.7 on this machine, per the issue: 10.2 s = rollout 3.7 + "
+             "reference 1.3 + update 5.1).", "",
+             "| phase | seconds (median) |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in rows]
+    lines += ["", "| update alone | seconds (median) | vs ours |", "|---|---|---|",
+              f"| socialr1_jax (jit, donated) | {med['update']:.3f} | 1.00x |",
+              f"| transformers + torch {__import__('torch').__version__} | {torch_med:.3f} | "
+              f"{torch_med / med['update']:.2f}x slower |", "",
+              f"total {med['total']:.2f} s: target <= {TARGET_S} s "
+              f"{'met' if med['total'] <= TARGET_S else 'NOT met'}; update "
+              f"{'faster' if med['update'] < torch_med else 'NOT faster'} than torch", "",
+              f"Loss on the first batch at the initial weights: ours {our_loss:.6e}, torch "
+              f"{torch_loss:.6e} (relative difference {loss_rel:.1e}). Load average (1 min): "
+              f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (2 cores, shared)."]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    with open(args.results + ".md", "w") as f:
+        f.write(text + "\n")
+    with open(args.results + ".json", "w") as f:
+        json.dump({"phases_median_s": med, "phases_all": phases, "torch_update_s": torch_times,
+                   "torch_update_median_s": torch_med, "jax": jax.__version__,
+                   "target_s": TARGET_S, "target_met": med["total"] <= TARGET_S,
+                   "loss_ours": our_loss, "loss_torch": torch_loss, "loss_rel_diff": loss_rel,
+                   "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
+                   "machine": platform.processor() or platform.machine(),
+                   "cpus": os.cpu_count()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
