@@ -3,10 +3,12 @@
     python -m conversion.hf_to_orbax --hf-dir DIR --out CKPT [--dtype bf16|fp32] [--overwrite]
     python -m conversion.orbax_to_hf --ckpt CKPT [--step N] --out DIR [--max-shard-size 5GB]
                                      [--dtype bf16|fp32] [--overwrite]
+    (both also take --fsync: flush the output to disk before it is renamed into place)
 
-Both stream one tensor at a time and build their output in `OUT.tmp-*`, renamed to OUT only when
-complete, so an interrupted run never leaves a directory that looks like a checkpoint.
-This module holds what both share: the staged output directory, sizes, reads and the summary.
+Both stream one tensor at a time (tensor bytes copied file to file by the kernel when no cast is
+needed) and build their output in `OUT.tmp-*`, renamed to OUT only when complete, so an
+interrupted run never leaves a directory that looks like a checkpoint. This module holds what both
+share: the staged output directory, sizes, reads, the safetensors writer and the summary.
 """
 
 from __future__ import annotations

@@ -6,10 +6,13 @@
 Only the `params` item of the step is read (a training checkpoint's optimizer state is left on
 disk). Arrays stored as raw zarr chunks in the exported dtype (what hf_to_orbax writes) are
 copied file to file by the kernel; others (OCDBT training checkpoints, --dtype casts) are read
-through TensorStore one tensor at a time, the next read overlapping the current write. Tensors are renamed and reshaped by `hf_layout.layout(cfg)` and split into shards as
+through TensorStore one tensor at a time, the next read overlapping the current write.
+Tensors are renamed and reshaped by `hf_layout.layout(cfg)` and split into shards as
 transformers' save_pretrained does: a new shard when the next tensor would pass --max-shard-size,
 a tensor larger than that alone in its own, `model-0000K-of-0000N.safetensors` with
 `model.safetensors.index.json` when there is more than one, `model.safetensors` otherwise.
+Inside a file the data starts page-aligned and whole-page tensors come before the small norm
+vectors (any order is valid safetensors), which keeps the kernel's copies page-aligned.
 config.json (torch_dtype = the exported dtype), generation_config.json and the tokenizer files
 are copied from the checkpoint root.
 """
