@@ -19,10 +19,12 @@ def sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
 
 
 def head_logprobs(hidden_btd, w_vd, targets_bt, *, temperature: float = 1.0, chunk: int = 256,
-                  with_entropy: bool = False):
+                  with_entropy: bool = False, remat: bool = True):
     """log softmax(h W^T / T)[target] per position, chunked over time.
 
-    Returns logp [B, T] in fp32 (and the entropy of the same distribution when asked).
+    Returns logp [B, T] in fp32 (and the entropy of the same distribution when asked; it is a
+    metric and carries no gradient). remat=False keeps each chunk's logits for the backward pass
+    instead of recomputing them: one head matmul less, [B, T, V] fp32 more memory.
     """
     b, t, d = hidden_btd.shape
     chunk = max(1, min(chunk, t))
@@ -34,19 +36,23 @@ def head_logprobs(hidden_btd, w_vd, targets_bt, *, temperature: float = 1.0, chu
     h_nbcd = hidden_btd.reshape(b, n, chunk, d).swapaxes(0, 1)
     y_nbc = targets_bt.reshape(b, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one(args):
         h_bcd, y_bc = args
         logits = jnp.einsum("bcd,vd->bcv", h_bcd, w_vd.astype(h_bcd.dtype),
                             preferred_element_type=jnp.float32) / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
+        # One exp pass serves the log-sum-exp, its gradient (softmax = e / s) and the entropy.
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        e = jnp.exp(logits - m)
+        s = jnp.sum(e, axis=-1)
+        lse = m[..., 0] + jnp.log(s)
         logp = jnp.take_along_axis(logits, y_bc[..., None], axis=-1)[..., 0] - lse
         if not with_entropy:
             return logp, jnp.zeros_like(logp)
-        p = jnp.exp(logits - lse[..., None])
-        entropy = lse - jnp.sum(p * logits, axis=-1)
+        entropy = jax.lax.stop_gradient(lse - jnp.sum(e * logits, axis=-1) / s)
         return logp, entropy
 
+    if remat:
+        one = jax.checkpoint(one)
     logp_nbc, ent_nbc = jax.lax.map(one, (h_nbcd, y_nbc))
     logp = logp_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t]
     ent = ent_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t]
@@ -54,11 +60,13 @@ def head_logprobs(hidden_btd, w_vd, targets_bt, *, temperature: float = 1.0, chu
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
-                        temperature: float = 1.0, chunk: int = 256, with_entropy: bool = False):
+                        temperature: float = 1.0, chunk: int = 256, with_entropy: bool = False,
+                        remat: bool = True):
     """Log-prob [B, C] of each completion token under `model` at `temperature`.
 
     prompt_ids/mask [B, P] are left-padded; completion_ids/mask [B, C] are right-padded (mask 1
     up to and including the EOS the model emitted). Values at masked positions are meaningless.
+    with_entropy / remat: see `head_logprobs`.
     """
     p = prompt_ids.shape[1]
     ids, mask = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -66,4 +74,5 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     # Position P-1+i predicts completion token i.
     h_completion = hidden[:, p - 1:-1]
     return head_logprobs(h_completion, model.lm_head_weight(), completion_ids,
-                         temperature=temperature, chunk=chunk, with_entropy=with_entropy)
+                         temperature=temperature, chunk=chunk, with_entropy=with_entropy,
+                         remat=remat)

@@ -90,7 +90,9 @@ class GRPOConfig:
     rollout: one update per step); epochs: passes over the rollout; micro_batch_size: sequences
     per forward/backward inside one update (0 = the mini-batch). recompute_old_logp: recompute
     the old log-probs with the policy instead of taking the sampler's. max_consecutive_skips:
-    stop the run after this many non-finite updates in a row.
+    stop the run after this many non-finite updates in a row. head_remat: recompute the LM
+    head's logits in the backward pass ('always'), keep them ('never'), or 'auto': keep them when
+    one micro-batch's fp32 logits take at most 1 GiB per device (saves one head matmul).
     """
 
     group_size: int = 5
@@ -109,6 +111,7 @@ class GRPOConfig:
     recompute_old_logp: bool = False
     compute_entropy: bool = True
     logprob_chunk: int = 256
+    head_remat: str = "auto"
     max_consecutive_skips: int = 3
 
     def __post_init__(self):
@@ -121,6 +124,9 @@ class GRPOConfig:
         if self.normalize_adv and self.group_size == 1:
             raise ValueError("grpo.group_size=1 with grpo.normalize_adv=true: the std of a group "
                              "of one is undefined; use group_size >= 2 or normalize_adv=false")
+        if self.head_remat not in ("auto", "always", "never"):
+            raise ValueError(f"grpo.head_remat={self.head_remat!r}; expected 'auto', 'always' "
+                             "or 'never'")
         if self.dual_clip and self.dual_clip <= 1.0:
             raise ValueError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
         for key in ("epochs", "max_consecutive_skips", "logprob_chunk"):

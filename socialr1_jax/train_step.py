@@ -26,8 +26,11 @@ rollout_updates(step, state, batch, *, mini_batch_size, epochs, shuffle, seed, m
 
 Inside one update, the loss of micro-batch k is normalised by the counts of the whole batch
 (grpo.batch_normalisers), so the summed gradients equal the gradient of the one-batch loss.
-A non-finite loss or gradient norm leaves params, master and optimizer state unchanged (selected
-inside the program) and counts the skip; the trainer stops after N consecutive skips.
+A non-finite loss or gradient norm leaves params, master and optimizer state unchanged (a
+`lax.cond` inside the program skips the optimizer) and counts the skip; the trainer stops after N
+consecutive skips. policy_loss(...) is the differentiated function (tests check its gradient);
+head_remat(...) decides whether the LM head's logits are recomputed in the backward pass
+(GRPOConfig.head_remat; 'auto' keeps them when a micro-batch's fit in 1 GiB per device).
 """
 
 from __future__ import annotations
@@ -233,18 +236,33 @@ def _split_micro(tree, n: int):
     return jax.tree.map(one, tree)
 
 
+HEAD_REMAT_BYTES = 1 << 30  # grpo.head_remat='auto': keep a micro-batch's logits up to this
+
+
+def head_remat(grpo_cfg: GRPOConfig, rows: int, completion_len: int, vocab: int,
+               shards: int = 1) -> bool:
+    """Whether the update recomputes the LM head's logits in its backward pass (see
+    GRPOConfig.head_remat); `rows` sequences of a micro-batch split over `shards` devices."""
+    if grpo_cfg.head_remat != "auto":
+        return grpo_cfg.head_remat == "always"
+    per_device = -(-rows // shards) * completion_len * vocab * 4
+    return per_device > HEAD_REMAT_BYTES
+
+
 def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
-                temperature: float, compute_dtype=None, normalisers=None):
+                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
     """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
 
     compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
     normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
+    remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
     """
     params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
     model = nnx.merge(graphdef, params)
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                               batch.completion_mask, temperature=temperature,
-                              chunk=grpo_cfg.logprob_chunk, with_entropy=grpo_cfg.compute_entropy)
+                              chunk=grpo_cfg.logprob_chunk, with_entropy=grpo_cfg.compute_entropy,
+                              remat=remat_head)
     logp, entropy = out if grpo_cfg.compute_entropy else (out, None)
     if normalisers is None:
         normalisers = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
@@ -284,9 +302,13 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
         norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
                                        grpo_cfg.loss_scale_factor or None)
 
+        remat_head = head_remat(grpo_cfg, mbs, batch.completion_ids.shape[1],
+                                model_cfg.vocab_size, shards)
+
         def loss_fn(p, mb):
             return policy_loss(graphdef, p, mb, grpo_cfg, temperature=temperature,
-                               compute_dtype=compute_dtype, normalisers=norms)
+                               compute_dtype=compute_dtype, normalisers=norms,
+                               remat_head=remat_head)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if n_micro == 1:
