@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import struct
+import sys
 
 import numpy as np
 
@@ -188,3 +189,24 @@ class Summary:
         rate = self.nbytes / max(self.seconds, 1e-9) / 1e6
         return (f"{self.what}: {self.tensors} tensors, {self.nbytes / 1e9:.3f} GB "
                 f"({self.nbytes} bytes) in {self.seconds:.2f} s ({rate:.0f} MB/s) -> {self.out}")
+
+
+def add_output_args(p, dtype_help: str) -> None:
+    """The options both converters take: --dtype, --overwrite, --fsync, --no-progress."""
+    p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
+                   help=dtype_help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--fsync", action="store_true",
+                   help="flush the output to disk before it is renamed into place")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(convert_fn) -> int:
+    """Run one conversion: print its summary line, or `error: ...` on stderr and return 1."""
+    try:
+        summary = convert_fn()
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0

@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from conversion import Summary, read_tensor, staged_dir
+from conversion import Summary, add_output_args, read_tensor, run_cli, staged_dir
 from socialr1_jax import hf_layout
 from socialr1_jax.checkpoint import PARAMS, copy_side_files, list_steps, manager
 from socialr1_jax.config import dtype_name, from_hf_config, parse_dtype
@@ -159,21 +159,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hf-dir", required=True, help="HF directory: config.json + safetensors")
     p.add_argument("--out", required=True, help="Orbax checkpoint root to create")
-    p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
-                   help="store parameters in this dtype (default: the checkpoint's own)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--fsync", action="store_true",
-                   help="flush the output to disk before it is renamed into place")
-    p.add_argument("--no-progress", action="store_true")
+    add_output_args(p, "store parameters in this dtype (default: the checkpoint's own)")
     a = p.parse_args(argv)
-    try:
-        s = convert(a.hf_dir, a.out, dtype=a.dtype, overwrite=a.overwrite,
-                    progress=not a.no_progress, fsync=a.fsync)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(s.line())
-    return 0
+    return run_cli(lambda: convert(a.hf_dir, a.out, dtype=a.dtype, overwrite=a.overwrite,
+                                   progress=not a.no_progress, fsync=a.fsync))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from conversion import DATA_ALIGN, Summary, parse_size, staged_dir, write_safetensors
+from conversion import (DATA_ALIGN, Summary, add_output_args, parse_size, run_cli,
+                        staged_dir, write_safetensors)
 from socialr1_jax import hf_layout
 from socialr1_jax.checkpoint import (PARAMS, check_params, copy_side_files, read_config, resolve,
                                      write_json_atomic)
@@ -150,21 +151,11 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=None, help="step to export (default: the latest)")
     p.add_argument("--out", required=True, help="HF directory to create")
     p.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB, 2GiB")
-    p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
-                   help="export in this dtype (default: as stored)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--fsync", action="store_true",
-                   help="flush the output to disk before it is renamed into place")
-    p.add_argument("--no-progress", action="store_true")
+    add_output_args(p, "export in this dtype (default: as stored)")
     a = p.parse_args(argv)
-    try:
-        s = export(a.ckpt, a.out, step=a.step, max_shard_size=a.max_shard_size, dtype=a.dtype,
-                   overwrite=a.overwrite, progress=not a.no_progress, fsync=a.fsync)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(s.line())
-    return 0
+    return run_cli(lambda: export(a.ckpt, a.out, step=a.step, max_shard_size=a.max_shard_size,
+                                  dtype=a.dtype, overwrite=a.overwrite,
+                                  progress=not a.no_progress, fsync=a.fsync))
 
 
 if __name__ == "__main__":

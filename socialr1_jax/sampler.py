@@ -14,7 +14,7 @@ Shapes are bucketed (prompt length and generation length rounded up to a few siz
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
 length compiles a handful of programs. With a mesh the batch is split over ('data', 'fsdp')
 (padded with inactive dummy rows to a multiple of the shard count) and the cache is pinned with
-`CACHE_BSKH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
+`CACHE_BKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
 sharding.
 
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model import KVCache
-from socialr1_jax.sharding import (CACHE_BSKH, TOKENS_BT, batch_sharding, batch_shards,
+from socialr1_jax.sharding import (CACHE_BKSH, TOKENS_BT, batch_sharding, batch_shards,
                                    constrain, param_shardings)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a
@@ -258,8 +258,8 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     n = plan.new_len
     cache = KVCache.zeros(cfg, b, p + n)
     cache = dataclasses.replace(
-        cache, k=[constrain(x, CACHE_BSKH) for x in cache.k],
-        v=[constrain(x, CACHE_BSKH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+        cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
+        v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
     w_vd = model.lm_head_weight()
     choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                      top_k=plan.top_k, use_top_p=plan.use_top_p,

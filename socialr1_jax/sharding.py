@@ -46,7 +46,7 @@ ACT_BTNH = P(BATCH, None, "tensor", None)   # per-head q / k / v
 ACT_BTF = P(BATCH, None, "tensor")    # MLP hidden
 LOGITS_BTV = P(BATCH, None, "tensor")
 TOKENS_BT = P(BATCH, None)
-CACHE_BSKH = P(BATCH, None, "tensor", None)
+CACHE_BKSH = P(BATCH, "tensor", None, None)
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1, *,
@@ -125,17 +125,19 @@ def spec_for(path: str, ndim: int) -> P:
     raise KeyError(f"no partition rule for parameter {path!r}; add one to PARAM_RULES")
 
 
-def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, *, drop_unknown: bool = False) -> P:
     """Drop mesh axes from dims they do not divide (e.g. a vocab of 151,936 over tensor=3).
 
     Only dims that cannot be split evenly lose their axis; the caller sees it in the shard shapes.
+    drop_unknown: also drop axes the mesh does not have (activation constraints under a user's
+    mesh) instead of raising KeyError. Works for concrete and abstract meshes.
     """
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        if axes is None:
+        names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+        if not names or (drop_unknown and any(a not in mesh.axis_names for a in names)):
             out.append(None)
             continue
-        names = axes if isinstance(axes, tuple) else (axes,)
         size = math.prod(mesh.shape[a] for a in names)
         out.append(axes if dim % size == 0 else None)
     return P(*out)
@@ -191,7 +193,7 @@ def cache_shardings(cache, mesh: Mesh):
 
     def one(path, leaf):
         field = path_str(path).split("/")[0]
-        spec = {"k": CACHE_BSKH, "v": CACHE_BSKH, "valid_bs": P(BATCH, None),
+        spec = {"k": CACHE_BKSH, "v": CACHE_BKSH, "valid_bs": P(BATCH, None),
                 "next_pos_b": P(BATCH), "index": P()}[field]
         return NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh))
     return jax.tree_util.tree_map_with_path(one, cache)
@@ -228,22 +230,7 @@ def constrain(x: jax.Array, spec: P) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, _fit_abstract(spec, x.shape, mesh))
-
-
-def _fit_abstract(spec: P, shape, mesh) -> P:
-    out = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        if axes is None:
-            out.append(None)
-            continue
-        names = axes if isinstance(axes, tuple) else (axes,)
-        if any(a not in mesh.axis_names for a in names):
-            out.append(None)
-            continue
-        size = math.prod(mesh.shape[a] for a in names)
-        out.append(axes if dim % size == 0 else None)
-    return P(*out)
+    return jax.lax.with_sharding_constraint(x, fit_spec(spec, x.shape, mesh, drop_unknown=True))
 
 
 def describe(x: Any) -> str:

@@ -214,7 +214,7 @@ def test_kv_cache_created_sharded_and_prefill_matches():
     cfg = preset("tiny")
     mesh = make_mesh(2, 2, 2)
     cache = create_cache(cfg, batch=8, slots=16, mesh=mesh)
-    assert {s.data.shape for s in cache.k[0].addressable_shards} == {(2, 16, 1, 16)}
+    assert {s.data.shape for s in cache.k[0].addressable_shards} == {(2, 1, 16, 16)}
     assert {s.data.shape for s in cache.valid_bs.addressable_shards} == {(2, 16)}
     assert cache.index.sharding.spec == P()
     mem = jax.jit(lambda: cache, out_shardings=cache_shardings(cache, mesh))  # shardings build
@@ -234,7 +234,7 @@ def test_kv_cache_created_sharded_and_prefill_matches():
         h_sharded, new_cache = jax.jit(prefill, donate_argnums=1)(
             state, cache, jax.device_put(ids, batch_sharding(mesh)),
             jax.device_put(mask, batch_sharding(mesh)))
-    assert {s.data.shape for s in new_cache.k[1].addressable_shards} == {(2, 16, 1, 16)}
+    assert {s.data.shape for s in new_cache.k[1].addressable_shards} == {(2, 1, 16, 16)}
     single = jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), jax.devices()[0]), state)
     h_single, _ = jax.jit(prefill)(single, create_cache(cfg, 8, 16), ids, mask)
     real = mask == 1
