@@ -178,6 +178,46 @@ def _heads_proj(x_btd, w_nhd):
     return jnp.einsum("btd,fd->btf", x_btd, w_nhd.reshape(n * h, d)).reshape(b, t, n, h)
 
 
+@jax.custom_vjp
+def swiglu_mlp(x_btd, gate_fd, up_fd, down_df):
+    """down(silu(gate x) * up x), with a hand-written backward pass.
+
+    Left to autodiff, XLA:CPU fused the silu derivative into the transposed copy that each weight
+    gradient's matmul wants, and that strided fusion ran ~40x slower than a plain transpose
+    (29 ms against 0.75 ms for [1024, 1536] fp32). The backward below forms each weight gradient
+    as x^T d (activations in their natural layout) and transposes the small [D, F] result: the
+    bench model's update went from 2.50 to 2.23 s. tests/test_model.py checks it against autodiff.
+    """
+    return _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df)[0]
+
+
+def _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df):
+    gate = jnp.einsum("btd,fd->btf", x_btd, gate_fd)
+    up = jnp.einsum("btd,fd->btf", x_btd, up_fd)
+    h_btf = constrain(jax.nn.silu(gate) * up, ACT_BTF)
+    return jnp.einsum("btf,df->btd", h_btf, down_df), (x_btd, gate_fd, up_fd, down_df, gate, up)
+
+
+def _swiglu_mlp_bwd(res, g_btd):
+    x, gate_fd, up_fd, down_df, gate, up = res
+    s = jax.nn.sigmoid(gate)
+    silu = gate * s
+    h = silu * up
+    d_h = jnp.einsum("btd,df->btf", g_btd, down_df)
+    d_gate = constrain(d_h * up * (s + silu * (1 - s)), ACT_BTF)  # d silu = s + x s (1 - s)
+    d_up = constrain(d_h * silu, ACT_BTF)
+    # Weight gradients as x^T @ d (the activation-sized operand stays in its natural layout),
+    # then a transpose of the small [D, F] result.
+    d_down = jnp.einsum("btf,btd->fd", h, g_btd).T
+    d_gate_fd = jnp.einsum("btd,btf->df", x, d_gate).T
+    d_up_fd = jnp.einsum("btd,btf->df", x, d_up).T
+    d_x = jnp.einsum("btf,fd->btd", d_gate, gate_fd) + jnp.einsum("btf,fd->btd", d_up, up_fd)
+    return d_x, d_gate_fd, d_up_fd, d_down
+
+
+swiglu_mlp.defvjp(_swiglu_mlp_fwd, _swiglu_mlp_bwd)
+
+
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate x) * up x)."""
 
@@ -190,10 +230,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd):
         dt = x_btd.dtype
-        gate = jnp.einsum("btd,fd->btf", x_btd, self.gate_fd[...].astype(dt))
-        up = jnp.einsum("btd,fd->btf", x_btd, self.up_fd[...].astype(dt))
-        h_btf = constrain(jax.nn.silu(gate) * up, ACT_BTF)
-        return jnp.einsum("btf,df->btd", h_btf, self.down_df[...].astype(dt))
+        return swiglu_mlp(x_btd, self.gate_fd[...].astype(dt), self.up_fd[...].astype(dt),
+                          self.down_df[...].astype(dt))
 
 
 class Block(nnx.Module):
