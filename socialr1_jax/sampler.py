@@ -6,7 +6,9 @@ group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted 
 1. creates the KV cache inside the program (so nothing outside holds it and XLA updates the
    loop-carried buffers in place: this is the donation of the cache),
 2. prefills the left-padded prompts (one forward pass per `prefill_chunk` tokens) and samples
-   the first token from the last position only (the LM head never runs over the prompt),
+   the first token from the last position only (the LM head never runs over the prompt); the
+   n samples of a prompt share one prefill whose cache is copied n times (when the rows are
+   whole groups that split evenly over the mesh),
 3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
    soon as every row has emitted one of the EOS ids.
 
@@ -78,6 +80,7 @@ class _Plan:
     pad_id: int
     prefill_chunk: int  # prompt tokens per prefill forward pass (divides the prompt length)
     top_p_candidates: int = TOP_P_CANDIDATES
+    shared_prefill: int = 1  # rows i*n..i*n+n-1 share one prompt: prefill it once, copy the cache
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -223,6 +226,13 @@ def _head(h_bd, w_vd):
                       preferred_element_type=jnp.float32)
 
 
+def _empty_cache(cfg, rows: int, slots: int) -> KVCache:
+    cache = KVCache.zeros(cfg, rows, slots)
+    return dataclasses.replace(
+        cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
+        v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+
+
 def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int):
     """Write the prompts into the cache `chunk` tokens per forward pass; last hidden [B, D].
 
@@ -256,10 +266,6 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     cfg = model.cfg
     b, p = prompt_ids.shape
     n = plan.new_len
-    cache = KVCache.zeros(cfg, b, p + n)
-    cache = dataclasses.replace(
-        cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
-        v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
     w_vd = model.lm_head_weight()
     choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                      top_k=plan.top_k, use_top_p=plan.use_top_p,
@@ -277,7 +283,21 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         return done, (tokens, logps, mask)
 
     # Left padding puts every row's last prompt token at the last position.
-    last_bd, cache = _prefill(model, prompt_ids, prompt_mask, cache, plan.prefill_chunk)
+    g = plan.shared_prefill
+    if g > 1:
+        # The n samples of a prompt have the same prompt: run it once and copy its cache.
+        small = _empty_cache(cfg, b // g, p + n)
+        last_bd, small = _prefill(model, prompt_ids[::g], prompt_mask[::g], small,
+                                  plan.prefill_chunk)
+        last_bd = jnp.repeat(last_bd, g, axis=0)
+        cache = dataclasses.replace(
+            small, k=[constrain(jnp.repeat(x, g, axis=0), CACHE_BKSH) for x in small.k],
+            v=[constrain(jnp.repeat(x, g, axis=0), CACHE_BKSH) for x in small.v],
+            valid_bs=constrain(jnp.repeat(small.valid_bs, g, axis=0), TOKENS_BT),
+            next_pos_b=jnp.repeat(small.next_pos_b, g, axis=0))
+    else:
+        last_bd, cache = _prefill(model, prompt_ids, prompt_mask, _empty_cache(cfg, b, p + n),
+                                  plan.prefill_chunk)
     tok, logp = choose(jax.random.fold_in(key, 0), _head(last_bd, w_vd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
@@ -383,9 +403,13 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         mask[r, p_len - len(pr):] = 1
     active = np.arange(padded_rows) < rows
 
+    # Shared prefill needs whole groups (no dummy rows) that still split evenly over the mesh.
+    share = (num_samples > 1 and padded_rows == rows
+             and (rows // num_samples) % shards == 0)
     plan = _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
                  use_top_p=top_p < 1.0, pad_id=int(pad_id),
-                 prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES)
+                 prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
+                 shared_prefill=int(num_samples) if share else 1)
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
     graphdef, state = nnx.split(model)
     args = [ids, mask, active]

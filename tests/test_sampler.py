@@ -59,6 +59,14 @@ def test_greedy_equals_transformers_generate(greedy_case):
     assert res.steps == NEW
 
 
+def test_group_shares_one_prefill_and_matches_transformers(greedy_case):
+    """num_samples=3: the group's prefill runs once and its cache is copied; greedy rows must
+    still equal transformers' output for their prompt, in the order i*n + j."""
+    model, prompts, expected = greedy_case
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, num_samples=3)
+    np.testing.assert_array_equal(np.asarray(res.tokens), np.repeat(expected, 3, axis=0))
+
+
 def test_eos_stops_rows_and_the_loop(greedy_case):
     """Each row stops at its first EOS (several ids), which it keeps; then pads, mask 0."""
     model, prompts, expected = greedy_case
@@ -194,9 +202,12 @@ def test_logprobs_equal_trainer_recomputation(greedy_case, temperature, top_k, t
     assert m.sum() > 100 and diff.max() <= 1e-4, diff.max()
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 2), (2, 4, 1)])
-def test_sharded_sampling_equals_unsharded(tiny_hf, shape):
-    prompts = _prompts(256, [5, 11, 2], seed=1)  # 3 or 6 rows: padded to the 4 / 8 shards
+@pytest.mark.parametrize("shape,lengths", [((1, 4, 2), [5, 11, 2]), ((2, 4, 1), [5, 11, 2]),
+                                           ((1, 4, 2), [5, 11, 2, 8])])
+def test_sharded_sampling_equals_unsharded(tiny_hf, shape, lengths):
+    # 3 prompts: 3 or 6 rows, padded to the 4 / 8 shards; 4 prompts x 2 samples: a shared
+    # prefill on 4 rows split over 4 shards.
+    prompts = _prompts(256, lengths, seed=1)
     plain = load_model(tiny_hf)
     mesh = make_mesh(*shape)
     sharded = load_model(tiny_hf, mesh=mesh)
