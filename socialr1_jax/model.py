@@ -34,9 +34,10 @@ class KVCache:
     """Keys and values of every layer for `S` slots, and which slots hold real tokens.
 
     k, v: one [B, K, S, H] array per layer (heads before slots, so a decode step's attention
-    reads each head's keys contiguously instead of transposing the whole cache every step). `valid_bs` marks slots written with a non-pad token;
-    `index` is the next slot to write (all rows advance together); `next_pos_b` is each row's
-    next RoPE position (its count of real tokens so far).
+    reads each head's keys contiguously instead of transposing the whole cache every step).
+    `valid_bs` marks slots written with a non-pad token; `index` is the next slot to write (all
+    rows advance together); `next_pos_b` is each row's next RoPE position (its count of real
+    tokens so far).
     """
 
     k: list[jax.Array]
@@ -186,7 +187,8 @@ def swiglu_mlp(x_btd, gate_fd, up_fd, down_df):
     gradient's matmul wants, and that strided fusion ran ~40x slower than a plain transpose
     (29 ms against 0.75 ms for [1024, 1536] fp32). The backward below forms each weight gradient
     as x^T d (activations in their natural layout) and transposes the small [D, F] result: the
-    bench model's update went from 2.50 to 2.23 s. tests/test_model.py checks it against autodiff.
+    bench model's gradient went from 2.50 to 2.23 s. tests/test_model.py checks it against torch
+    autograd.
     """
     return _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df)[0]
 

@@ -226,8 +226,8 @@ def _head(h_bd, w_vd):
                       preferred_element_type=jnp.float32)
 
 
-def _empty_cache(cfg, rows: int, slots: int) -> KVCache:
-    cache = KVCache.zeros(cfg, rows, slots)
+def _pin_cache(cache: KVCache) -> KVCache:
+    """The cache with its rows over the batch shards and KV heads over 'tensor'."""
     return dataclasses.replace(
         cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
         v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
@@ -286,18 +286,16 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     g = plan.shared_prefill
     if g > 1:
         # The n samples of a prompt have the same prompt: run it once and copy its cache.
-        small = _empty_cache(cfg, b // g, p + n)
+        small = _pin_cache(KVCache.zeros(cfg, b // g, p + n))
         last_bd, small = _prefill(model, prompt_ids[::g], prompt_mask[::g], small,
                                   plan.prefill_chunk)
         last_bd = jnp.repeat(last_bd, g, axis=0)
-        cache = dataclasses.replace(
-            small, k=[constrain(jnp.repeat(x, g, axis=0), CACHE_BKSH) for x in small.k],
-            v=[constrain(jnp.repeat(x, g, axis=0), CACHE_BKSH) for x in small.v],
-            valid_bs=constrain(jnp.repeat(small.valid_bs, g, axis=0), TOKENS_BT),
-            next_pos_b=jnp.repeat(small.next_pos_b, g, axis=0))
+        # Every per-row leaf (k, v, valid_bs, next_pos_b) is repeated; the shared index is not.
+        cache = _pin_cache(jax.tree.map(lambda x: jnp.repeat(x, g, axis=0) if x.ndim else x,
+                                        small))
     else:
-        last_bd, cache = _prefill(model, prompt_ids, prompt_mask, _empty_cache(cfg, b, p + n),
-                                  plan.prefill_chunk)
+        last_bd, cache = _prefill(model, prompt_ids, prompt_mask,
+                                  _pin_cache(KVCache.zeros(cfg, b, p + n)), plan.prefill_chunk)
     tok, logp = choose(jax.random.fold_in(key, 0), _head(last_bd, w_vd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
