@@ -51,7 +51,7 @@ def child(task: str, src: str, dst: str) -> None:
     import orbax.checkpoint  # noqa: F401
 
     from conversion import hf_to_orbax, orbax_to_hf
-    import socialr1_jax.checkpoint_stream  # noqa: F401
+    import socialr1_jax.checkpoint.stream  # noqa: F401
 
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
@@ -142,8 +142,8 @@ def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from socialr1_jax import hf_layout
-    from socialr1_jax.safetensors_io import INDEX_NAME, write_file
+    from socialr1_jax.checkpoint import hf_layout
+    from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, write_file
 
     os.makedirs(hf_dir)
     bf16 = np.dtype(ml_dtypes.bfloat16)
@@ -195,7 +195,7 @@ def verify(src: str, out: str) -> int:
     import numpy as np
 
     from conversion import read_tensor
-    from socialr1_jax.safetensors_io import SafetensorsDir
+    from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
 
     a, b = SafetensorsDir(src), SafetensorsDir(out)
     if sorted(a.keys()) != sorted(b.keys()):
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         child(*a.child)
         return 0
 
-    from socialr1_jax.config import preset
+    from socialr1_jax.model.config import preset
 
     cfg = preset(a.preset, param_dtype="bfloat16", dtype="bfloat16")
     work = os.path.abspath(a.work)

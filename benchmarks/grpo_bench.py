@@ -29,9 +29,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from socialr1_jax import grpo, load_model, preset, sample  # noqa: E402
-from socialr1_jax import train_step as ts  # noqa: E402
-from socialr1_jax.train_config import GRPOConfig, OptimConfig  # noqa: E402
+from socialr1_jax import load_model, preset, sample  # noqa: E402
+from socialr1_jax.rl import grpo  # noqa: E402
+from socialr1_jax.rl import train_step as ts  # noqa: E402
+from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig  # noqa: E402
 
 PROMPTS, GROUP, PROMPT_LEN, NEW = 2, 4, 64, 64
 BETA, LR, TARGET_S = 0.04, 5e-7, 5.0

@@ -56,7 +56,7 @@ def build_checkpoint(path: str, seed: int = 0):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from socialr1_jax.config import preset
+    from socialr1_jax.model.config import preset
 
     c = preset("bench-100m")
     cfg = Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
@@ -129,7 +129,7 @@ def main(argv=None):
     import torch
 
     from socialr1_jax import load_model, param_count
-    from socialr1_jax.sampler import sample
+    from socialr1_jax.rollout.sampler import sample
 
     load_start = os.getloadavg()
     ckpt = os.path.join(args.work, "hf")

@@ -24,7 +24,8 @@ import sys
 
 import numpy as np
 
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir, _header_bytes
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.safetensors_io import _header_bytes, SafetensorsDir
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -146,7 +147,7 @@ def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None 
     concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
     The data section starts at a multiple of DATA_ALIGN (see `aligned_header`).
     """
-    from socialr1_jax import checkpoint_stream
+    from socialr1_jax.checkpoint import stream as checkpoint_stream
 
     specs = [(n, tuple(s), np.dtype(d)) for n, s, d in specs]
     tmp = path + ".tmp"

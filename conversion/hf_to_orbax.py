@@ -25,10 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from conversion import Summary, add_output_args, read_tensor, run_cli, staged_dir
-from socialr1_jax import hf_layout
-from socialr1_jax.checkpoint import PARAMS, copy_side_files, list_steps, manager
-from socialr1_jax.config import dtype_name, from_hf_config, parse_dtype
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.checkpoint.orbax_io import copy_side_files, list_steps, manager, PARAMS
+from socialr1_jax.model.config import dtype_name, from_hf_config, parse_dtype
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16),
                 np.dtype(np.float64))
@@ -99,7 +100,7 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
     """
     import orbax.checkpoint as ocp
 
-    from socialr1_jax.checkpoint_stream import StreamedTensor, nest, streaming_registry
+    from socialr1_jax.checkpoint.stream import StreamedTensor, nest, streaming_registry
 
     t0 = time.perf_counter()
     hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)

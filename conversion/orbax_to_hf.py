@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from conversion import (DATA_ALIGN, Summary, add_output_args, parse_size, run_cli,
                         staged_dir, write_safetensors)
-from socialr1_jax import hf_layout
-from socialr1_jax.checkpoint import (PARAMS, check_params, copy_side_files, read_config, resolve,
-                                     write_json_atomic)
-from socialr1_jax.config import parse_dtype
-from socialr1_jax.safetensors_io import INDEX_NAME, SINGLE_NAME, CheckpointError
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.checkpoint.orbax_io import (check_params, copy_side_files, PARAMS, read_config,
+                                              resolve, write_json_atomic)
+from socialr1_jax.model.config import parse_dtype
+from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, SINGLE_NAME
+from socialr1_jax.checkpoint.errors import CheckpointError
 
 
 def split_shards(sizes: list[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
@@ -86,7 +87,7 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
            dtype: str | None = None, overwrite: bool = False, progress: bool = True,
            fsync: bool = False) -> Summary:
     """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary."""
-    from socialr1_jax.checkpoint_stream import open_param_stores, raw_chunk_files
+    from socialr1_jax.checkpoint.stream import open_param_stores, raw_chunk_files
 
     t0 = time.perf_counter()
     out = os.path.abspath(out)

@@ -1,17 +1,24 @@
 """socialr1_jax: Social-R1 (GRPO + Social-Information-Processing rewards) for Qwen3 in JAX.
 
-The pipeline, one module per stage:
-    data -> prompts -> sampling (sampler.py) -> rewards -> advantages / loss (grpo.py)
-    -> update (train_step.py) -> checkpoint (checkpoint.py)
-with the model in model.py, its sharding rules in sharding.py and the HF <-> ours table in
-hf_layout.py.
+One subpackage per stage of the pipeline:
+
+    social/      ToM data -> prompts; the Social-R1 rewards and judges; evaluation
+    rollout/     sampling with a KV cache (sampler), tokenizers, `generate`
+    rl/          advantages and loss (grpo) -> the jitted update (train_step) -> the job (train)
+    checkpoint/  HF <-> ours layout, safetensors, Orbax checkpoints, loading
+    model/       Qwen3 in Flax NNX, its config, log-probs
+    parallel/    the (data, fsdp, tensor) mesh, partition rules, multi-host
+
+Command lines keep flat names: `python -m socialr1_jax.train`, `.generate`, `.memory_plan`.
 """
 
-from socialr1_jax.config import ModelConfig, from_hf_config, preset
-from socialr1_jax.loading import create_model, load_model, param_count
-from socialr1_jax.model import KVCache, Qwen3
-from socialr1_jax.sampler import SampleResult, sample
-from socialr1_jax.sharding import make_mesh
+from socialr1_jax.checkpoint.loading import load_model
+from socialr1_jax.model.build import create_model, param_count
+from socialr1_jax.model.config import ModelConfig, from_hf_config, preset
+from socialr1_jax.model.qwen3 import KVCache, Qwen3
+from socialr1_jax.parallel.sharding import make_mesh
+from socialr1_jax.rl import grpo
+from socialr1_jax.rollout.sampler import SampleResult, sample
 
-__all__ = ["ModelConfig", "Qwen3", "KVCache", "create_model", "from_hf_config", "load_model",
-           "make_mesh", "param_count", "preset", "sample", "SampleResult"]
+__all__ = ["ModelConfig", "Qwen3", "KVCache", "create_model", "from_hf_config", "grpo",
+           "load_model", "make_mesh", "param_count", "preset", "sample", "SampleResult"]

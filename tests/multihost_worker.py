@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from socialr1_jax import distributed
+    from socialr1_jax.parallel import distributed
 
     info = distributed.initialize(initialization_timeout=60)
 
@@ -31,7 +31,7 @@ def main() -> int:
     from flax import nnx
 
     from socialr1_jax import load_model, make_mesh
-    from socialr1_jax.sharding import parse_mesh
+    from socialr1_jax.parallel.sharding import parse_mesh
 
     batch = np.load(args.batch)
     result, report = {}, {"process": info.process_id, "processes": info.num_processes,

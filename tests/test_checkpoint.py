@@ -13,11 +13,12 @@ from flax import nnx
 
 from conversion import hf_to_orbax, orbax_to_hf
 from socialr1_jax import create_model, load_model, preset
-from socialr1_jax.checkpoint import (is_orbax_checkpoint, latest_step, list_steps,
-                                     restore_checkpoint, save_checkpoint)
-from socialr1_jax.hf_layout import layout
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
-from socialr1_jax.sharding import make_mesh, path_str
+from socialr1_jax.checkpoint.orbax_io import (is_orbax_checkpoint, latest_step, list_steps,
+                                              restore_checkpoint, save_checkpoint)
+from socialr1_jax.checkpoint.hf_layout import layout
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
+from socialr1_jax.parallel.sharding import make_mesh, path_str
 
 CFG = preset("tiny", tie_word_embeddings=False)
 

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from socialr1_jax.config import ModelConfig, from_hf_config, load_yaml, preset
+from socialr1_jax.model.config import from_hf_config, ModelConfig, preset
+from socialr1_jax.yaml_config import load_yaml
 
 # The fields of Qwen/Qwen3-4B's config.json as published (older transformers format).
 QWEN3_4B_CONFIG = {

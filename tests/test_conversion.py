@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conversion import hf_to_orbax, orbax_to_hf, parse_size
-from socialr1_jax import checkpoint_stream, load_model
-from socialr1_jax.checkpoint import is_orbax_checkpoint, list_steps, load_model_from_orbax
-from socialr1_jax.safetensors_io import INDEX_NAME, CheckpointError, SafetensorsDir, SafetensorsFile
-from socialr1_jax.sharding import make_mesh
+from socialr1_jax import load_model
+from socialr1_jax.checkpoint import stream as checkpoint_stream
+from socialr1_jax.checkpoint.orbax_io import is_orbax_checkpoint, list_steps, load_model_from_orbax
+from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, SafetensorsDir, SafetensorsFile
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.parallel.sharding import make_mesh
 from tests.hf_fixtures import make_hf_checkpoint
 
 SIDE = {"tokenizer.json": '{"version": "1.0", "model": {}}',

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from socialr1_jax import generate, load_model
-from socialr1_jax import tokenizer as tk
-from socialr1_jax.sampler import sample
+from socialr1_jax import load_model
+from socialr1_jax.rollout import generate
+from socialr1_jax.rollout import tokenizer as tk
+from socialr1_jax.rollout.sampler import sample
 from tests.hf_fixtures import make_tiny_chat_checkpoint, make_tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

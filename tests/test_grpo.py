@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from socialr1_jax import grpo
+from socialr1_jax.rl import grpo
 
 # -- the reference, written from SPEC.md ("GRPO as verl computes it") in float64 ----------------
 

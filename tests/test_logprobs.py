@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from socialr1_jax.logprobs import head_logprobs
+from socialr1_jax.model.logprobs import head_logprobs
 
 
 @pytest.mark.parametrize("remat", [True, False])

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from socialr1_jax import memory_plan
-from socialr1_jax.config import preset
-from socialr1_jax.hf_layout import layout
+from socialr1_jax.rl import memory_plan
+from socialr1_jax.model.config import preset
+from socialr1_jax.checkpoint.hf_layout import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from socialr1_jax import KVCache, create_model, load_model, param_count, preset
-from socialr1_jax.loading import abstract_model, load_hf
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsFile, write_file
+from socialr1_jax.model.build import abstract_model
+from socialr1_jax.checkpoint.loading import load_hf
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.safetensors_io import SafetensorsFile, write_file
 from tests.hf_fixtures import make_hf_checkpoint
 
 
@@ -116,7 +118,7 @@ def test_swiglu_mlp_gradients_match_torch_autograd():
     """The hand-written MLP backward against torch autograd of down(silu(gate x) * up x)."""
     import torch.nn.functional as F
 
-    from socialr1_jax.model import swiglu_mlp
+    from socialr1_jax.model.qwen3 import swiglu_mlp
 
     rng = np.random.default_rng(5)
     x, wg, wu, wd, g = (rng.standard_normal(s).astype(np.float32)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from socialr1_jax import distributed, load_model, make_mesh
-from socialr1_jax.sharding import batch_sharding, parse_mesh
+from socialr1_jax import load_model, make_mesh
+from socialr1_jax.parallel import distributed
+from socialr1_jax.parallel.sharding import batch_sharding, parse_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLEAN_ENV = {distributed.ENV_COORDINATOR: None, distributed.ENV_NUM_PROCESSES: None,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from socialr1_jax import create_model, load_model, make_mesh, preset
-from socialr1_jax import sampler as S
-from socialr1_jax.logprobs import completion_logprobs
+from socialr1_jax.rollout import sampler as S
+from socialr1_jax.model.logprobs import completion_logprobs
 from tests.hf_fixtures import make_hf_checkpoint
 
 NEW = 64

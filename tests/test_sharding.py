@@ -14,10 +14,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from socialr1_jax import create_model, load_model, make_mesh, preset
-from socialr1_jax.loading import assemble_state
-from socialr1_jax import hf_layout
-from socialr1_jax.sharding import (PARAM_RULES, batch_sharding, cache_shardings, create_cache,
-                                   parse_mesh, path_str, spec_for, tree_shardings)
+from socialr1_jax.checkpoint.loading import assemble_state
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.parallel.sharding import (batch_sharding, cache_shardings, PARAM_RULES,
+                                            parse_mesh, path_str, spec_for, tree_shardings)
+from socialr1_jax.model.qwen3 import create_cache
 
 MESHES = ["1x8x1", "2x4x1", "1x4x2", "2x2x2", "8x1x1"]
 
@@ -160,8 +161,8 @@ def test_create_model_program_never_holds_a_full_copy(monkeypatch):
 
 def test_loader_reads_only_each_devices_slices(tiny_hf):
     """assemble_state asks the reader only for shard-sized slices of every large tensor."""
-    from socialr1_jax.config import from_hf_config
-    from socialr1_jax.safetensors_io import SafetensorsDir
+    from socialr1_jax.model.config import from_hf_config
+    from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
 
     cfg = from_hf_config(tiny_hf)
     st = SafetensorsDir(tiny_hf)

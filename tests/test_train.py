@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from socialr1_jax import train as train_mod
+from socialr1_jax.rl import train as train_mod
 
 
 def test_embedded_default_is_the_tiny_cpu_config():
@@ -53,7 +53,7 @@ class NaNAfter:
 def test_nan_rewards_stop_the_run_with_the_last_good_state_and_it_resumes(tmp_path):
     import jax
 
-    from socialr1_jax.toy_task import ToyTask
+    from socialr1_jax.rl.toy_task import ToyTask
 
     cfg = train_mod.parse_args([f"run.out_dir={tmp_path}", "run.progress=false", "run.steps=8",
                                 "grpo.max_consecutive_skips=3"])

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from socialr1_jax import grpo, make_mesh, preset
-from socialr1_jax import train_step as ts
-from socialr1_jax.loading import create_model
-from socialr1_jax.sharding import path_str
-from socialr1_jax.train_config import GRPOConfig, OptimConfig
+from socialr1_jax import make_mesh, preset
+from socialr1_jax.rl import grpo
+from socialr1_jax.rl import train_step as ts
+from socialr1_jax.model.build import create_model
+from socialr1_jax.parallel.sharding import path_str
+from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
 
 CFG = preset("tiny")
 
@@ -207,7 +208,7 @@ def test_completion_logprobs_and_entropy_match_transformers(tiny_hf, remat):
     from transformers import Qwen3ForCausalLM
 
     from socialr1_jax import load_model
-    from socialr1_jax.logprobs import completion_logprobs
+    from socialr1_jax.model.logprobs import completion_logprobs
 
     model = load_model(tiny_hf)
     hf = Qwen3ForCausalLM.from_pretrained(tiny_hf).float().eval()

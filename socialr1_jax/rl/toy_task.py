@@ -1,41 +1,15 @@
-"""The task interface of the trainer, and the toy task that implements it.
+"""The toy task: reward 1 when a completion starts with a chosen token, 0 otherwise.
 
-A task hands the trainer prompts (token-id lists) and scores completions. The Social-R1 task
-(ToMBench-Hard prompts, SIP rewards) will implement the same `Task` protocol; until then only the
-toy exists: reward 1 when a completion starts with a chosen token, 0 otherwise. A tiny random
+It implements the trainer's `Task` protocol (`task.py`). A tiny random
 model starts near 1/vocab and GRPO can teach it the token in a few tens of updates, which is
 what the demo (`python -m socialr1_jax.train`) and the learning test show.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Protocol, Sequence
-
 import numpy as np
 
-
-@dataclasses.dataclass
-class PromptBatch:
-    """Prompts of one step: token ids per prompt, and whatever the task needs to score them."""
-
-    ids: list[list[int]]
-    meta: list[Any]
-
-
-class Task(Protocol):
-    """What the trainer needs from a task."""
-
-    eos_ids: Sequence[int]
-    pad_id: int
-
-    def prompts(self, step: int, n: int) -> PromptBatch:
-        """The `n` prompts of training step `step` (deterministic for a given seed)."""
-
-    def rewards(self, prompts: PromptBatch, completions: np.ndarray, mask: np.ndarray,
-                group_size: int) -> np.ndarray:
-        """Scores [n * group_size] of completions [n * group_size, C] (row i*G + j = sample j of
-        prompt i), mask [.., C] = 1 on generated tokens up to and including EOS."""
+from socialr1_jax.rl.task import PromptBatch
 
 
 class ToyTask:

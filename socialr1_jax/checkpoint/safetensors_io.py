@@ -15,6 +15,8 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from socialr1_jax.checkpoint.errors import CheckpointError
+
 ST_DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -24,10 +26,6 @@ ST_DTYPES = {
 NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, or disagrees with the model (names the file)."""
 
 
 class SafetensorsFile:

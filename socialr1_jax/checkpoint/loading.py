@@ -1,8 +1,8 @@
-"""Building models: fresh (random, sharded at creation) or loaded from a checkpoint.
+"""Loading a model from a checkpoint: an HF directory (safetensors) or our Orbax checkpoint.
 
-Parameters never pass through one device whole: each is created under `jax.jit` with its
-`out_shardings`, or assembled with `jax.make_array_from_callback`, which asks the host only for
-the slices its own devices hold (on a pod, each host reads just its part of every tensor).
+Parameters never pass through one device whole: each is assembled with
+`jax.make_array_from_callback`, which asks the host only for the slices its own devices hold (on
+a pod, each host reads just its part of every tensor).
 """
 
 from __future__ import annotations
@@ -11,49 +11,17 @@ import os
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
-from socialr1_jax import hf_layout
-from socialr1_jax.config import ModelConfig, from_hf_config, parse_dtype, dtype_name
-from socialr1_jax.model import Qwen3
-from socialr1_jax.safetensors_io import CheckpointError, SafetensorsDir
-from socialr1_jax.sharding import check_model_fits_mesh, param_shardings, path_str
-
-
-def abstract_model(cfg: ModelConfig) -> Qwen3:
-    """The model with ShapeDtypeStruct leaves: nothing is allocated."""
-    return nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
-
-
-def param_count(model_or_state) -> int:
-    """Number of parameters of a model or state (abstract or concrete)."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state))
-
-
-def shardings_for(cfg: ModelConfig, mesh: Mesh | None):
-    """(graphdef, abstract state, tree of shardings or None) for a config on a mesh."""
-    graphdef, abstract = nnx.split(abstract_model(cfg))
-    if mesh is None:
-        return graphdef, abstract, None
-    check_model_fits_mesh(cfg, mesh)
-    return graphdef, abstract, param_shardings(abstract, mesh)
-
-
-def create_model(cfg: ModelConfig, *, mesh: Mesh | None = None, seed: int = 0) -> Qwen3:
-    """A randomly initialised model, its parameters created directly in their shardings."""
-    graphdef, _, shardings = shardings_for(cfg, mesh)
-
-    @jax.jit
-    def init():
-        return nnx.state(Qwen3(cfg, rngs=nnx.Rngs(seed)))
-
-    if shardings is not None:
-        init = jax.jit(init, out_shardings=shardings)
-    return nnx.merge(graphdef, init())
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.model.config import from_hf_config, ModelConfig
+from socialr1_jax.model.build import shardings_for
+from socialr1_jax.model.qwen3 import Qwen3
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
+from socialr1_jax.parallel.sharding import path_str
 
 
 def assemble_state(cfg: ModelConfig, mesh: Mesh | None,
@@ -126,7 +94,7 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None)
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    from socialr1_jax import checkpoint  # orbax is heavy to import; only when needed
+    from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
     if checkpoint.is_orbax_checkpoint(path):
         return checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)

@@ -38,9 +38,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from socialr1_jax.model import KVCache
-from socialr1_jax.sharding import (CACHE_BKSH, TOKENS_BT, batch_sharding, batch_shards,
-                                   constrain, param_shardings)
+from socialr1_jax.model.qwen3 import KVCache
+from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_BKSH, constrain,
+                                            param_shardings, TOKENS_BT)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a
 # partial sort); only if some row's nucleus is wider does the step fall back to a bisection.

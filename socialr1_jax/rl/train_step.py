@@ -46,12 +46,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from socialr1_jax import grpo
-from socialr1_jax.config import ModelConfig, parse_dtype
-from socialr1_jax.loading import shardings_for
-from socialr1_jax.logprobs import completion_logprobs
-from socialr1_jax.sharding import BATCH, batch_sharding, batch_shards, constrain, param_shardings
-from socialr1_jax.train_config import GRPOConfig, OptimConfig
+from socialr1_jax.rl import grpo
+from socialr1_jax.model.config import ModelConfig, parse_dtype
+from socialr1_jax.model.build import shardings_for
+from socialr1_jax.model.logprobs import completion_logprobs
+from socialr1_jax.parallel.sharding import (BATCH, batch_sharding, batch_shards, constrain,
+                                            param_shardings)
+from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
 
 
 @jax.tree_util.register_dataclass

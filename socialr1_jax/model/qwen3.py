@@ -19,9 +19,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
-from socialr1_jax.config import ModelConfig
-from socialr1_jax.sharding import ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, LOGITS_BTV, constrain
+from socialr1_jax.model.config import ModelConfig
+from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, LOGITS_BTV,
+                                            cache_shardings, check_model_fits_mesh, constrain)
 
 # Finite stand-in for -inf: a query whose keys are all masked (a left-pad position) gets a
 # uniform softmax instead of NaN; its output is never read.
@@ -339,3 +341,13 @@ class Qwen3(nnx.Module):
 
 def _call_block(layer, x, positions, mask_bts):
     return layer(x, positions, mask_bts)
+
+
+def create_cache(cfg, batch: int, slots: int, mesh: Mesh | None = None, dtype=None):
+    """An empty KV cache created directly in its shardings (never whole on one device)."""
+    make = lambda: KVCache.zeros(cfg, batch, slots, dtype)  # noqa: E731
+    if mesh is None:
+        return jax.jit(make)()
+    check_model_fits_mesh(cfg, mesh)
+    shardings = cache_shardings(jax.eval_shape(make), mesh)
+    return jax.jit(make, out_shardings=shardings)()

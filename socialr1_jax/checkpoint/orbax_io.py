@@ -56,9 +56,9 @@ import jax
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
-from socialr1_jax import hf_layout
-from socialr1_jax.config import ModelConfig, dtype_name, from_hf_config, parse_dtype
-from socialr1_jax.safetensors_io import CheckpointError
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.model.config import dtype_name, from_hf_config, ModelConfig, parse_dtype
+from socialr1_jax.checkpoint.errors import CheckpointError
 
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
 
@@ -277,8 +277,8 @@ def restore_checkpoint(root: str, step: int | None = None, *, cfg: ModelConfig |
     """Restore a step's params (and opt_state/meta when asked) onto `mesh`; see module docstring."""
     import orbax.checkpoint as ocp
 
-    from socialr1_jax.checkpoint_stream import item_metadata
-    from socialr1_jax.loading import shardings_for
+    from socialr1_jax.checkpoint.stream import item_metadata
+    from socialr1_jax.model.build import shardings_for
 
     root, step = resolve(root, step)
     step_dir = os.path.join(root, str(step))

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from socialr1_jax.sharding import batch_sharding
+from socialr1_jax.parallel.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ import dataclasses
 import os
 from typing import Optional
 
-from socialr1_jax import grpo
-from socialr1_jax.config import ModelConfig, load_yaml, parse_dtype, preset
+from socialr1_jax.rl import grpo
+from socialr1_jax.model.config import ModelConfig, parse_dtype, preset
+from socialr1_jax.yaml_config import load_yaml
 
 TASKS = ("toy", "social-r1")
 

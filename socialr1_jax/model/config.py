@@ -1,22 +1,16 @@
-"""Typed configuration: the Qwen3 model config, its presets, and YAML + `key=value` loading.
+"""The Qwen3 model config: its fields, the named presets, and reading a transformers config.json.
 
-Every config is a frozen dataclass. `load_yaml(cls, path, overrides)` builds any of them from a YAML
-file plus command-line overrides such as `model.num_layers=4` or `optim.lr=1e-6`, checking every
-key and value type so a typo fails loudly instead of being ignored.
+A frozen dataclass; YAML loading with `key=value` overrides is `socialr1_jax.yaml_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import types
-import typing
 from typing import Any
 
 import jax.numpy as jnp
-import yaml
 
 DTYPES = {
     "float32": jnp.float32, "fp32": jnp.float32,
@@ -230,121 +224,3 @@ def from_hf_config(hf: dict | str | os.PathLike, *, where: str | None = None,
         param_dtype=dtype_name(parse_dtype(pdt)),
         dtype=dtype_name(parse_dtype(dtype or pdt)),
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# YAML + key=value overrides for any (nested) config dataclass.
-
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{key}: {value!r} does not fit {typ}")
-    if dataclasses.is_dataclass(typ):
-        if isinstance(value, typ):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(typ, value, prefix=key + ".")
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        args = typing.get_args(typ)
-        elem = args[0] if args else Any
-        out = [_coerce(v, elem, key) for v in value]
-        return tuple(out) if origin is tuple else out
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, (str, int, float)):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def from_dict(cls, data: dict, *, prefix: str = ""):
-    """Build dataclass `cls` from a (nested) dict, refusing unknown keys and ill-typed values."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; "
-                         f"{cls.__name__} has {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def to_dict(cfg) -> dict:
-    """A dataclass config as a plain nested dict (for YAML dumps and logs)."""
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings onto a nested dict (values parsed as YAML scalars)."""
-    data = json.loads(json.dumps(data))  # deep copy, plain types
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return data
-
-
-def load_yaml(cls, path: str | os.PathLike | None = None, overrides: list[str] = (), *,
-              defaults: dict | None = None):
-    """Load dataclass `cls` from YAML `path` (optional) with `key=value` overrides applied on top."""
-    data = dict(defaults or {})
-    if path is not None:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-        data.update(loaded)
-    data = apply_overrides(data, list(overrides))
-    try:
-        return from_dict(cls, data)
-    except ValueError as e:
-        raise ValueError(f"{path or 'config'}: {e}") from None

@@ -199,18 +199,6 @@ def cache_shardings(cache, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(one, cache)
 
 
-def create_cache(cfg, batch: int, slots: int, mesh: Mesh | None = None, dtype=None):
-    """An empty KV cache created directly in its shardings (never whole on one device)."""
-    from socialr1_jax.model import KVCache  # model imports this module
-
-    make = lambda: KVCache.zeros(cfg, batch, slots, dtype)  # noqa: E731
-    if mesh is None:
-        return jax.jit(make)()
-    check_model_fits_mesh(cfg, mesh)
-    shardings = cache_shardings(jax.eval_shape(make), mesh)
-    return jax.jit(make, out_shardings=shardings)()
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] array: batch over data x fsdp, the rest replicated."""
     return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from socialr1_jax.config import ModelConfig
+from socialr1_jax.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,9 +40,9 @@ from orbax.checkpoint._src.serialization import type_handler_registry as registr
 from orbax.checkpoint._src.serialization import type_handlers
 from orbax.checkpoint._src.serialization import types as ser_types
 
-from socialr1_jax.config import parse_dtype
-from socialr1_jax.safetensors_io import CheckpointError
-from socialr1_jax.sharding import path_str
+from socialr1_jax.model.config import parse_dtype
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.parallel.sharding import path_str
 
 # Target chunk size: a restore onto a mesh reads only the chunks its shards touch.
 CHUNK_BYTES = 64 * 2**20

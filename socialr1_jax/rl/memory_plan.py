@@ -1,0 +1,371 @@
+"""Per-device memory of a GRPO run, from XLA's own compiled programs, with nothing allocated.
+
+    python -m socialr1_jax.memory_plan --preset qwen3-4b --mesh 1x8x1 --prompts 8 --group 5 \\
+        --prompt-len 512 --completion-len 2048 --remat full --micro-batch 8
+
+compiles, for simulated devices (8 by default), the two programs of a GRPO update on abstract
+inputs (`jax.ShapeDtypeStruct` carrying shardings; `.lower(...).compile()`), and prints XLA's
+`memory_analysis()` of each, per device:
+
+* the train step (train_step.make_train_step): policy forward + backward over every
+  micro-batch, gradient accumulation, AdamW update; its state (bf16 params, fp32 master copy,
+  fp32 moments) is donated, so outputs alias arguments;
+* the log-prob forward (train_step.make_logprob_fn) that the frozen reference runs (and the
+  policy, when old log-probs are recomputed).
+
+A program's footprint is arguments + outputs - aliased + temporaries. Both programs run while the
+other model's weights stay resident (the reference's bf16 weights during the train step, the
+whole train state during the reference forward), so the peak of a step is
+max(train step + reference weights, reference forward + train state).
+
+`--sweep` runs the paper's recipe over several settings and writes a JSON + Markdown table.
+
+The numbers come from XLA's CPU compiler (with its memory-optimised scheduler, see
+MEMORY_SCHEDULER_FLAG), whose choices differ from the TPU/GPU compilers': it keeps fp32 copies
+of bf16 matmul operands, reduces gradients with full-size all-reduces (no reduce-scatter), and
+without a micro-batch loop it still schedules rematerialised layers early. Its temporaries are
+therefore upper estimates for an accelerator; arguments (the sharded state) are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+GIB = 2 ** 30
+
+# XLA:CPU's default scheduler orders for concurrency, not memory: it computes rematerialised
+# layers early, so remat saves nothing (measured: a checkpointed 8-layer chain needs 808 MiB of
+# temporaries with or without remat; 776 vs 336 MiB with this flag). Accelerator compilers
+# schedule under a memory limit, so the plan uses XLA:CPU's memory-optimised scheduler.
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+# The paper's recipe and the settings `--sweep` compares (mesh, remat, train micro-batch,
+# reference micro-batch). Micro-batches must divide 40 and be multiples of the 8 batch shards.
+RECIPE = dict(preset="qwen3-4b", prompts=8, group=5, prompt_len=512, completion_len=2048,
+              param_dtype="bfloat16", master_dtype="float32")
+SWEEP = [
+    ("1x8x1", "none", 40, 40),
+    ("1x8x1", "none", 8, 8),
+    ("1x8x1", "full", 40, 40),
+    ("1x8x1", "full", 8, 8),
+    ("2x4x1", "full", 8, 8),
+    ("1x4x2", "full", 8, 8),
+]
+
+
+@dataclasses.dataclass
+class ProgramMemory:
+    """XLA's per-device memory of one compiled program, in bytes."""
+
+    name: str
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    resident_besides: int   # other buffers alive while it runs (the other model's weights)
+    compile_s: float
+
+    @property
+    def program_total(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+    @property
+    def peak(self) -> int:
+        return self.program_total + self.resident_besides
+
+
+def tree_bytes_per_device(tree) -> int:
+    """Bytes one device holds of a tree of (abstract) sharded arrays: its shard of each leaf."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree_util.tree_leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def _measure(name, lowered_fn, resident_besides: int) -> ProgramMemory:
+    t0 = time.perf_counter()
+    compiled = lowered_fn().compile()
+    seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    if m is None:
+        raise RuntimeError(f"{name}: this JAX backend gives no memory analysis")
+    return ProgramMemory(name, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                         int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), resident_besides,
+                         round(seconds, 1))
+
+
+def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, group: int = 5,
+         prompt_len: int = 512, completion_len: int = 2048, micro_batch: int = 0,
+         ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
+         master_dtype: str = "float32", logprob_chunk: int = 256, layers: int = 0,
+         compute_entropy: bool = True, topology: str | None = None) -> dict:
+    """Compile the train step and the log-prob forward abstractly; return the memory plan.
+
+    micro_batch: sequences per forward/backward (0 = the whole batch); ref_micro_batch: the
+    same for the reference forward (None = micro_batch). layers: override the layer count
+    (0 = the preset's), for quick looks. topology: compile for a TPU slice (e.g. 'v5e:2x4')
+    through libtpu's ahead-of-time compiler instead of the simulated CPU devices.
+    """
+    import jax
+
+    from socialr1_jax.rl import train_step as ts
+    from socialr1_jax.model.config import preset as get_preset
+    from socialr1_jax.model.build import shardings_for
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
+    from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
+
+    changes = dict(param_dtype=param_dtype, dtype=param_dtype, remat=remat)
+    if layers:
+        changes["num_layers"] = layers
+    cfg = get_preset(preset, **changes)
+    sizes = parse_mesh(mesh)
+    devices = topology_devices(topology) if topology else jax.devices()
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there are "
+                         f"{len(devices)} ({topology or 'set --devices'})")
+    m = make_mesh(**sizes, devices=devices)
+    check_model_fits_mesh(cfg, m)
+    batch = prompts * group
+    ref_micro = micro_batch if ref_micro_batch is None else ref_micro_batch
+    optim = OptimConfig(master_dtype=master_dtype)
+    grpo_cfg = GRPOConfig(group_size=group, micro_batch_size=micro_batch,
+                          logprob_chunk=logprob_chunk, compute_entropy=compute_entropy)
+
+    state = ts.abstract_train_state(cfg, optim, m)
+    abatch = ts.abstract_batch(batch, prompt_len, completion_len, m)
+    _, abstract_params, pshard = shardings_for(cfg, m)
+    ref_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_params, pshard)
+
+    state_bytes = tree_bytes_per_device(state)
+    ref_bytes = tree_bytes_per_device(ref_params)
+    step = ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch)
+    logp = ts.make_logprob_fn(cfg, m, chunk=logprob_chunk,
+                              micro_batch_size=ref_micro)
+    programs = [
+        _measure("train step", lambda: step.lower(state, abatch), ref_bytes),
+        _measure("log-prob forward", lambda: logp.lower(
+            ref_params, abatch.prompt_ids, abatch.prompt_mask, abatch.completion_ids,
+            abatch.completion_mask), state_bytes),
+    ]
+    peak = max(p.peak for p in programs)
+    return {
+        "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
+                        group=group, batch=batch, prompt_len=prompt_len,
+                        completion_len=completion_len, micro_batch=micro_batch or batch,
+                        ref_micro_batch=ref_micro or batch, remat=remat, param_dtype=param_dtype,
+                        master_dtype=master_dtype, logprob_chunk=logprob_chunk,
+                        layers=cfg.num_layers, params=cfg.num_params()),
+        "state_bytes_per_device": {
+            "params": tree_bytes_per_device(state.params),
+            "master": tree_bytes_per_device(state.master) if state.master is not None else 0,
+            "optimizer": tree_bytes_per_device(state.opt_state),
+            "train_state_total": state_bytes,
+            "reference_params": ref_bytes,
+        },
+        "programs": [dict(dataclasses.asdict(p), program_total=p.program_total, peak=p.peak)
+                     for p in programs],
+        "peak_bytes_per_device": peak,
+        "fits_80GB": peak <= 80e9,
+        "fits_16GB": peak <= 16e9,
+        "backend": f"tpu {topology} (libtpu AOT)" if topology else jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+    }
+
+
+def format_plan(p: dict) -> str:
+    """A plan as a small per-program table (GiB per device; MiB for plans under 1 GiB)."""
+    s = p["setting"]
+    st = p["state_bytes_per_device"]
+    unit, scale = ("GiB", GIB) if p["peak_bytes_per_device"] >= GIB else ("MiB", 2 ** 20)
+
+    def _gib(n: int) -> str:
+        return f"{n / scale:.2f}"
+    lines = [
+        f"{s['preset']} ({s['layers']} layers, {s['params'] / 1e9:.2f}B params) on mesh "
+        f"{s['mesh']} ({s['devices']} devices): batch {s['batch']} = {s['prompts']} prompts x "
+        f"{s['group']}, prompt {s['prompt_len']} + completion {s['completion_len']}, micro-batch "
+        f"{s['micro_batch']} (reference {s['ref_micro_batch']}), remat {s['remat']}, "
+        f"{s['param_dtype']} params, {s['master_dtype']} master + AdamW moments",
+        f"  train state per device: params {_gib(st['params'])} + master {_gib(st['master'])} + "
+        f"optimizer {_gib(st['optimizer'])} = {_gib(st['train_state_total'])} {unit}; "
+        f"reference weights {_gib(st['reference_params'])} {unit}",
+        f"  {unit + ' per device':<18}{'args':>8}{'outputs':>9}{'aliased':>9}{'temps':>9}{'program':>9}"
+        f"{'+other':>8}{'peak':>8}{'compile':>9}",
+    ]
+    for q in p["programs"]:
+        lines.append(f"  {q['name']:<18}{_gib(q['arguments']):>8}{_gib(q['outputs']):>9}"
+                     f"{_gib(q['aliased']):>9}{_gib(q['temporaries']):>9}"
+                     f"{_gib(q['program_total']):>9}{_gib(q['resident_besides']):>8}"
+                     f"{_gib(q['peak']):>8}{q['compile_s']:>8.0f}s")
+    lines.append(f"  peak per device: {_gib(p['peak_bytes_per_device'])} {unit} "
+                 f"({p['peak_bytes_per_device'] / 1e9:.1f} GB); <= 80 GB: "
+                 f"{'yes' if p['fits_80GB'] else 'no'}; <= 16 GB: {'yes' if p['fits_16GB'] else 'no'}")
+    return "\n".join(lines)
+
+
+def sweep_markdown(plans: list[dict]) -> str:
+    """The sweep as a Markdown table (GB = 1e9 bytes, as the targets are stated)."""
+    head = ("| mesh | remat | micro-batch (train / ref) | train step: args / temps / peak | "
+            "ref forward: temps / peak | peak per device | <= 80 GB | <= 16 GB |\n"
+            "|---|---|---|---|---|---|---|---|")
+    rows = []
+    for p in plans:
+        s = p["setting"]
+        if "refused" in p:  # the TPU compiler proved it cannot fit: no numbers to show
+            rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / "
+                        f"{s['ref_micro_batch']} | compiler: {p['refused']} | - | - | no | no |")
+            continue
+        tr, rf = p["programs"]
+        gb = lambda n: f"{n / 1e9:.1f}"  # noqa: E731
+        rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / {s['ref_micro_batch']} "
+                    f"| {gb(tr['arguments'])} / {gb(tr['temporaries'])} / {gb(tr['peak'])} GB "
+                    f"| {gb(rf['temporaries'])} / {gb(rf['peak'])} GB "
+                    f"| **{gb(p['peak_bytes_per_device'])} GB** "
+                    f"| {'yes' if p['fits_80GB'] else 'no'} | {'yes' if p['fits_16GB'] else 'no'} |")
+    return head + "\n" + "\n".join(rows)
+
+
+def topology_devices(topology: str) -> list:
+    """The devices of a TPU slice description ('v5e:2x4'), for ahead-of-time compilation on a
+    machine without TPUs. Needs the `libtpu` package (pip install 'libtpu==0.0.42.*' for jax
+    0.10.2); nothing runs on them, XLA's TPU compiler only plans their memory."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except Exception as e:  # libtpu missing or the name unknown: say which
+        raise SystemExit(f"--topology {topology!r}: cannot build the TPU topology ({e}); "
+                         "install libtpu matching jax (jax[tpu]) to compile for TPU") from None
+
+
+def _setup_devices(n: int, extra_flags: str = "") -> None:
+    """Simulate `n` CPU devices; must run before JAX initialises its backend."""
+    flags = os.environ.get("XLA_FLAGS", "") + " " + extra_flags
+    if "xla_force_host_platform_device_count" not in flags:
+        flags += f" --xla_force_host_platform_device_count={n}"
+    if "xla_cpu_scheduler_type" not in flags and "concurrency_optimized_scheduler" not in flags:
+        flags += f" {MEMORY_SCHEDULER_FLAG}"
+    os.environ["XLA_FLAGS"] = flags.strip()
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r}: expected integers separated by commas") from None
+
+
+def main(argv=None) -> int:
+    """CLI entry point; see the module docstring. --mesh, --remat and --micro-batch take
+    comma-separated lists: every combination is compiled."""
+    ap = argparse.ArgumentParser(prog="python -m socialr1_jax.memory_plan",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default=RECIPE["preset"])
+    ap.add_argument("--mesh", default="1x8x1", help="DATAxFSDPxTENSOR[,...]")
+    ap.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
+    ap.add_argument("--prompts", type=int, default=RECIPE["prompts"])
+    ap.add_argument("--group", type=int, default=RECIPE["group"])
+    ap.add_argument("--prompt-len", type=int, default=RECIPE["prompt_len"])
+    ap.add_argument("--completion-len", type=int, default=RECIPE["completion_len"])
+    ap.add_argument("--micro-batch", default="0", help="sequences per forward/backward[,...]; "
+                    "0 = the whole batch")
+    ap.add_argument("--ref-micro-batch", type=int, default=None, help="default: --micro-batch")
+    ap.add_argument("--remat", default="none", help="none|full|dots[,...]")
+    ap.add_argument("--param-dtype", default=RECIPE["param_dtype"])
+    ap.add_argument("--master-dtype", default=RECIPE["master_dtype"])
+    ap.add_argument("--logprob-chunk", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=0, help="override the layer count (quick looks)")
+    ap.add_argument("--topology", default=None,
+                    help="compile for a TPU slice, e.g. v5e:2x4, with libtpu's AOT compiler")
+    ap.add_argument("--xla-flags", default="",
+                    help="extra XLA flags, e.g. --xla_disable_hlo_passes=cpu-all-reduce-combiner")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the paper's recipe over the settings in SWEEP (ignores the shape flags)")
+    ap.add_argument("--out", default=None,
+                    help="write OUT.json and OUT.md, e.g. benchmarks/results/memory_plan")
+    args = ap.parse_args(argv)
+    remats = args.remat.split(",")
+    bad = [r for r in remats if r not in ("none", "full", "dots")]
+    if bad:
+        raise SystemExit(f"--remat {bad[0]!r}: expected none, full or dots")
+    if args.topology:
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata here
+    else:
+        _setup_devices(args.devices, args.xla_flags)
+
+    if args.sweep:
+        settings = [dict(RECIPE, mesh=mesh, remat=remat, micro_batch=mb, ref_micro_batch=rmb,
+                         layers=args.layers, topology=args.topology)
+                    for mesh, remat, mb, rmb in SWEEP]
+    else:
+        settings = [dict(preset=args.preset, mesh=mesh, prompts=args.prompts, group=args.group,
+                         prompt_len=args.prompt_len, completion_len=args.completion_len,
+                         micro_batch=mb, ref_micro_batch=args.ref_micro_batch, remat=remat,
+                         param_dtype=args.param_dtype, master_dtype=args.master_dtype,
+                         logprob_chunk=args.logprob_chunk, layers=args.layers,
+                         topology=args.topology)
+                    for mesh in args.mesh.split(",") for remat in remats
+                    for mb in _ints(args.micro_batch, "--micro-batch")]
+    plans = []
+    bar = tqdm(settings, desc="compiling", file=sys.stderr, disable=len(settings) < 2)
+    for s in bar:
+        try:
+            p = plan(**s)
+        except Exception as e:
+            # XLA's TPU compiler refuses a program larger than the chip's HBM; that is a result
+            # of the plan (does not fit), not a failure of the tool.
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            reason = str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0]
+            p = {"setting": dict(s, micro_batch=s.get("micro_batch") or "all",
+                                 ref_micro_batch=s.get("ref_micro_batch") or s.get("micro_batch")
+                                 or "all"),
+                 "refused": reason, "fits_80GB": False, "fits_16GB": False}
+            bar.write(f"{s.get('mesh')} remat {s.get('remat')}: does not fit ({reason})\n",
+                      file=sys.stdout)
+            plans.append(p)
+            continue
+        plans.append(p)
+        bar.write(format_plan(p) + "\n", file=sys.stdout)
+    print(sweep_markdown(plans))
+    if args.out:
+        command = "python -m socialr1_jax.memory_plan " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        write_results(plans, args.out, command)
+        print(f"wrote {args.out}.json and {args.out}.md")
+    return 0
+
+
+def write_results(plans: list[dict], out: str, command: str) -> None:
+    """OUT.json (every number) and OUT.md (the table, with the command and XLA flags)."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump({"command": command, "plans": plans}, f, indent=1)
+    first = next((p for p in plans if "refused" not in p), plans[0])
+    with open(out + ".md", "w") as f:
+        f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
+                f"`{command}` (jax {first['jax']}, backend {first['backend']}, "
+                f"{first['setting']['devices']} simulated devices, "
+                f"XLA_FLAGS=`{first['xla_flags']}`). GB = 1e9 bytes.\n\n"
+                + sweep_markdown(plans) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
