@@ -26,7 +26,9 @@ class ModelSection:
 
     param_dtype / dtype: '' keeps the checkpoint's or preset's. remat: per-layer
     rematerialisation in the train step ('none', 'full', 'dots'). vocab_size: a preset override
-    (0 keeps it), used by the toy task's small vocabulary.
+    (0 keeps it), used by the toy task's small vocabulary. tokenizer: '' = the checkpoint's
+    own (model.path), 'demo' = the offline demo tokenizer (rollout/tokenizer.py), or a directory
+    with tokenizer files.
     """
 
     preset: str = "tiny"
@@ -36,6 +38,7 @@ class ModelSection:
     remat: str = "none"
     vocab_size: int = 0
     seed: int = 0
+    tokenizer: str = ""
 
     def preset_config(self) -> ModelConfig:
         """The ModelConfig of the preset with this section's changes (no checkpoint involved)."""

@@ -14,6 +14,9 @@ init_train_state(params, optim_cfg, mesh, total_updates) -> TrainState (created 
 abstract_train_state(model_cfg, optim_cfg, mesh, total_updates) -> TrainState of
     ShapeDtypeStruct carrying shardings (nothing allocated)
 abstract_batch(batch, prompt_len, completion_len, mesh) -> TrainBatch of ShapeDtypeStruct
+make_update_step(model_cfg, optim_cfg, mesh, *, loss, ...) -> step: the one update program
+    (micro-batch accumulation, clipping, AdamW, NaN/Inf skipping) for any loss; the GRPO step
+    below and the supervised warm start (rl/sft.py) are built with it.
 make_train_step(model_cfg, optim_cfg, grpo_cfg, mesh, *, temperature, micro_batch_size,
     total_updates) -> step; `step(state, batch) -> (state, metrics)` applies ONE optimizer
     update over the batch (its micro-batches accumulated inside the program); the state is
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -250,16 +253,9 @@ def head_remat(grpo_cfg: GRPOConfig, rows: int, completion_len: int, vocab: int,
     return per_device > HEAD_REMAT_BYTES
 
 
-def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
-                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
-    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
-
-    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
-    normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
-    remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
-    """
-    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
-    model = nnx.merge(graphdef, params)
+def grpo_loss(model, batch: TrainBatch, grpo_cfg: GRPOConfig, *, temperature: float,
+              normalisers=None, remat_head=True):
+    """GRPO loss (and metrics) of `batch` under `model` (see `policy_loss`)."""
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                               batch.completion_mask, temperature=temperature,
                               chunk=grpo_cfg.logprob_chunk, with_entropy=grpo_cfg.compute_entropy,
@@ -276,13 +272,36 @@ def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig,
                      num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=scale)
 
 
-def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
-                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
-                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
-    """The jitted update `step(state, batch) -> (state, metrics)`; see the module docstring.
+def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
+                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
+    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
 
-    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
-    and, on a mesh, be a multiple of the batch shard count.
+    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
+    normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
+    remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
+    """
+    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
+    return grpo_loss(nnx.merge(graphdef, params), batch, grpo_cfg, temperature=temperature,
+                     normalisers=normalisers, remat_head=remat_head)
+
+
+def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh], *,
+                     loss: Callable, batch_shardings_: Any = None,
+                     batch_stats: Optional[Callable] = None,
+                     extra_metrics: Optional[Callable] = None, micro_batch_size: int = 0,
+                     total_updates: int = 1) -> MeshFunction:
+    """A jitted, donated optimizer update `step(state, batch) -> (state, metrics)` for any loss.
+
+    loss(model, micro_batch, stats) -> (scalar, metrics dict): the objective of one micro-batch
+    under `model` (the policy merged in its compute dtype); `stats = batch_stats(batch)` is
+    computed once over the whole batch so that the micro-batch losses add up to the loss of the
+    whole batch (e.g. the token count of a token mean). extra_metrics(batch) -> dict: metrics of
+    the batch itself. batch_shardings_: the batch pytree's shardings on `mesh`.
+
+    One update: gradients summed over micro-batches of `micro_batch_size` rows (a scan), global
+    norm, AdamW (make_optimizer); a non-finite loss or gradient norm skips the optimizer and
+    counts the skip. GRPO's update (make_train_step) and the supervised warm start (rl/sft.py)
+    are both built here.
     """
     graphdef, abstract_params, _ = shardings_for(model_cfg, mesh)
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
@@ -290,26 +309,21 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
     compute_dtype = model_cfg.jnp_param_dtype if master else None
     shards = batch_shards(mesh) if mesh is not None else 1
     if micro_batch_size and micro_batch_size % shards:
-        raise ValueError(f"grpo.micro_batch_size={micro_batch_size} is not a multiple of the "
+        raise ValueError(f"micro_batch_size={micro_batch_size} is not a multiple of the "
                          f"{shards} batch shards of the mesh")
 
-    def step(state: TrainState, batch: TrainBatch):
-        b = batch.size
+    def step(state: TrainState, batch):
+        b = jax.tree.leaves(batch)[0].shape[0]
         mbs = micro_batch_size or b
         if b % mbs:
             raise ValueError(f"micro_batch_size={mbs} does not divide the batch of {b}")
         n_micro = b // mbs
         trainable = state.master if master else state.params
-        norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
-                                       grpo_cfg.loss_scale_factor or None)
-
-        remat_head = head_remat(grpo_cfg, mbs, batch.completion_ids.shape[1],
-                                model_cfg.vocab_size, shards)
+        stats = batch_stats(batch) if batch_stats is not None else None
 
         def loss_fn(p, mb):
-            return policy_loss(graphdef, p, mb, grpo_cfg, temperature=temperature,
-                               compute_dtype=compute_dtype, normalisers=norms,
-                               remat_head=remat_head)
+            params = _cast(p, compute_dtype) if compute_dtype is not None else p
+            return loss(nnx.merge(graphdef, params), mb, stats)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if n_micro == 1:
@@ -356,11 +370,11 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
             new_state, opt_state=new_opt, step=state.step + (1 - skip),
             skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
 
-        adv = batch.advantages.astype(jnp.float32)
         metrics = dict(metrics)
         metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
-                       skipped=skip, adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(),
-                       adv_max=adv.max())
+                       skipped=skip)
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(batch))
         return new_state, metrics
 
     if mesh is None:
@@ -368,9 +382,39 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
     else:
         abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
         st_sh = state_shardings(abstract, optimizer, mesh)
-        jitted = jax.jit(step, donate_argnums=0, in_shardings=(st_sh, batch_shardings(mesh)),
+        jitted = jax.jit(step, donate_argnums=0, in_shardings=(st_sh, batch_shardings_),
                          out_shardings=(st_sh, _replicated(mesh)))
     return MeshFunction(jitted, mesh)
+
+
+def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
+    """The jitted GRPO update `step(state, batch) -> (state, metrics)`; see the module docstring.
+
+    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
+    and, on a mesh, be a multiple of the batch shard count.
+    """
+    shards = batch_shards(mesh) if mesh is not None else 1
+
+    def loss(model, mb: TrainBatch, norms):
+        remat = head_remat(grpo_cfg, mb.size, mb.completion_ids.shape[1], model_cfg.vocab_size,
+                           shards)
+        return grpo_loss(model, mb, grpo_cfg, temperature=temperature, normalisers=norms,
+                         remat_head=remat)
+
+    def norms(batch: TrainBatch):
+        return grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
+                                      grpo_cfg.loss_scale_factor or None)
+
+    def adv_metrics(batch: TrainBatch):
+        adv = batch.advantages.astype(jnp.float32)
+        return dict(adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(), adv_max=adv.max())
+
+    return make_update_step(model_cfg, optim_cfg, mesh, loss=loss,
+                            batch_shardings_=batch_shardings(mesh), batch_stats=norms,
+                            extra_metrics=adv_metrics, micro_batch_size=micro_batch_size,
+                            total_updates=total_updates)
 
 
 def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 # Qwen's chat format (SPEC.md): one `<|im_start|>{role}\n{content}<|im_end|>\n` per turn and the
 # generation prompt `<|im_start|>assistant\n`; used when the tokenizer carries no template.
@@ -80,3 +80,133 @@ def pad_id(tokenizer, eos: list[int]) -> int:
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
     return eos[0] if eos else 0
+
+
+# -- the offline demo tokenizer ----------------------------------------------------------------
+
+# Qwen3's special tokens and their roles: <|endoftext|> pads (and ends documents), <|im_start|> /
+# <|im_end|> open and close a chat turn (<|im_end|> is the EOS of a chat reply), <think> and
+# </think> bracket the reasoning. As in Qwen3, the three chat specials are `special` (dropped by
+# decode(skip_special_tokens=True)) while <think>/</think> are ordinary added tokens (kept).
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_THINK_TOKENS = ("<think>", "</think>")
+# The Social-R1 answer tags, one token each in the demo vocabulary (Qwen3 spells them in pieces).
+ANSWER_TOKENS = ("<Answer>", "</Answer>")
+
+# Qwen3's chat format, thinking mode (the model opens <think> itself); `enable_thinking=False`
+# appends the empty think block Qwen3 adds in non-thinking mode. Written for the demo tokenizer,
+# it renders the same text as Qwen3's template for system / user / assistant turns.
+DEMO_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{ '<think>\n\n</think>\n\n' }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+def build_demo_tokenizer(words: list[str]):
+    """A small byte-level tokenizer built offline with `tokenizers`: whole-word tokens for
+    `words` (each with and without a leading space), the 256 byte symbols as the fallback for
+    anything else (so every text round-trips), Qwen3's special tokens, the answer tags and
+    Qwen3's chat template. Returns a transformers `PreTrainedTokenizerFast`.
+
+    Pre-tokenization is GPT-2/Qwen byte-level (a space joins the word after it); the BPE model
+    has no merges and `ignore_merges`, so a piece is one token when it is a known word and its
+    bytes otherwise.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    pieces = set()
+    for w in words:
+        for form in (w, " " + w):
+            pieces.update(p for p, _ in byte_level.pre_tokenize_str(form))
+    pieces.add(byte_level.pre_tokenize_str("\n\n")[0][0])
+    for p in sorted(pieces):
+        vocab.setdefault(p, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=True))
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIALS])
+    tok.add_tokens([AddedToken(s, special=False, normalized=False)
+                    for s in QWEN_THINK_TOKENS + ANSWER_TOKENS])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None,
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = DEMO_CHAT_TEMPLATE
+    return fast
+
+
+def demo_tokenizer():
+    """The demo's tokenizer: the words of the ToMi story generator and the Social-R1 prompt."""
+    from socialr1_jax.social import stories
+
+    return build_demo_tokenizer(stories.vocabulary() + DEMO_PROMPT_WORDS)
+
+
+# Words of the prompt layout and the Social-R1 instruction (kept here so the demo tokenizer
+# does not depend on the prompt module).
+DEMO_PROMPT_WORDS = (
+    "You should first think about the reasoning process in the mind and then provide with "
+    "answer The are enclosed within tags respectively Story Question Options Answer user "
+    "assistant system").split()
+
+
+def stop_tokens(tokenizer) -> list[int]:
+    """Qwen3's stop ids for a chat reply when the tokenizer has them (<|im_end|>, then
+    <|endoftext|>), else the tokenizer's EOS."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+           if t in tokenizer.get_vocab()]
+    return ids or _as_list(tokenizer.eos_token_id)
+
+
+def save_tokenizer_files(out_dir: str, tokenizer, eos_ids: Optional[list[int]] = None) -> str:
+    """Write the tokenizer (tokenizer.json, tokenizer_config.json, chat template) to `out_dir`
+    and, unless one is there, a generation_config.json naming the stop ids (default
+    `stop_tokens`), as a real checkpoint has them. Returns `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer.save_pretrained(out_dir)
+    gen = os.path.join(out_dir, "generation_config.json")
+    if not os.path.exists(gen):
+        eos = list(eos_ids) if eos_ids else stop_tokens(tokenizer)
+        tmp = f"{gen}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"eos_token_id": eos, "pad_token_id": pad_id(tokenizer, eos)}, f, indent=2)
+        os.replace(tmp, gen)
+    return out_dir
+
+
+def run_tokenizer(model_section):
+    """The tokenizer of a run's `model` section: `model.tokenizer` = 'demo' (the offline demo
+    tokenizer), a directory with tokenizer files, or '' for the checkpoint's own (model.path)."""
+    from socialr1_jax.cli import UsageError
+
+    name = getattr(model_section, "tokenizer", "") or ""
+    if name == "demo":
+        return demo_tokenizer()
+    path = name or model_section.path
+    if not path:
+        raise UsageError("model.tokenizer is required when the model is a preset "
+                         "(model.tokenizer=demo for the offline demo tokenizer, or a directory "
+                         "with tokenizer.json)")
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, OSError) as e:
+        key = "model.tokenizer" if name else "model.path"
+        raise UsageError(f"{key}={path}: {e}") from None
+
+
+def check_vocab(tokenizer, vocab_size: int) -> None:
+    """Refuse a tokenizer whose ids do not fit the model's embedding rows."""
+    from socialr1_jax.cli import UsageError
+
+    if len(tokenizer) > vocab_size:
+        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
+                         f"has {vocab_size} rows (model.vocab_size)")
