@@ -352,6 +352,12 @@ def main(argv=None) -> int:
     if not examples:
         raise cli.UsageError(f"{cfg.data.path}: every pair is longer than the limits")
     mesh = build_mesh(cfg)
+    from socialr1_jax.parallel.sharding import batch_shards
+    shards = batch_shards(mesh)
+    if s.batch_size % shards or (s.micro_batch_size or s.batch_size) % shards:
+        raise cli.UsageError(f"sft.batch_size={s.batch_size} (micro_batch_size="
+                             f"{s.micro_batch_size}) must be a multiple of the mesh's {shards} "
+                             "batch shards (data x fsdp)")
     model = load_policy(cfg, mesh)
     tk.check_vocab(tokenizer, model.cfg.vocab_size)
     result = train_sft(model, examples, s, cfg.optim,

@@ -1,0 +1,153 @@
+"""The supervised warm start: the loss counts response tokens only (checked against transformers'
+Qwen3 in torch), micro-batches give the same update, the loss falls on a tiny set, and the command
+writes a checkpoint that load_model and generate read; bad input is one `error:` line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from socialr1_jax.checkpoint.loading import load_model
+from socialr1_jax.rl import sft
+from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.train_config import OptimConfig
+from socialr1_jax.rollout import tokenizer as tk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _examples(rng, n, vocab, pad):
+    out = []
+    for _ in range(n):
+        p = rng.integers(3, vocab, size=int(rng.integers(2, 9))).tolist()
+        r = rng.integers(3, vocab, size=int(rng.integers(1, 7))).tolist()
+        out.append(sft.Example(tuple(p), tuple(r)))
+    return out
+
+
+def test_loss_is_response_tokens_only_as_torch_computes_it(tiny_hf):
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    model = load_model(tiny_hf)
+    pad = 0
+    ex = _examples(np.random.default_rng(0), 5, model.cfg.vocab_size, pad)
+    batch = sft.make_batch(ex, pad, bucket=True)
+    # garbage under the masks must not matter
+    noisy = sft.SFTBatch(batch.prompt_ids, batch.prompt_mask,
+                         np.where(batch.response_mask > 0, batch.response_ids, 7),
+                         batch.response_mask)
+    ours, metrics = sft.sft_loss(model, batch, float(batch.response_mask.sum()))
+    ours_noisy, _ = sft.sft_loss(model, noisy, float(batch.response_mask.sum()))
+
+    ref = Qwen3ForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for e in ex:  # one unpadded sequence at a time: no masking tricks on the torch side
+            ids = torch.tensor([list(e.prompt) + list(e.response)])
+            logp = torch.log_softmax(ref(ids).logits[0].double(), -1)
+            for k, t in enumerate(e.response):
+                nll -= float(logp[len(e.prompt) - 1 + k, t])
+                count += 1
+    assert int(metrics["tokens"]) == count
+    np.testing.assert_allclose(float(ours), nll / count, rtol=1e-5)
+    np.testing.assert_allclose(float(ours_noisy), float(ours), rtol=1e-6)
+
+
+def test_micro_batches_give_the_same_update():
+    from socialr1_jax.model.build import create_model
+    from socialr1_jax.model.config import preset
+
+    cfg = preset("tiny", vocab_size=64)
+    model = create_model(cfg, seed=1)
+    ocfg = OptimConfig(lr=1e-2, weight_decay=0.0)
+    batch = sft.make_batch(_examples(np.random.default_rng(1), 8, 64, 0), 0)
+    outs = []
+    for mbs in (0, 2):
+        state = ts.init_train_state(nnx.state(model), ocfg, None)
+        step = sft.make_sft_step(cfg, ocfg, None, micro_batch_size=mbs)
+        state, m = step(state, batch)
+        outs.append((jax.tree.leaves(state.params), float(m["loss"]), float(m["grad_norm"])))
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5)
+    np.testing.assert_allclose(outs[0][2], outs[1][2], rtol=1e-5)
+    for a, b in zip(outs[0][0], outs[1][0]):  # Adam's first step is ~lr * sign(g): near-zero
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)  # grads may differ
+
+
+def test_loss_falls_on_a_tiny_set():
+    from socialr1_jax.model.build import create_model
+    from socialr1_jax.model.config import preset
+
+    model = create_model(preset("tiny", vocab_size=64), seed=0)
+    ex = _examples(np.random.default_rng(2), 8, 64, 0)
+    res = sft.train_sft(model, ex, sft.SFTSection(steps=40, batch_size=8, log_every=100),
+                        OptimConfig(lr=1e-2, weight_decay=0.0), pad_id=0, log=lambda s: None)
+    assert len(res.history) == 40
+    assert res.first_loss > 3.5 and res.last_loss < 0.3 * res.first_loss, (res.first_loss,
+                                                                           res.last_loss)
+
+
+def test_encode_pairs_templates_appends_eos_and_drops_too_long():
+    tok = tk.demo_tokenizer()
+    pairs = [("Where is the apple?", "<think>Cue: x</think><Answer>A</Answer>"),
+             ("the " * 50, "ok")]
+    ex, dropped = sft.encode_pairs(tok, pairs, max_prompt_len=40)
+    assert dropped == 1 and len(ex) == 1
+    assert tok.decode(list(ex[0].prompt)) == tk.chat_text(tok, pairs[0][0])
+    assert ex[0].response[-1] == tok.eos_token_id
+    assert tok.decode(list(ex[0].response[:-1])) == pairs[0][1]
+    with pytest.raises(Exception, match="max_prompt_len=40"):
+        sft.encode_pairs(tok, pairs, max_prompt_len=40, on_too_long="error")
+
+
+def _run(args, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "socialr1_jax.sft", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_command_writes_a_checkpoint_that_loads_and_generates(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"q": f"Where is the apple {i}?",
+                                "a": "<think>Cue: the basket.</think><Answer>A</Answer>"}) + "\n")
+    out = tmp_path / "warm"
+    r = _run(["model.preset=tiny", "model.vocab_size=512", "model.tokenizer=demo",
+              f"data.path={data}", "data.prompt_key=q", "data.response_key=a",
+              "sft.steps=30", "sft.batch_size=8", "optim.lr=1e-2", "optim.weight_decay=0",
+              f"run.out_dir={out}", "run.progress=false"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "8 pairs" in r.stdout and "checkpoint:" in r.stdout
+    model = load_model(str(out))
+    assert model.cfg.vocab_size == 512
+    g = subprocess.run([sys.executable, "-m", "socialr1_jax.generate", "--model", str(out),
+                        "--prompt", "Where is the apple 3?", "--chat", "--temperature", "0",
+                        "--max-new-tokens", "16"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"), timeout=600)
+    assert g.returncode == 0, g.stderr[-2000:]
+    assert "<think>Cue: the basket.</think><Answer>A</Answer>" in g.stdout, g.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run.out_dir=o", "model.tokenizer=demo"], "data.path is required"),
+    (["data.path=nowhere.jsonl", "run.out_dir=o", "model.tokenizer=demo"],
+     "data.path=nowhere.jsonl: no such file"),
+    (["data.path=bad.jsonl", "run.out_dir=o", "model.tokenizer=demo"], "bad.jsonl:2: no string"),
+    (["data.path=bad.jsonl", "run.out_dir=o", "sft.stpes=3"], "sft.stpes"),
+    (["data.path=bad.jsonl", "run.out_dir=o", "sft.steps=-1"], "sft.steps=-1"),
+    (["data.path=good.jsonl", "run.out_dir=o", "model.tokenizer=demo", "model.vocab_size=512",
+      "sft.steps=2", "sft.batch_size=4"], "multiple of the mesh's 8 batch shards"),
+])
+def test_bad_input_is_one_error_line(tmp_path, args, message):
+    (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    r = _run(args, tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
