@@ -49,8 +49,11 @@ TERMS = ("score", "format", "em", "think_len", "lp", "repeat_share", "rp", "r_le
 
 def choice_error(key: str, value: str, choices: Sequence[str]) -> str:
     """'key=value is not one of [...]' with a did-you-mean when a choice is close."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    low = {c.lower(): c for c in choices}
+    v = str(value).lower()
+    close = [c for c in low if v and (c.endswith(v) or v.endswith(c))] or \
+        difflib.get_close_matches(v, list(low), n=1, cutoff=0.6)
+    hint = f"; did you mean {low[close[0]]!r}?" if close else ""
     return f"{key}={value!r} is not one of {list(choices)}{hint}"
 
 
@@ -209,12 +212,14 @@ def score_parsed(parsed: Parsed, gold: str, *, step: int, struct: Optional[float
     reasoning = 0.0
     if use_s:
         if struct is None or not math.isfinite(struct):
-            raise ValueError(f"variant {cfg.variant} needs a finite structure score, got {struct!r}")
+            raise ValueError(f"variant {cfg.variant} needs a finite structure score, got "
+                             f"{struct!r}")
         terms["struct"] = float(struct)
         reasoning += w_s * struct
     if use_c:
         if content is None or not math.isfinite(content):
-            raise ValueError(f"variant {cfg.variant} needs a finite content score, got {content!r}")
+            raise ValueError(f"variant {cfg.variant} needs a finite content score, got "
+                             f"{content!r}")
         terms["content"] = float(content)
         terms["adj_cont"] = adjust_content(content, cfg)
         reasoning += w_c * terms["adj_cont"]
@@ -234,9 +239,9 @@ def social_r1_score(completion: str, gold: str, *, step: int, struct: Optional[f
     `gold` is the gold option letter (case and punctuation folded: 'b', '(B)'); `step` the
     global training step (the curriculum); `struct` / `content` the judges' R_struct and raw
     R_cont (None is allowed where the variant does not use the term, or when the format fails).
-    `variant` overrides `cfg.variant` (whose default is "socialR1"). Returns floats keyed by `TERMS`: score, format, em,
-    think_len, lp, repeat_share, rp, r_len, struct, content, adj_cont (NaN when not used),
-    w_struct, w_cont, tau, reasoning.
+    `variant` overrides `cfg.variant` (whose default is "socialR1"). Returns floats keyed by
+    `TERMS`: score, format, em, think_len, lp, repeat_share, rp, r_len, struct, content,
+    adj_cont (the last three NaN when not used), w_struct, w_cont, tau, reasoning.
     """
     cfg = cfg or DEFAULT
     if variant is not None and variant != cfg.variant:
