@@ -93,6 +93,16 @@ def test_repetition_by_hand():
         pytest.approx(math.exp(-0.8))
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 40])
+def test_repeat_share_matches_counting(n):
+    rng = random.Random(n)
+    texts = [unique_text(rng.randint(0, 3000), seed=k) for k in range(20)]
+    texts += ["".join(rng.choice("ab") for _ in range(2000)), "é" * 40, "日本語のテキスト" * 10,
+              "🙂 hi " * 50, "Sally thinks. " * 80, "x" * n, "x" * (n + 1)]
+    for t in texts:
+        assert R.repeat_share(t, n) == pytest.approx(ref_share(t, n), abs=1e-12), t[:40]
+
+
 def test_adj_cont_by_hand():
     assert R.adjust_content(0.0) == pytest.approx(2.2973967)
     assert R.adjust_content(-2.0) == 0.0

@@ -20,6 +20,7 @@ once and the trainer can overlap them with device work.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import dataclasses
 import functools
@@ -184,7 +185,7 @@ def _longest_increasing(seq: Sequence[int]) -> int:
     # Patience sorting: the length of the longest strictly increasing subsequence.
     tails: list[int] = []
     for x in seq:
-        i = int(np.searchsorted(tails, x, side="left"))
+        i = bisect.bisect_left(tails, x)
         tails[i:i + 1] = [x]
     return len(tails)
 
