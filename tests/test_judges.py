@@ -245,12 +245,15 @@ def test_http_429_honours_retry_after(server):
 
 
 def test_http_concurrency_bound(server):
-    cfg = http_cfg(server.base_url, max_concurrency=3)
+    # 12 requests of 0.1 s, 3 at a time, take 0.4 s: longer than the 0.25 s deadline, which
+    # must count from when a request is sent, not from when it was queued.
+    cfg = http_cfg(server.base_url, max_concurrency=3, timeout_s=0.25)
     items = [item(f"sleep=0.1 score={i / 100:.2f}") for i in range(12)]
     with build_judge(cfg, "struct") as judge:
         res = judge.score(items)
     np.testing.assert_allclose(res.scores, [i / 100 for i in range(12)])
     assert server.max_in_flight == 3  # bounded, and the bound is used
+    assert res.counts["failures"] == 0 and res.counts["retries"] == 0
 
 
 def test_http_cache_and_duplicates(server):

@@ -49,6 +49,10 @@ def short_fn(prompts, completions, rows):
     return [1.0] * (len(completions) - 1)
 
 
+def long_fn(prompts, completions, rows):
+    return [1.0] * (len(completions) + 1)
+
+
 def nan_fn(prompts, completions, rows):
     return [0.0, float("nan"), 0.0][:len(completions)]
 
@@ -119,6 +123,7 @@ def test_user_function_returning_scores_with_terms():
 @pytest.mark.parametrize("name, match", [
     ("tests.test_reward_fns:raising_fn", r"'tests.test_reward_fns:raising_fn' raised KeyError"),
     ("tests.test_reward_fns:short_fn", r"'tests.test_reward_fns:short_fn' returned 2 scores for 3"),
+    ("tests.test_reward_fns:long_fn", r"'tests.test_reward_fns:long_fn' returned 4 scores for 3"),
     ("tests.test_reward_fns:nan_fn", r"nan_fn' returned nan for item #1 \(id r1\)"),
 ])
 def test_bad_functions_are_named(name, match):

@@ -87,7 +87,8 @@ def test_repetition_by_hand():
     # 1-grams (configurable n): 10 letters, 9 distinct -> share exactly 0.1 -> rp 1;
     # 8 distinct -> 0.2 -> exp(-0.8).
     cfg = R.RewardConfig(rep_ngram=1)
-    assert R.repeat_share("abcdefghia", 1) == pytest.approx(0.1)
+    assert R.repeat_share("abcdefghia", 1) == 0.1
+    assert R.repetition_factor(0.1) == 1.0 and R.repetition_factor(0.1 + 1e-9) < 1.0
     assert R.repetition_factor(R.repeat_share("abcdefghia", 1), cfg) == 1.0
     assert R.repetition_factor(R.repeat_share("abcdefghaa", 1), cfg) == \
         pytest.approx(math.exp(-0.8))

@@ -143,7 +143,8 @@ def length_window(length: int, cfg: RewardConfig = DEFAULT) -> float:
 def repeat_share(text: str, n: int = 16) -> float:
     """The share of the n-character n-grams of `text` that repeat an earlier one (0 if len < n).
 
-    share = 1 - distinct / total over the len(text) - n + 1 overlapping n-grams. The n-grams are
+    share = (total - distinct) / total over the total = len(text) - n + 1 overlapping n-grams
+    (every occurrence of an n-gram after its first counts as a repeat). The n-grams are
     told apart by a 64-bit polynomial hash of their code points (sorted, not put in a Python
     set: 4x faster on long reasoning); two different n-grams of one text share a hash with
     probability about total**2 / 2**65, below 1e-12 for texts under 6,000 characters.
@@ -154,8 +155,8 @@ def repeat_share(text: str, n: int = 16) -> float:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     # Integer matmul wraps modulo 2**64: the hash of window i is sum_k codes[i+k] * B**(n-1-k).
     hashes = np.sort(sliding_window_view(codes, n) @ _hash_powers(n))
-    distinct = 1 + int(np.count_nonzero(hashes[1:] != hashes[:-1]))
-    return 1.0 - distinct / total
+    repeats = int(np.count_nonzero(hashes[1:] == hashes[:-1]))
+    return repeats / total
 
 
 @functools.lru_cache(maxsize=8)
