@@ -125,12 +125,14 @@ def main(argv=None) -> int:
         "results": results, "target_s": TARGET_S, "met": e2e < TARGET_S,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                    f"Python {platform.python_version()}",
+        "load_average_1m": os.getloadavg()[0],
         "command": "python benchmarks/rewards_bench.py " + " ".join(argv or sys.argv[1:]),
     }
     lines = [f"# Social-R1 reward benchmark ({a.n} completions, heuristic judges, CPU)", "",
              f"Think text {out['think_chars']['mean']:.0f} characters on average (max "
              f"{out['think_chars']['max']}); {out['formatted_share']:.0%} in the right format. "
-             f"Median of {a.repeats} after one warm-up call; {out['machine']}.",
+             f"Median of {a.repeats} after one warm-up call; {out['machine']}; load average "
+             f"{out['load_average_1m']:.1f} (a shared machine: the times are upper bounds).",
              f"Target: the rule terms plus the heuristic judge under {TARGET_S:.0f} s for "
              f"{a.n} completions.", "",
              "| what | median s | min s | max s | us per completion |", "|---|---|---|---|---|"]

@@ -201,6 +201,17 @@ def test_think_under_16_characters():
     assert out["think_len"] == 15 and out["repeat_share"] == 0 and out["rp"] == 1
 
 
+@pytest.mark.parametrize("c", [
+    comp(THINK), comp("  padded  "), "<think>open only <Answer>A</Answer>", "no tags",
+    "pre <think>a</think> mid <think>b</think><Answer>C</Answer>", comp("x", "A</Answer><Answer>B")])
+def test_parsing_agrees_with_the_evaluator_rules(c):
+    # The reward and the evaluator read completions alike (social/answers.py).
+    from socialr1_jax.social import answers
+    p = R.parse_completion(c)
+    assert (p.format_ok, p.answer, p.think) == (answers.format_ok(c), answers.extract_answer(c),
+                                                 answers.extract_think(c))
+
+
 def test_trailing_text_after_answer_breaks_the_format():
     out = social_r1_score(comp(THINK) + " done", "A", step=0, struct=1.0, content=0.0)
     assert out["format"] == 0 and out["score"] == 0
