@@ -409,10 +409,22 @@ def parse_args(argv=None) -> RMTrainConfig:
     p.add_argument("--config", help="YAML config (see rl/rm_data.py for the keys)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data.train=pairs.jsonl")
     a = p.parse_args(argv)
+    import yaml
+
     try:
         return load_rm_config(a.config, a.overrides)
     except (ValueError, FileNotFoundError) as e:
         raise cli.UsageError(str(e)) from None
+    except yaml.YAMLError as e:  # an override or file that is not YAML (e.g. a bare {...})
+        where = a.config
+        for item in a.overrides:
+            try:
+                yaml.safe_load(item.partition("=")[2])
+            except yaml.YAMLError:
+                where = f"override {item!r}"
+                break
+        raise cli.UsageError(f"{where}: not valid YAML ({' '.join(str(e).split())}); quote "
+                             "values with braces, or put them in the --config file") from None
 
 
 def main(argv=None) -> int:
