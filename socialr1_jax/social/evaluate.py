@@ -31,6 +31,9 @@ from socialr1_jax.social.answers import extract_answer, format_ok
 from socialr1_jax.social.data import DataError, MCQRow
 from socialr1_jax.social.prompts import PromptConfig, PromptSet, build_prompts
 
+__all__ = ["EvalConfig", "format_table", "main", "majority", "metrics", "run", "score_row",
+           "summarize"]
+
 GROUPS = ("dimension", "ability", "task")
 
 
@@ -154,15 +157,7 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
                         f"model's {model.cfg.max_position_embeddings} positions")
     limit = min(cfg.prompt.max_prompt_tokens, context)
     if isinstance(dataset, PromptSet):
-        ps = dataset
-        keep = [i for i, ids in enumerate(ps.ids) if len(ids) <= limit]
-        too_long = [(ps.rows[i].id, len(ps.ids[i])) for i in range(len(ps)) if len(ps.ids[i]) > limit]
-        if too_long and cfg.prompt.on_too_long == "error":
-            raise DataError(f"row {too_long[0][0]!r}: its prompt has {too_long[0][1]} tokens; with "
-                            f"max_new_tokens={cfg.max_new_tokens} the model has room for {limit}")
-        ps = PromptSet([ps.rows[i] for i in keep], [ps.texts[i] for i in keep],
-                       [ps.ids[i] for i in keep], [ps.orders[i] for i in keep],
-                       ps.dropped + too_long, limit)
+        ps = dataset.limited(limit, cfg.prompt.on_too_long)
     else:
         ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
     if not len(ps):

@@ -106,6 +106,20 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def limited(self, limit: int, on_too_long: str = "drop") -> "PromptSet":
+        """The prompts of at most `limit` tokens; longer ones are added to `dropped`, or raise
+        PromptTooLong naming the first when `on_too_long` is "error"."""
+        keep = [i for i, ids in enumerate(self.ids) if len(ids) <= limit]
+        over = [(self.rows[i].id, len(self.ids[i])) for i in range(len(self))
+                if len(self.ids[i]) > limit]
+        if over and on_too_long == "error":
+            raise PromptTooLong(f"row {over[0][0]!r}: its prompt has {over[0][1]} tokens, more "
+                                f"than max_prompt_tokens={limit} (raise the limit, or set "
+                                "on_too_long=drop to skip such rows)")
+        return PromptSet([self.rows[i] for i in keep], [self.texts[i] for i in keep],
+                         [self.ids[i] for i in keep], [self.orders[i] for i in keep],
+                         self.dropped + over, limit)
+
 
 def build_prompts(rows: Iterable, tokenizer, cfg: PromptConfig = PromptConfig(), *,
                   max_prompt_tokens: Optional[int] = None) -> PromptSet:
@@ -128,17 +142,4 @@ def build_prompts(rows: Iterable, tokenizer, cfg: PromptConfig = PromptConfig(),
     # One batched call (the Rust tokenizer's threads); the same ids as `tk.encode` per text.
     all_ids = [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] \
         if texts else []
-    out = PromptSet([], [], [], [], [], limit)
-    for row, order, text, ids in zip(prompted, orders, texts, all_ids):
-        if len(ids) > limit:
-            if cfg.on_too_long == "error":
-                raise PromptTooLong(f"row {row.id!r}: its prompt has {len(ids)} tokens, more than "
-                                    f"max_prompt_tokens={limit} (raise the limit, or set "
-                                    "on_too_long=drop to skip such rows)")
-            out.dropped.append((row.id, len(ids)))
-            continue
-        out.rows.append(row)
-        out.texts.append(text)
-        out.ids.append(ids)
-        out.orders.append(order)
-    return out
+    return PromptSet(prompted, texts, all_ids, orders, [], limit).limited(limit, cfg.on_too_long)
