@@ -261,3 +261,8 @@ def test_cli_end_to_end_matches_the_sampler(ckpt, tmp_path, capsys):
     assert rep["generated_tokens"] == total
     assert rep["overall"]["unparsable"] + sum(
         a is not None for p in preds for a in p["answers"]) == 5
+    # On a mesh (conftest's 8 CPU devices; batch rows over fsdp): the same greedy completions.
+    out8 = tmp_path / "report8.json"
+    assert cli.run(E.main, argv[:-1] + [str(out8), "--mesh", "1x8x1"]) == 0
+    preds8 = [json.loads(line) for line in open(json.loads(out8.read_text())["predictions_file"])]
+    assert [p["completions"] for p in preds8] == [p["completions"] for p in preds]

@@ -203,7 +203,8 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
             "num_samples": k, "temperature": cfg.temperature, "top_p": cfg.top_p,
             "top_k": cfg.top_k, "max_new_tokens": cfg.max_new_tokens,
             "shuffle_options": cfg.prompt.shuffle, "seed": cfg.seed,
-            "completions": len(ps) * k, "generated_tokens": tokens_out,
+            "completions": len(ps) * k, "prompt_tokens": sum(len(i) for i in ps.ids),
+            "generated_tokens": tokens_out,
             "wall_seconds": wall, "compile_seconds": compiling,
             "tokens_per_second": tokens_out / max(wall - compiling, 1e-9),
             **metrics(records, k), "predictions": records}
@@ -232,9 +233,10 @@ def format_table(report: dict) -> str:
             section(g, list(report[f"by_{g}"].items()))
     lines.append(f"{report['questions']} question(s) x {k} sample(s), "
                  f"{report['dropped_too_long']} dropped as longer than "
-                 f"{report['max_prompt_tokens']} tokens; {report['generated_tokens']} tokens in "
+                 f"{report['max_prompt_tokens']} tokens; {report['prompt_tokens']} prompt and "
+                 f"{report['generated_tokens']} generated tokens in "
                  f"{report['wall_seconds']:.1f} s ({report['compile_seconds']:.1f} s compiling) = "
-                 f"{report['tokens_per_second']:.1f} tokens/s")
+                 f"{report['tokens_per_second']:.1f} generated tokens/s")
     return "\n".join(lines)
 
 
