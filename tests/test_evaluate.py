@@ -266,3 +266,12 @@ def test_cli_end_to_end_matches_the_sampler(ckpt, tmp_path, capsys):
     assert cli.run(E.main, argv[:-1] + [str(out8), "--mesh", "1x8x1"]) == 0
     preds8 = [json.loads(line) for line in open(json.loads(out8.read_text())["predictions_file"])]
     assert [p["completions"] for p in preds8] == [p["completions"] for p in preds]
+
+
+def test_fewer_questions_than_a_batch_are_not_padded_to_the_batch(tok):
+    rows = [D.as_row(r) for r in toy_rows(3)]
+    fake = FakeSampler(tok, rows, lambda i, j: "gold")
+    rep = E.run(FAKE_MODEL, tok, rows, config=E.EvalConfig(batch_size=16), eos_ids=[EOS],
+                sample_fn=fake, progress=False)
+    assert [c["n"] for c in fake.calls] == [3] and rep["overall"]["accuracy"] == 1.0
+    assert fake.calls[0]["eos"] == [EOS] and fake.calls[0]["pad"] == PAD

@@ -166,6 +166,8 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
     k = cfg.num_samples
     by_length = sorted(range(len(ps)), key=lambda i: -len(ps.ids[i]))  # longest first: fail early
     batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(ps), cfg.batch_size)]
+    width = min(cfg.batch_size, len(ps))
+    stops = set(eos)
     records: list[Optional[dict]] = [None] * len(ps)
     tokens_out = 0
     jax.monitoring.register_event_duration_secs_listener(_on_event)
@@ -176,8 +178,7 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
                    disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for b, batch in enumerate(bar):
             # A short last batch repeats its last prompt: one compiled shape for every batch.
-            prompts = [ps.ids[i] for i in batch] + [ps.ids[batch[-1]]] * (cfg.batch_size -
-                                                                           len(batch))
+            prompts = [ps.ids[i] for i in batch] + [ps.ids[batch[-1]]] * (width - len(batch))
             res = sample_fn(model, prompts, max_new_tokens=cfg.max_new_tokens,
                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                             num_samples=k, eos_ids=eos, seed=_batch_seed(cfg.seed, b),
@@ -186,7 +187,7 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
             done = []
             for j, i in enumerate(batch):
                 rows = range(j * k, (j + 1) * k)
-                comps = [_decode(tokenizer, tokens[r, :lengths[r]], set(eos)) for r in rows]
+                comps = [_decode(tokenizer, tokens[r, :lengths[r]], stops) for r in rows]
                 tokens_out += int(sum(lengths[r] for r in rows))
                 records[i] = score_row(ps.rows[i], comps) | {"option_order": list(ps.orders[i])}
                 done.append(records[i])
