@@ -152,9 +152,11 @@ def _read_json(path: str) -> list[dict]:
 
 def _load_with_datasets(*args, **kwargs):
     import datasets  # imported here: a few seconds, and only table and hub sources need it
+    from huggingface_hub.utils import logging as hub_logging
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    hub_logging.set_verbosity_error()  # its retry warnings would bury our one error line
     return datasets.load_dataset(*args, **kwargs)
 
 
@@ -192,7 +194,7 @@ def read_table(path: str, *, split: Optional[str] = None,
     except Exception as e:
         raise DataError(f"{path}: no such local file, and the hub did not provide it "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "pass a local file") from None
+                        "pass a local file (HF_HUB_OFFLINE=1 skips the hub at once)") from None
     return [dict(r) for r in ds]
 
 
