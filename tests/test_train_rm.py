@@ -177,3 +177,10 @@ def test_existing_outputs_are_refused(base, tmp_path, capsys):
     rc = cli.run(tr.main, _args(base, tmp_path / "run", "run.resume=true"))
     assert rc == 2 and "holds no checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_recipe_config_loads():
+    cfg = tr.parse_args(["--config", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                  "rm_qwen3_4b.yaml")])
+    assert cfg.model.remat == "full" and cfg.optim.lr == 1e-5 and cfg.run.batch_size == 64
+    assert cfg.data.template.endswith("{reasoning}<|im_end|>")
