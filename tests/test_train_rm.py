@@ -50,9 +50,16 @@ def _batch(rng, b, t, vocab=32):
 def test_pair_loss_is_bradley_terry():
     rm = create_reward_model(SMALL, pad_token_id=0, seed=1)
     batch = _batch(np.random.default_rng(0), 6, 12)
-    loss, m = tr.pair_loss(rm, batch, 6)
-    r_c = np.asarray(rm(batch.chosen_ids, batch.chosen_mask), np.float64)
-    r_r = np.asarray(rm(batch.rejected_ids, batch.rejected_mask), np.float64)
+    graphdef = nnx.graphdef(rm)
+
+    @jax.jit
+    def run(params, batch):
+        model = nnx.merge(graphdef, params)
+        return (*tr.pair_loss(model, batch, 6), model(batch.chosen_ids, batch.chosen_mask),
+                model(batch.rejected_ids, batch.rejected_mask))
+
+    loss, m, r_c, r_r = run(nnx.state(rm), batch)
+    r_c, r_r = np.asarray(r_c, np.float64), np.asarray(r_r, np.float64)
     expected = np.mean(-np.log(1.0 / (1.0 + np.exp(-(r_c - r_r)))))
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(m["accuracy"]) == pytest.approx(np.mean(r_c > r_r))

@@ -27,6 +27,7 @@ Qwen3ForSequenceClassification directory that transformers loads with the same s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -112,8 +114,8 @@ def make_rm_step(model: RewardModel, optim_cfg, mesh: Optional[Mesh], *,
                 return jax.tree.map(jnp.add, acc, (g, m)), None
 
             zeros = jax.tree.map(jnp.zeros_like, trainable)
-            m0 = {k: jnp.zeros((), jnp.float32) for k in
-                  ("loss", "accuracy", "margin", "reward_chosen", "reward_rejected")}
+            _, m_shape = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[:mbs], batch))
+            m0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), m_shape)
             (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), jax.tree.map(split, batch))
 
         grad_norm = optax.tree.norm(grads)
@@ -238,6 +240,7 @@ class Prepared:
     tokenizer_dir: str
     mesh: Mesh
     checkpoint_root: str
+    pad_id: int
 
 
 def _checkpoint_root(path: str) -> str:
@@ -249,6 +252,8 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     """Check the config against the files and read the data (no model is loaded): raises
     cli.UsageError naming the key, file or value."""
     from socialr1_jax.checkpoint import orbax_io
+    from socialr1_jax.checkpoint.errors import CheckpointError
+    from socialr1_jax.checkpoint.rm_io import resolve_pad_id
     from socialr1_jax.rollout.tokenizer import encode, load_tokenizer
 
     path = cfg.model.path
@@ -292,21 +297,24 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     if len(train_pairs) < cfg.run.batch_size:
         raise cli.UsageError(f"run.batch_size={cfg.run.batch_size} is larger than the "
                              f"{len(train_pairs)} training pairs")
+    try:
+        pad = resolve_pad_id(root, cfg.model.pad_token_id, tokenizer)
+    except CheckpointError as e:
+        raise cli.UsageError(str(e)) from None
     enc = lambda text: encode(tokenizer, text)  # noqa: E731
     return Prepared(tokenize_pairs(enc, train_pairs, cfg.data.max_length),
                     tokenize_pairs(enc, eval_pairs, cfg.data.max_length), tokenizer, tok_dir,
-                    mesh, root)
+                    mesh, root, pad)
 
 
 def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
              log: Callable[[str], None] = print) -> RMTrainResult:
     """Run the pairwise training the config describes (see the module docstring)."""
-    from socialr1_jax.checkpoint.rm_io import init_reward_model, resolve_pad_id, save_hf
+    from socialr1_jax.checkpoint.rm_io import init_reward_model, save_hf
     from socialr1_jax.model.reward_model import with_settings
 
     prep = prepared or prepare(cfg)
-    mesh, run = prep.mesh, cfg.run
-    pad = resolve_pad_id(prep.checkpoint_root, cfg.model.pad_token_id, prep.tokenizer)
+    mesh, run, pad = prep.mesh, cfg.run, prep.pad_id
     model, had_head = init_reward_model(cfg.model.path, pad_token_id=pad, mesh=mesh,
                                         dtype=cfg.model.param_dtype or None, seed=cfg.model.seed)
     model = with_settings(model, remat=cfg.model.remat,
@@ -332,8 +340,11 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
     def held_out(step: int) -> Optional[dict]:
         if not len(prep.eval):
             return None
+        # Rows per call: one training forward's (micro-batch), so evaluation fits where
+        # training does.
         e = evaluate(lambda ids, mask: scorer(state.params, ids, mask), prep.eval, pad_id=pad,
-                     batch_size=2 * run.batch_size, max_length=cfg.data.max_length)
+                     batch_size=run.micro_batch_size or run.batch_size,
+                     max_length=cfg.data.max_length)
         e["step"] = step
         log(f"eval @ {step}: loss {e['eval_loss']:.4f} accuracy {e['eval_accuracy']:.3f} "
             f"margin {e['eval_margin']:+.3f}")
@@ -405,12 +416,10 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
 def parse_args(argv=None) -> RMTrainConfig:
     """--config FILE.yaml plus key=value overrides."""
     p = cli.ArgumentParser(prog="python -m socialr1_jax.train_rm", description=__doc__,
-                           formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see rl/rm_data.py for the keys)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data.train=pairs.jsonl")
     a = p.parse_args(argv)
-    import yaml
-
     try:
         return load_rm_config(a.config, a.overrides)
     except (ValueError, FileNotFoundError) as e:
