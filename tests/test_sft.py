@@ -15,7 +15,7 @@ from flax import nnx
 from socialr1_jax.checkpoint.loading import load_model
 from socialr1_jax.rl import sft
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.train_config import OptimConfig
+from socialr1_jax.rl.train_config import OptimConfig, WarmStartConfig
 from socialr1_jax.rollout import tokenizer as tk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def test_loss_is_response_tokens_only_as_torch_computes_it(tiny_hf):
     model = load_model(tiny_hf)
     pad = 0
     ex = _examples(np.random.default_rng(0), 5, model.cfg.vocab_size, pad)
-    batch = sft.make_batch(ex, pad, bucket=True)
+    batch = sft.make_batch(ex, pad)
     # garbage under the masks must not matter
     noisy = sft.SFTBatch(batch.prompt_ids, batch.prompt_mask,
                          np.where(batch.response_mask > 0, batch.response_ids, 7),
@@ -85,7 +85,7 @@ def test_loss_falls_on_a_tiny_set():
 
     model = create_model(preset("tiny", vocab_size=64), seed=0)
     ex = _examples(np.random.default_rng(2), 8, 64, 0)
-    res = sft.train_sft(model, ex, sft.SFTSection(steps=40, batch_size=8, log_every=100),
+    res = sft.train_sft(model, ex, WarmStartConfig(steps=40, batch_size=8, log_every=100),
                         OptimConfig(lr=1e-2, weight_decay=0.0), pad_id=0, log=lambda s: None)
     assert len(res.history) == 40
     assert res.first_loss > 3.5 and res.last_loss < 0.3 * res.first_loss, (res.first_loss,
@@ -119,11 +119,11 @@ def test_command_writes_a_checkpoint_that_loads_and_generates(tmp_path):
                                 "a": "<think>Cue: the basket.</think><Answer>A</Answer>"}) + "\n")
     out = tmp_path / "warm"
     r = _run(["model.preset=tiny", "model.vocab_size=512", "model.tokenizer=demo",
-              f"data.path={data}", "data.prompt_key=q", "data.response_key=a",
-              "sft.steps=30", "sft.batch_size=8", "optim.lr=1e-2", "optim.weight_decay=0",
-              f"run.out_dir={out}", "run.progress=false"], tmp_path)
+              f"sft.data.path={data}", "sft.data.prompt_key=q", "sft.data.response_key=a",
+              "sft.steps=30", "sft.batch_size=8", "sft.optim.lr=1e-2",
+              "sft.optim.weight_decay=0", f"run.out_dir={out}", "run.progress=false"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "8 pairs" in r.stdout and "checkpoint:" in r.stdout
+    assert "8 pairs" in r.stdout and "checkpoint:" in r.stdout, r.stdout
     model = load_model(str(out))
     assert model.cfg.vocab_size == 512
     g = subprocess.run([sys.executable, "-m", "socialr1_jax.generate", "--model", str(out),
@@ -135,14 +135,17 @@ def test_command_writes_a_checkpoint_that_loads_and_generates(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run.out_dir=o", "model.tokenizer=demo"], "data.path is required"),
-    (["data.path=nowhere.jsonl", "run.out_dir=o", "model.tokenizer=demo"],
-     "data.path=nowhere.jsonl: no such file"),
-    (["data.path=bad.jsonl", "run.out_dir=o", "model.tokenizer=demo"], "bad.jsonl:2: no string"),
-    (["data.path=bad.jsonl", "run.out_dir=o", "sft.stpes=3"], "sft.stpes"),
-    (["data.path=bad.jsonl", "run.out_dir=o", "sft.steps=-1"], "sft.steps=-1"),
-    (["data.path=good.jsonl", "run.out_dir=o", "model.tokenizer=demo", "model.vocab_size=512",
-      "sft.steps=2", "sft.batch_size=4"], "multiple of the mesh's 8 batch shards"),
+    (["run.out_dir=o", "model.tokenizer=demo", "sft.steps=2"], "sft.data.path"),
+    (["sft.data.path=nowhere.jsonl", "run.out_dir=o", "model.tokenizer=demo", "sft.steps=2"],
+     "nowhere.jsonl: no such file"),
+    (["sft.data.path=bad.jsonl", "run.out_dir=o", "model.tokenizer=demo", "sft.steps=2"],
+     "bad.jsonl:2: no string"),
+    (["sft.data.path=bad.jsonl", "run.out_dir=o", "sft.stpes=3"], "sft.stpes"),
+    (["sft.data.path=bad.jsonl", "run.out_dir=o", "sft.steps=-1"], "sft.steps=-1"),
+    (["sft.data.path=good.jsonl", "model.tokenizer=demo", "sft.steps=2"], "run.out_dir"),
+    (["sft.data.path=good.jsonl", "run.out_dir=o", "model.tokenizer=demo",
+      "model.vocab_size=512", "sft.steps=2", "sft.batch_size=4"],
+     "multiple of the mesh's 8 batch shards"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, args, message):
     (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n')

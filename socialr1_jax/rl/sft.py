@@ -1,7 +1,8 @@
 """Supervised fine-tuning on (prompt, response) pairs: a format warm start before GRPO.
 
     python -m socialr1_jax.sft --config sft.yaml [key=value ...]
-    python -m socialr1_jax.sft model.path=/ckpt/Qwen3-4B data.path=pairs.jsonl run.out_dir=out
+    python -m socialr1_jax.sft model.path=/ckpt/Qwen3-4B sft.data.path=pairs.jsonl \\
+        sft.steps=200 sft.optim.lr=1e-5 run.out_dir=out
 
 R1-style recipes start RL from a model that already writes the reasoning format (a "cold
 start"); this is that step. The loss is the mean negative log-likelihood of the response tokens
@@ -16,8 +17,9 @@ log-probs are `model/logprobs.py`'s chunked ones. The output directory is a chec
 `load_model`, `generate`, `evaluate` and `conversion.orbax_to_hf` read (params, config.json, the
 tokenizer files and generation_config.json).
 
-Library: `encode_pairs(...)` -> examples, `train_sft(model, examples, section, optim, ...)` ->
-SFTResult (what the GRPO job calls in-process for its warm start), `save_sft(...)`.
+Library: `encode_pairs(...)` -> examples, `train_sft(model, examples, cfg, optim, ...)` ->
+SFTResult, `warm_start(model, tokenizer, cfg.sft, ...)` (what the GRPO job calls in-process before
+its first step; `sft.data.path=tomi` generates ToMi traces), `save_sft(...)`.
 """
 
 from __future__ import annotations
@@ -38,53 +40,9 @@ from flax import nnx
 from socialr1_jax import cli
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.train_config import MeshConfig, ModelSection, OptimConfig
+from socialr1_jax.rl.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
+                                         WarmStartConfig)
 from socialr1_jax.yaml_config import load_yaml
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTSection:
-    """The warm start's schedule (also the `sft` section of the GRPO job's config).
-
-    steps: optimizer updates (0 = no warm start); batch_size: (prompt, response) pairs per update;
-    micro_batch_size: pairs per forward/backward inside an update (0 = the batch); max lengths in
-    tokens, with `on_too_long` 'drop' (counted) or 'error'; logprob_chunk: LM-head chunk.
-    """
-
-    steps: int = 0
-    batch_size: int = 32
-    micro_batch_size: int = 0
-    max_prompt_len: int = 1024
-    max_response_len: int = 1024
-    on_too_long: str = "drop"
-    logprob_chunk: int = 256
-    seed: int = 0
-    log_every: int = 25
-
-    def __post_init__(self):
-        if self.steps < 0:
-            raise ValueError(f"sft.steps={self.steps} must be >= 0")
-        for key in ("batch_size", "max_prompt_len", "max_response_len", "logprob_chunk",
-                    "log_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"sft.{key}={getattr(self, key)} must be >= 1")
-        if self.micro_batch_size < 0 or (self.micro_batch_size
-                                         and self.batch_size % self.micro_batch_size):
-            raise ValueError(f"sft.micro_batch_size={self.micro_batch_size} must divide "
-                             f"sft.batch_size={self.batch_size}")
-        if self.on_too_long not in ("drop", "error"):
-            raise ValueError(f"sft.on_too_long={self.on_too_long!r}; expected 'drop' or 'error'")
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTDataConfig:
-    """A JSONL file of pairs: `prompt_key` and `response_key` name the fields; `chat` wraps the
-    prompt as a user turn of the chat template (else the prompt text is used as written)."""
-
-    path: str = ""
-    prompt_key: str = "prompt"
-    response_key: str = "response"
-    chat: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +55,11 @@ class SFTRunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    """`python -m socialr1_jax.sft`'s config (YAML + key=value overrides)."""
+    """`python -m socialr1_jax.sft`'s config (YAML + key=value overrides): the same `sft`
+    section as the GRPO job's warm start (steps, batch, lengths, `sft.optim`, `sft.data`)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-5))
-    sft: SFTSection = dataclasses.field(default_factory=lambda: SFTSection(steps=100))
-    data: SFTDataConfig = dataclasses.field(default_factory=SFTDataConfig)
+    sft: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: SFTRunConfig = dataclasses.field(default_factory=SFTRunConfig)
 
@@ -181,14 +138,11 @@ class SFTBatch:
     response_mask: jax.Array
 
 
-def make_batch(examples: Sequence[Example], pad_id: int, *, bucket: bool = True) -> SFTBatch:
-    """Pad a list of examples into one SFTBatch (lengths rounded up to a few sizes)."""
-    from socialr1_jax.rollout.sampler import bucket as round_up
-
-    p_len = max(len(e.prompt) for e in examples)
-    r_len = max(len(e.response) for e in examples)
-    if bucket:
-        p_len, r_len = round_up(p_len), round_up(r_len)
+def make_batch(examples: Sequence[Example], pad_id: int, *, multiple: int = 16) -> SFTBatch:
+    """Pad a list of examples into one SFTBatch, lengths rounded up to a multiple of `multiple`
+    (a few compiled shapes, little padding)."""
+    p_len = -(-max(len(e.prompt) for e in examples) // multiple) * multiple
+    r_len = -(-max(len(e.response) for e in examples) // multiple) * multiple
     b = len(examples)
     pi = np.full((b, p_len), pad_id, np.int32)
     pm = np.zeros((b, p_len), np.int32)
@@ -258,11 +212,13 @@ class SFTResult:
         return self.history[-1]["loss"] if self.history else math.nan
 
 
-def train_sft(model, examples: Sequence[Example], section: SFTSection, optim: OptimConfig, *,
+def train_sft(model, examples: Sequence[Example], section: WarmStartConfig, optim: OptimConfig, *,
               pad_id: int, mesh=None, log: Callable[[str], None] = print,
-              progress: bool = False) -> SFTResult:
+              progress: bool = False,
+              on_step: Optional[Callable[[int, object], None]] = None) -> SFTResult:
     """`section.steps` updates of `sft_loss` over shuffled batches of `examples`, starting from
-    `model` (left unchanged). Returns the new model (same graph, new params) and the metrics."""
+    `model` (left unchanged). Returns the new model (same graph, new params) and the metrics.
+    on_step(steps_done, params): after each update (snapshots, hooks)."""
     if not examples:
         raise ValueError("no examples to train on")
     cfg = model.cfg
@@ -291,6 +247,8 @@ def train_sft(model, examples: Sequence[Example], section: SFTSection, optim: Op
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}")
+            if on_step is not None:
+                on_step(s + 1, state.params)
             if s % section.log_every == 0 or s == section.steps - 1:
                 log(f"sft step {s:4d} loss {m['loss']:.4f} |g| {m['grad_norm']:.3f} "
                     f"lr {m['lr']:.2e} tokens {int(m['tokens'])} t {m['elapsed_s']:.1f}s")
@@ -312,6 +270,62 @@ def save_sft(out_dir: str, model, tokenizer, *, step: int, meta: Optional[dict] 
     return path
 
 
+# -- the warm start of a GRPO run -------------------------------------------------------------
+
+def warm_start_pairs(data: SFTDataConfig, prompt_cfg=None) -> tuple[list[tuple[str, str]], str]:
+    """The (prompt, response) strings of `data` and where they came from: a JSONL file, or
+    'tomi' (procedural stories of the training split with their Social-R1 traces, each prompt
+    the user message of `prompt_cfg`'s layout, the prompt module's default when None)."""
+    if data.path != "tomi":
+        return read_pairs(data.path, data.prompt_key, data.response_key), data.path
+    from socialr1_jax.social import stories
+    from socialr1_jax.social.data import as_row
+    from socialr1_jax.social.prompts import PromptConfig, user_message
+
+    prompt_cfg = prompt_cfg or PromptConfig()
+    if prompt_cfg.shuffle:
+        raise cli.UsageError("sft.data.path=tomi writes the options in the trace's order; "
+                             "set the prompt's shuffle=false")
+    rows = stories.generate(data.rows, seed=data.seed, split="train", traces=True,
+                            random_belief=data.random_belief)
+    pairs = [(user_message(as_row(r), prompt_cfg), r["trace"]) for r in rows]
+    what = (f"{data.rows} ToMi traces (seed {data.seed}"
+            + (", belief answers left to chance)" if data.random_belief else ")"))
+    return pairs, what
+
+
+def warm_start(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=None,
+               log: Callable[[str], None] = print, progress: bool = False) -> SFTResult:
+    """Run the `sft` section on `model` (the GRPO job's cold start): read or generate the pairs,
+    encode them, `cfg.steps` updates. Errors in the data are UsageErrors naming the key."""
+    from socialr1_jax.rollout import tokenizer as tk
+
+    pairs, what = warm_start_pairs(cfg.data, prompt_cfg)
+    examples, dropped = encode_pairs(tokenizer, pairs, chat=cfg.data.chat,
+                                     max_prompt_len=cfg.max_prompt_len,
+                                     max_response_len=cfg.max_response_len,
+                                     on_too_long=cfg.on_too_long)
+    log(f"warm start: {len(examples)} pairs from {what}"
+        + (f" ({dropped} too long, dropped)" if dropped else ""))
+    if not examples:
+        raise cli.UsageError(f"sft.data.path={cfg.data.path}: every pair is longer than "
+                             f"sft.max_prompt_len / sft.max_response_len")
+    return train_sft(model, examples, cfg, cfg.optim,
+                     pad_id=tk.pad_id(tokenizer, tk.stop_tokens(tokenizer)), mesh=mesh, log=log,
+                     progress=progress)
+
+
+def check_batch_fits_mesh(cfg: WarmStartConfig, mesh) -> None:
+    """Refuse a batch (or micro-batch) that does not split over the mesh's batch shards."""
+    from socialr1_jax.parallel.sharding import batch_shards
+
+    shards = batch_shards(mesh)
+    if cfg.batch_size % shards or (cfg.micro_batch_size or cfg.batch_size) % shards:
+        raise cli.UsageError(f"sft.batch_size={cfg.batch_size} (micro_batch_size="
+                             f"{cfg.micro_batch_size}) must be a multiple of the mesh's {shards} "
+                             "batch shards (data x fsdp)")
+
+
 # -- the command -------------------------------------------------------------------------------
 
 def load_sft_config(path: Optional[str], overrides: Sequence[str]) -> SFTConfig:
@@ -320,49 +334,38 @@ def load_sft_config(path: Optional[str], overrides: Sequence[str]) -> SFTConfig:
         cfg = load_yaml(SFTConfig, path, list(overrides))
     except (ValueError, FileNotFoundError) as e:
         raise cli.UsageError(str(e)) from None
-    if not cfg.data.path:
-        raise cli.UsageError("data.path is required: a JSONL file of (prompt, response) pairs")
-    if not cfg.run.out_dir:
-        raise cli.UsageError("run.out_dir is required: where the warm-started checkpoint goes")
     if cfg.sft.steps < 1:
         raise cli.UsageError(f"sft.steps={cfg.sft.steps}: nothing to train")
+    if not cfg.sft.data.path:
+        raise cli.UsageError("sft.data.path is required: a JSONL file of (prompt, response) "
+                             "pairs, or 'tomi'")
+    if not cfg.run.out_dir:
+        raise cli.UsageError("run.out_dir is required: where the warm-started checkpoint goes")
     return cfg
 
 
 def main(argv=None) -> int:
     """Read the config and the pairs, train, write the checkpoint; see the module docstring."""
+    import argparse
+
     p = cli.ArgumentParser(prog="python -m socialr1_jax.sft", description=__doc__,
-                           formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (sections model, optim, sft, data, mesh, run)")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. sft.steps=200 optim.lr=1e-5")
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (sections model, sft, mesh, run)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value, e.g. sft.steps=200 sft.optim.lr=1e-5 sft.data.path=x.jsonl")
     a = p.parse_args(argv)
     cfg = load_sft_config(a.config, a.overrides)
     from socialr1_jax.rl.train import build_mesh, load_policy
     from socialr1_jax.rollout import tokenizer as tk
 
     tokenizer = tk.run_tokenizer(cfg.model)
-    pairs = read_pairs(cfg.data.path, cfg.data.prompt_key, cfg.data.response_key)
-    s = cfg.sft
-    examples, dropped = encode_pairs(tokenizer, pairs, chat=cfg.data.chat,
-                                     max_prompt_len=s.max_prompt_len,
-                                     max_response_len=s.max_response_len,
-                                     on_too_long=s.on_too_long)
-    print(f"{len(examples)} pairs from {cfg.data.path}" + (f" ({dropped} too long, dropped)"
-                                                           if dropped else ""))
-    if not examples:
-        raise cli.UsageError(f"{cfg.data.path}: every pair is longer than the limits")
+    warm_start_pairs(cfg.sft.data)  # a missing or bad file fails before any model is built
     mesh = build_mesh(cfg)
-    from socialr1_jax.parallel.sharding import batch_shards
-    shards = batch_shards(mesh)
-    if s.batch_size % shards or (s.micro_batch_size or s.batch_size) % shards:
-        raise cli.UsageError(f"sft.batch_size={s.batch_size} (micro_batch_size="
-                             f"{s.micro_batch_size}) must be a multiple of the mesh's {shards} "
-                             "batch shards (data x fsdp)")
+    check_batch_fits_mesh(cfg.sft, mesh)
     model = load_policy(cfg, mesh)
     tk.check_vocab(tokenizer, model.cfg.vocab_size)
-    result = train_sft(model, examples, s, cfg.optim,
-                       pad_id=tk.pad_id(tokenizer, tk.stop_tokens(tokenizer)), mesh=mesh,
-                       progress=cfg.run.progress)
+    result = warm_start(model, tokenizer, cfg.sft, mesh=mesh, progress=cfg.run.progress)
+    s = cfg.sft
     path = save_sft(cfg.run.out_dir, result.model, tokenizer, step=s.steps,
                     meta={"sft_loss_first": result.first_loss, "sft_loss_last": result.last_loss})
     print(f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} over {s.steps} steps; "

@@ -203,6 +203,57 @@ class ToyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTDataConfig:
+    """The warm start's pairs: `path` a JSONL file (`prompt_key` / `response_key` name its
+    fields; `chat` makes the prompt the user turn of the chat template), or 'tomi': `rows`
+    procedural ToMi stories (seed `seed`, training split) with their Social-R1 traces, rendered
+    with the run's prompt layout; `random_belief` leaves their belief answers to chance."""
+
+    path: str = ""
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    chat: bool = True
+    rows: int = 2000
+    seed: int = 1
+    random_belief: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised fine-tuning on (prompt, response) pairs before GRPO (`rl/sft.py`; also the
+    `sft` section of `python -m socialr1_jax.sft`). steps: updates (0 = none); batch_size: pairs
+    per update; micro_batch_size: pairs per forward/backward (0 = the batch); max lengths in
+    tokens, longer pairs dropped and counted or refused (`on_too_long`); `optim` its own AdamW;
+    `data` the pairs."""
+
+    steps: int = 0
+    batch_size: int = 32
+    micro_batch_size: int = 0
+    max_prompt_len: int = 1024
+    max_response_len: int = 1024
+    on_too_long: str = "drop"
+    logprob_chunk: int = 256
+    seed: int = 0
+    log_every: int = 25
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-5))
+    data: SFTDataConfig = dataclasses.field(default_factory=SFTDataConfig)
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"sft.steps={self.steps} must be >= 0")
+        for key in ("batch_size", "max_prompt_len", "max_response_len", "logprob_chunk",
+                    "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"sft.{key}={getattr(self, key)} must be >= 1")
+        if self.micro_batch_size < 0 or (self.micro_batch_size
+                                         and self.batch_size % self.micro_batch_size):
+            raise ValueError(f"sft.micro_batch_size={self.micro_batch_size} must divide "
+                             f"sft.batch_size={self.batch_size}")
+        if self.on_too_long not in ("drop", "error"):
+            raise ValueError(f"sft.on_too_long={self.on_too_long!r}; expected 'drop' or 'error'")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; see configs/*.yaml."""
 
@@ -213,6 +264,7 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+    sft: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
 
     @property
     def rollout_size(self) -> int:

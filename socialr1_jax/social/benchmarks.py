@@ -111,3 +111,6 @@ register(Benchmark("socialiqa", _socialiqa, "SocialIQA in its HF layout (a file 
 register(Benchmark("mcq", _mcq,
                    "a multiple-choice file with columns id, story, question, options, gold",
                    options=("columns", "split")))
+register(Benchmark("tomi", "socialr1_jax.social.stories:load_benchmark",
+                   "procedural ToMi stories (social/stories.py); --data is a seed (default 0)",
+                   needs_data=False, options=("split",)))

@@ -318,8 +318,8 @@ def generate(n: int, *, seed: int = 0, split: str = "train",
         rng.shuffle(options)
         row = {"id": f"tomi-{split}-{seed}-{len(rows)}", "story": text, "question": question,
                "options": options, "gold": LETTERS[options.index(answer)],
-               "dimension": DIMENSIONS[qtype], "question_type": qtype, "answer": answer,
-               "source": "tomi"}
+               "dimension": DIMENSIONS[qtype], "task": qtype, "question_type": qtype,
+               "answer": answer, "source": "tomi"}
         if traces:
             concl = None
             if random_belief and qtype in BELIEF_TYPES:
@@ -327,6 +327,24 @@ def generate(n: int, *, seed: int = 0, split: str = "train",
             row["trace"] = trace(story, qtype, question, answer, options, interpretation=concl)
         rows.append(row)
     return rows
+
+
+def load_benchmark(data: Optional[str] = None, split: Optional[str] = None) -> list[dict]:
+    """The `tomi` benchmark of `python -m socialr1_jax.evaluate`: 1,200 rows (200 of each
+    question type) of the held-out split (or `split`), seed 0, or the seed given as --data.
+    `--limit N` takes the first N, which still cycle through the types."""
+    from socialr1_jax.social.data import DataError
+
+    seed = 0
+    if data is not None:
+        try:
+            seed = int(data)
+        except ValueError:
+            raise DataError(f"--data {data!r}: the tomi benchmark takes a seed (an integer) "
+                            "or nothing") from None
+    if split not in (None,) + SPLITS:
+        raise DataError(f"split={split!r}: the tomi benchmark has splits {list(SPLITS)}")
+    return generate(200 * len(QUESTION_TYPES), seed=seed, split=split or "heldout")
 
 
 def vocabulary() -> list[str]:
