@@ -1,70 +1,81 @@
-"""The Social-R1 task for the GRPO trainer: multiple-choice ToM rows in, reward per completion out.
+"""The Social-R1 task for the GRPO trainer: multiple-choice ToM rows in, a reward per completion out.
 
-It implements `rl/task.py`'s `Task` protocol. Each step takes the next `n` rows of a shuffled pass
-over the training rows (deterministic per seed and step, so a resumed run sees the same prompts),
-renders each through the chat template in thinking mode (the Social-R1 instruction, the story,
-the question and the lettered options), and scores the decoded completions with a string-level
-reward set (`score(prompts, completions, rows, step) -> (scores, metrics)`: the Social-R1 reward
-and any user reward functions). Completions are decoded from the generated tokens up to, not
-including, the stop token the model emitted.
+It implements `rl/task.py`'s `Task` protocol. The rows (ToMBench-Hard, SocialIQA, procedural
+ToMi stories, any loader of `social/benchmarks.py`) become chat prompts once, through
+`social/prompts.py` (the Social-R1 instruction, story / question / options, thinking mode,
+options shuffled with a seed when configured, too-long prompts dropped and counted or refused).
+Step s takes prompts s*n .. s*n+n-1 of shuffled passes over them: a function of (seed, step)
+only, so a resumed run sees the prompts an uninterrupted one would.
 
-After each `rewards` call, `last_metrics` holds the per-term means (format, EM, length, judges,
-...) and `last_samples` the per-completion details (prompt, completion, score and terms) for the
-trainer's logs.
+Completions are decoded from the generated tokens up to, not including, the stop token the model
+emitted, and scored by a string-level reward set (`social/reward_fns.RewardSet`: the Social-R1
+reward and any user functions): `score(prompts, completions, rows, step)`. The result carries
+every reward term per completion (logged as metrics and written to samples.jsonl) and the
+answer's exact match as the accuracy.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+from typing import Optional, Sequence
 
 import numpy as np
 
+from socialr1_jax.rl import task as task_api
 from socialr1_jax.rl.task import PromptBatch
+
+EM_TERM = "social_r1/em"  # the Social-R1 reward's exact-match term (the accuracy)
 
 
 class SocialR1Task:
-    """Prompts from `rows` (dicts with story, question, options, gold, ...) and Social-R1 rewards.
+    """Prompts from `rows` and rewards from `reward_set`.
 
-    tokenizer: the policy's (chat template + encode/decode). reward_set: an object with
-    `score(prompts, completions, rows, step) -> (scores [N], metrics dict)`. render(row) -> the
-    user message of a row (the prompt layout); eos_ids: the stop ids the sampler uses.
+    rows: MCQRow or dicts (id, story, question, options, gold, ...). tokenizer: the policy's
+    (chat template, encode, decode). reward_set: an object with `submit(prompts, completions,
+    rows, step).result()` -> (scores, metrics, terms), e.g. `RewardSet.from_config(cfg.reward)`.
+    prompt: a `PromptConfig` (layout, instruction, shuffle, length limit). eos_ids: the stop
+    tokens (default: the tokenizer's Qwen3 stops); seed: the order of the passes over the rows.
     """
 
-    def __init__(self, rows: Sequence[dict], tokenizer, reward_set, *,
-                 render: Callable[[dict], str], eos_ids: Sequence[int], pad_id: int,
-                 seed: int = 0, max_prompt_len: Optional[int] = None):
+    def __init__(self, rows: Sequence, tokenizer, reward_set, *, prompt=None,
+                 eos_ids: Optional[Sequence[int]] = None, pad_id: Optional[int] = None,
+                 seed: int = 0):
         from socialr1_jax.rollout import tokenizer as tk
+        from socialr1_jax.social.prompts import PromptConfig, build_prompts
 
-        if not rows:
-            raise ValueError("the Social-R1 task has no training rows")
-        self.tokenizer, self.reward_set = tokenizer, reward_set
-        self.eos_ids, self.pad_id, self.seed = tuple(int(e) for e in eos_ids), int(pad_id), seed
-        self.rows = list(rows)
-        self.texts = [tk.chat_text(tokenizer, render(r)) for r in self.rows]
-        self.ids = [tk.encode(tokenizer, t) for t in self.texts]
-        if max_prompt_len is not None:
-            long = [i for i, p in enumerate(self.ids) if len(p) > max_prompt_len]
-            if long:
-                raise ValueError(f"{len(long)} prompt(s) are longer than rollout.max_prompt_len="
-                                 f"{max_prompt_len} tokens (row {self.rows[long[0]].get('id')}: "
-                                 f"{len(self.ids[long[0]])} tokens)")
-        self.last_metrics: dict[str, float] = {}
-        self.last_samples: list[dict] = []
+        self.tokenizer, self.reward_set, self.seed = tokenizer, reward_set, int(seed)
+        self.prompt_set = build_prompts(rows, tokenizer, prompt or PromptConfig())
+        if not len(self.prompt_set):
+            raise ValueError(f"no training prompt fits ({len(self.prompt_set.dropped)} longer "
+                             "than the prompt's max_prompt_tokens)")
+        self.rows = [r.as_dict() for r in self.prompt_set.rows]  # gold follows the shuffle
+        self.eos_ids = tuple(int(e) for e in (eos_ids if eos_ids is not None
+                                              else tk.stop_tokens(tokenizer)))
+        self.pad_id = int(pad_id) if pad_id is not None else tk.pad_id(tokenizer,
+                                                                       list(self.eos_ids))
         self._step = 0
+
+    @property
+    def dropped(self) -> list[tuple[str, int]]:
+        """(row id, tokens) of the rows left out as too long."""
+        return self.prompt_set.dropped
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
 
     def prompts(self, step: int, n: int) -> PromptBatch:
-        """Rows step*n .. step*n+n-1 of the shuffled passes over the rows (a new shuffle each
-        pass); `meta` holds the row indices."""
-        start, total = step * n, len(self.rows)
-        picked = []
-        for k in range(start, start + n):
+        """Prompts step*n .. step*n+n-1 of the shuffled passes over the rows (a new shuffle
+        each pass); `meta` holds the row indices."""
+        total, picked, orders = len(self.rows), [], {}
+        for k in range(step * n, step * n + n):
             epoch, pos = divmod(k, total)
-            picked.append(int(self._order(epoch)[pos]))
+            if epoch not in orders:
+                orders[epoch] = self._order(epoch)
+            picked.append(int(orders[epoch][pos]))
         self._step = step
-        return PromptBatch(ids=[list(self.ids[i]) for i in picked], meta=picked)
+        ps = self.prompt_set
+        return _prompt_batch([list(ps.ids[i]) for i in picked], picked,
+                             [ps.texts[i] for i in picked])
 
     def decode(self, completions: np.ndarray, mask: np.ndarray) -> list[str]:
         """Text of each completion: its tokens under the mask, without a final stop token."""
@@ -77,28 +88,35 @@ class SocialR1Task:
         return out
 
     def rewards(self, prompts: PromptBatch, completions: np.ndarray, mask: np.ndarray,
-                group_size: int) -> np.ndarray:
-        """Scores of the decoded completions (row i*G + j is sample j of prompt i)."""
+                group_size: int):
+        """Scores (with every term, the EM accuracy and the decoded texts) of the completions;
+        row i*G + j is sample j of prompt i."""
         n = len(prompts.meta)
         if np.asarray(completions).shape[0] != n * group_size:
             raise ValueError(f"{np.asarray(completions).shape[0]} completions for {n} prompts x "
                              f"group {group_size}")
         texts = self.decode(completions, mask)
         idx = [prompts.meta[r // group_size] for r in range(n * group_size)]
-        rows = [self.rows[i] for i in idx]
-        prompt_texts = [self.texts[i] for i in idx]
-        scores, metrics = self.reward_set.score(prompt_texts, texts, rows, self._step)
-        scores = np.asarray(scores, np.float32)
-        if scores.shape != (len(texts),):
-            raise ValueError(f"the reward set returned {scores.shape} scores for {len(texts)} "
-                             "completions")
-        self.last_metrics = {k: float(v) for k, v in dict(metrics).items()}
-        self.last_samples = [{"row_id": r.get("id"), "gold": r.get("gold"), "prompt": p,
-                              "completion": c, "score": float(s)}
-                             for r, p, c, s in zip(rows, prompt_texts, texts, scores)]
-        return scores
+        batch = self.reward_set.submit([self.prompt_set.texts[i] for i in idx], texts,
+                                       [self.rows[i] for i in idx], self._step).result()
+        terms = {k: np.asarray(v, np.float32) for k, v in batch.terms.items()}
+        return _scores(np.asarray(batch.scores, np.float32), terms, terms.get(EM_TERM), texts,
+                       dict(batch.metrics))
 
 
-def row_summary(row: dict) -> dict[str, Any]:
-    """The fields of a row worth logging beside a sample (no story text)."""
-    return {k: row[k] for k in ("id", "gold", "dimension", "question_type") if k in row}
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _prompt_batch(ids, meta, texts) -> PromptBatch:
+    # The prompt texts go to samples.jsonl when the trainer's PromptBatch carries them.
+    extra = {"texts": texts} if "texts" in _fields(PromptBatch) else {}
+    return PromptBatch(ids=ids, meta=meta, **extra)
+
+
+def _scores(rewards, terms, accuracy, completions, metrics):
+    scores_cls = getattr(task_api, "Scores", None)
+    if scores_cls is None:  # a trainer without per-term logging takes the plain array
+        return rewards
+    return scores_cls(rewards=rewards, terms=terms, accuracy=accuracy, completions=completions,
+                      metrics=metrics)
