@@ -255,7 +255,8 @@ def test_a_used_run_directory_is_refused_without_resume(tmp_path):
         train_mod.prepare(_cfg(f"run.out_dir={tmp_path}"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert train_mod.prepare(_cfg(f"run.out_dir={empty}")) == (str(empty), None)
+    prep = train_mod.prepare(_cfg(f"run.out_dir={empty}"))
+    assert (prep.out_dir, prep.resume, prep.evaluator) == (str(empty), None, None)
 
 
 def test_resume_needs_an_existing_run(tmp_path):
@@ -271,14 +272,14 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
     import yaml
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(_cfg(f"run.out_dir={tmp_path}"))))
     # bookkeeping and layout may change
-    _, info = train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true",
-                                     "run.steps=50", "mesh.fsdp=8", "run.log_every=5"))
+    info = train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true",
+                                  "run.steps=50", "mesh.fsdp=8", "run.log_every=5")).resume
     assert info["changes"] == []
     with pytest.raises(ValueError, match=r"grpo\.group_size: 8 -> 4; optim\.lr: 0\.01 -> 0\.02"):
         train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true", "optim.lr=0.02",
                                "grpo.group_size=4"))
-    _, info = train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true",
-                                     "optim.lr=0.02", "run.allow_config_change=true"))
+    info = train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true",
+                                  "optim.lr=0.02", "run.allow_config_change=true")).resume
     assert info["changes"] == ["optim.lr: 0.01 -> 0.02"]
     # the length of a cosine schedule is the run's length: then run.steps matters
     assert run_dir.config_changes({"run": {"steps": 5}, "optim": {"schedule": "cosine",

@@ -3,6 +3,7 @@
     RUN/config.yaml          the resolved config (judges keep only the NAME of a key's variable)
     RUN/metrics.jsonl        one JSON object per step ("step" first), every metric
     RUN/samples.jsonl        a few rollouts per step: prompt, completion, reward and every term
+    RUN/eval.jsonl           held-out evaluations ("step" = steps done when evaluated)
     RUN/tensorboard/         TensorBoard event files (tensorboardX)
     RUN/checkpoints/         see checkpoint/train_checkpoint.py
 
@@ -28,6 +29,7 @@ from socialr1_jax.yaml_config import ConfigError, to_dict
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+EVAL = "eval.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 RUN_MARKERS = (CONFIG, METRICS, CHECKPOINTS)
@@ -132,7 +134,9 @@ def _check_writable(out_dir: str) -> None:
 
 def _cut_jsonl(path: str, first: int) -> int:
     """Keep the lines of a JSONL log whose "step" is < `first` (a torn last line, from a run
-    killed mid-write, goes too); atomic. Returns the lines dropped."""
+    killed mid-write, goes too); atomic. Returns the lines dropped. (Pass first + 1 for
+    eval.jsonl, whose steps count steps done: an evaluation at `first` is of the state the
+    run resumes from.)"""
     if not os.path.exists(path):
         return 0
     kept, dropped = [], 0
@@ -174,7 +178,7 @@ class RunLogs:
 
     def __init__(self, cfg: TrainConfig, out_dir: str, first_step: int, *, primary: bool = True):
         self.out_dir, self.active = out_dir, bool(out_dir) and primary
-        self._metrics = self._samples = self._tb = None
+        self._metrics = self._samples = self._eval = self._tb = None
         if not self.active:
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -185,8 +189,10 @@ class RunLogs:
         os.replace(tmp, os.path.join(out_dir, CONFIG))
         for name in (METRICS, SAMPLES):
             _cut_jsonl(os.path.join(out_dir, name), first_step)
+        _cut_jsonl(os.path.join(out_dir, EVAL), first_step + 1)
         self._metrics = open(os.path.join(out_dir, METRICS), "a")
         self._samples = open(os.path.join(out_dir, SAMPLES), "a")
+        self._eval = open(os.path.join(out_dir, EVAL), "a")
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(os.path.join(out_dir, TENSORBOARD),
@@ -203,6 +209,16 @@ class RunLogs:
                 self._tb.add_scalar(k, v, step)
         self._tb.flush()
 
+    def evaluation(self, done: int, metrics: dict) -> None:
+        """Append one held-out evaluation after `done` steps (eval.jsonl and TensorBoard)."""
+        if not self.active:
+            return
+        self._eval.write(json.dumps({"step": done, **metrics}) + "\n")
+        self._eval.flush()
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, v, done)
+        self._tb.flush()
+
     def samples(self, rows: list[dict]) -> None:
         """Append rollouts (each a dict with at least "step")."""
         if not self.active or not rows:
@@ -213,9 +229,9 @@ class RunLogs:
 
     def close(self) -> None:
         """Flush and close every file."""
-        for f in (self._metrics, self._samples):
+        for f in (self._metrics, self._samples, self._eval):
             if f is not None:
                 f.close()
         if self._tb is not None:
             self._tb.close()
-        self._metrics = self._samples = self._tb = None
+        self._metrics = self._samples = self._eval = self._tb = None

@@ -30,7 +30,7 @@ from flax import nnx
 
 from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
-from socialr1_jax.rl import run_dir
+from socialr1_jax.rl import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.console import Console
 from socialr1_jax.rl.preemption import StopSignals
@@ -123,17 +123,6 @@ def check_task(cfg: TrainConfig) -> None:
             "own Task")
 
 
-def check_eval(cfg: TrainConfig) -> None:
-    """Refuse periodic evaluation when the evaluator is not available."""
-    if not cfg.eval.every:
-        return
-    try:
-        from socialr1_jax.social import evaluate  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"eval.every={cfg.eval.every}: the evaluator (socialr1_jax.evaluate) "
-                          "is not part of this build yet; set eval.every=0") from None
-
-
 def _broadcast_str(text: str) -> str:
     """Process 0's `text` on every process."""
     if jax.process_count() == 1:
@@ -147,13 +136,22 @@ def _broadcast_str(text: str) -> str:
     return bytes(out[out != 0]).decode()
 
 
-def prepare(cfg: TrainConfig, *, task_given: bool = False) -> tuple[str, Optional[dict]]:
-    """Every check that needs no model, before anything is built: the task, the evaluator, the
-    mesh against the devices, model.path, the run directory (named here: '{time}' becomes the
-    start time, the same on every process). Returns (run directory, resume info or None)."""
+@dataclasses.dataclass
+class Prepared:
+    """What `prepare` checked and resolved: the run directory, what to resume (None for a
+    fresh run: the stored config and the changes allowed), the periodic evaluation or None."""
+
+    out_dir: str
+    resume: Optional[dict]
+    evaluator: Optional[periodic_eval.PeriodicEval] = None
+
+
+def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
+    """Every check that needs no model, before anything is built: the task, the evaluation data,
+    the mesh against the devices, model.path, the run directory (named here: '{time}' becomes
+    the start time, the same on every process)."""
     if not task_given:
         check_task(cfg)
-    check_eval(cfg)
     cfg.mesh.check_devices(jax.device_count())
     if cfg.model.path and not os.path.exists(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path} does not exist")
@@ -162,10 +160,11 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> tuple[str, Optiona
         out_dir = _broadcast_str(run_dir.expand_out_dir(out_dir)
                                  if jax.process_index() == 0 else "")
     resume = run_dir.check_run_dir(cfg, out_dir)
+    evaluator = periodic_eval.make(cfg)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("socialr1_jax run directory checked")
-    return out_dir, resume
+    return Prepared(out_dir, resume, evaluator)
 
 
 def _meta(cfg: TrainConfig, done: int, state: ts.TrainState, task) -> dict:
@@ -194,13 +193,16 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     on_step(step, state, metrics): called after each step's updates (hooks, tests); the state
     is donated to the next step, so copy what you keep.
     """
-    out_dir, resume = prepare(cfg, task_given=task is not None)
+    prep = prepare(cfg, task_given=task is not None)
+    out_dir, resume, evaluator = prep.out_dir, prep.resume, prep.evaluator
     primary = jax.process_index() == 0
     mesh = build_mesh(cfg)
     if model is None:
         model = load_policy(cfg, mesh)
     mcfg = model.cfg
     task = task or make_task(cfg, mcfg.vocab_size)
+    if evaluator is not None:
+        evaluator.attach(task)
     g, r = cfg.grpo, cfg.rollout
     graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
     del model
@@ -235,10 +237,18 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     for change in (resume or {}).get("changes", []):
         console.print(f"warning: config changed since the run started: {change}")
 
+    def evaluate(done: int) -> None:
+        m = evaluator(graphdef, state.params, mesh, eos_ids=task.eos_ids, pad_id=task.pad_id)
+        logs.evaluation(done, m)
+        console.print(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
+                      f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
+
     history, status, exit_code, done = [], "done", 0, first
     stop = StopSignals(notify=console.print if primary else None)
     try:
         with stop:
+            if evaluator is not None and first == 0 and cfg.eval.at_start:
+                evaluate(0)
             for step in range(first, cfg.run.steps):
                 t0 = time.perf_counter()
                 prompts = task.prompts(step, r.prompts_per_step)
@@ -279,6 +289,8 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
                     exit_code = 1
                     console.print(status)
                     break
+                if evaluator is not None and (evaluator.due(done) or done == cfg.run.steps):
+                    evaluate(done)  # before the save: a resume never skips an evaluation
                 if ckpt is not None and cfg.run.save_every and done % cfg.run.save_every == 0:
                     ckpt.save(done, state, _meta(cfg, done, state, task))
                 if stop.requested():

@@ -278,25 +278,28 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalSection:
     """Held-out evaluation during training through `socialr1_jax.evaluate.run`: every `every`
-    steps (0 = off) and at the end, on `data` (a file or folder the `benchmark` loader reads),
-    at most `limit` rows (0 = all), greedy, `max_new_tokens` per answer."""
+    steps (0 = off), before the first step (at_start) and after the last, on `data` read by
+    the evaluator's `benchmark` loader (tombench, tombench-hard, socialiqa, mcq, ...), at most
+    `limit` rows (0 = all), greedy, `max_new_tokens` per answer, `batch_size` questions per
+    sampler call. Results: RUN/eval.jsonl and TensorBoard `eval/*`."""
 
     every: int = 0
     data: str = ""
     benchmark: str = "mcq"
     limit: int = 0
     max_new_tokens: int = 512
+    batch_size: int = 16
+    at_start: bool = True
 
     def __post_init__(self):
         for key in ("every", "limit"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 0")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.every and not self.data:
-            raise ConfigError("eval.every > 0 needs eval.data (the held-out set's file)")
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +322,7 @@ class TrainConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
 
     @property
