@@ -334,3 +334,18 @@ def test_step_lines_fit_100_columns():
     line = step_line(599, 600, m)
     assert len(line) <= 100, line
     assert line.startswith("step 599/600 reward 12345.678 acc 0.500 kl 123.4567")
+
+
+def test_docs_describe_every_config_key():
+    """docs/training.md's reference names every key of TrainConfig (a new key needs a line)."""
+    import dataclasses
+    import re
+
+    from socialr1_jax.rl.train_config import TrainConfig
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")).read()
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
+    named = set(re.findall(r"`([a-z_]+\.[a-z_0-9]+)`", table))
+    keys = {f"{f.name}.{g.name}" for f in dataclasses.fields(TrainConfig)
+            for g in dataclasses.fields(f.default_factory())}
+    assert keys - named == set()

@@ -241,7 +241,7 @@ class RunConfig:
     A directory that already holds a run is refused unless resume=true, which continues it
     from its latest checkpoint (a config that differs in what matters is refused unless
     allow_config_change=true). save_every: checkpoint period in steps (0 = only at the end and
-    on SIGTERM / Ctrl-C); keep: checkpoints kept (the oldest are deleted); async_save: write
+    on SIGTERM / Ctrl-C: a hard crash would lose the run); keep: checkpoints kept (the oldest are deleted); async_save: write
     checkpoints in the background while training goes on. log_every: a console line every N
     steps; progress: a progress bar when stderr is a terminal; samples_per_step: rollouts per
     step written to samples.jsonl (prompt, completion, every reward term).
@@ -251,7 +251,7 @@ class RunConfig:
     steps: int = 600
     seed: int = 0
     out_dir: str = DEFAULT_OUT_DIR
-    save_every: int = 0
+    save_every: int = 50
     keep: int = 3
     async_save: bool = True
     log_every: int = 1
