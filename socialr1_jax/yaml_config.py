@@ -109,12 +109,16 @@ def from_dict(cls, data: dict, *, prefix: str = ""):
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__)
-        raise ConfigError(str(e)) from None
+        msg = str(e)
+        if prefix and not msg.startswith(prefix):
+            msg = f"{prefix.rstrip('.')}: {msg}"  # name the section the value is in
+        raise ConfigError(msg) from None
 
 
 def to_dict(cfg) -> dict:
-    """A dataclass config as a plain nested dict (for YAML dumps and logs)."""
-    return dataclasses.asdict(cfg)
+    """A dataclass config as a plain nested dict of YAML/JSON types (tuples become lists), for
+    dumps, logs and comparisons with a dump read back."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -30,16 +30,11 @@ from socialr1_jax.rollout.sampler import sample
 
 @dataclasses.dataclass
 class Rollout:
-    """One step's sampled completions as global arrays [R, ...] (R = prompts x group), laid out
-    with `batch_sharding`, plus this process's scores of its own rows."""
+    """One step's scored rollout: global arrays [R, ...] (R = prompts x group) laid out with
+    `batch_sharding`, plus this process's scores and host copies of its own rows."""
 
-    prompt_ids: jax.Array
-    prompt_mask: jax.Array
-    tokens: jax.Array
-    mask: jax.Array
-    logprobs: jax.Array
+    batch: ts.TrainBatch        # what the update takes: sequences, old / ref log-probs, advantages
     rewards: jax.Array          # [R] global
-    advantages: jax.Array       # [R] global
     local: slice                # rows this process scored
     scores: Scores              # of the local rows
     local_tokens: np.ndarray
@@ -76,11 +71,15 @@ class Programs:
                      pad_id=pad_id)
         return self._layout(out.prompt_ids, out.prompt_mask, out.tokens, out.mask, out.logprobs)
 
-    def rollout(self, task, params, prompts: PromptBatch, *, seed: int) -> Rollout:
-        """Sample, score this process's rows on the host, and compute advantages on device."""
+    def rollout(self, task, state, ref_params, prompts: PromptBatch, *, seed: int) -> Rollout:
+        """Sample; start the reference (and, if asked, old-policy) log-prob forward; score this
+        process's rows on the host while the devices run it; advantages on the devices."""
         g = self.cfg.grpo.group_size
-        pid, pm, tokens, mask, logps = self.sample(params, prompts, seed=seed,
+        pid, pm, tokens, mask, logps = self.sample(state.params, prompts, seed=seed,
                                                    eos_ids=task.eos_ids, pad_id=task.pad_id)
+        seqs = (pid, pm, tokens, mask)
+        ref = self.logprobs(ref_params, *seqs)  # dispatched, not awaited: overlaps the rewards
+        old = self.logprobs(state.params, *seqs) if self.cfg.grpo.recompute_old_logp else logps
         rows = tokens.shape[0]
         local = distributed.process_rows(self.mesh, rows)
         if local.start % g or local.stop % g:
@@ -92,21 +91,12 @@ class Programs:
         mine = prompts.select(local.start // g, local.stop // g)
         scores = as_scores(task.rewards(mine, tok_h, mask_h, g), tok_h.shape[0])
         rewards = distributed.global_batch(scores.rewards, self.mesh, global_size=rows)
-        return Rollout(pid, pm, tokens, mask, logps, rewards, self._advantages(rewards), local,
-                       scores, tok_h, mask_h)
-
-    def batch(self, ro: Rollout, state, ref_params) -> ts.TrainBatch:
-        """The scored TrainBatch: reference log-probs from the frozen initial weights, old
-        log-probs from the sampler (or recomputed with the policy, grpo.recompute_old_logp)."""
-        seqs = (ro.prompt_ids, ro.prompt_mask, ro.tokens, ro.mask)
-        ref = self.logprobs(ref_params, *seqs)
-        old = (self.logprobs(state.params, *seqs) if self.cfg.grpo.recompute_old_logp
-               else ro.logprobs)
-        return ts.TrainBatch(*seqs, old, ref, ro.advantages)
+        adv = self._advantages(rewards)
+        return Rollout(ts.TrainBatch(*seqs, old, ref, adv), rewards, local, scores, tok_h, mask_h)
 
     def generated_tokens(self, ro: Rollout) -> int:
         """Tokens generated in the whole rollout (every process)."""
-        return int(self._tokens(ro.mask))
+        return int(self._tokens(ro.batch.completion_mask))
 
 
 def gather_rows(local: np.ndarray, mesh, rows: int) -> np.ndarray:
@@ -118,7 +108,7 @@ def gather_rows(local: np.ndarray, mesh, rows: int) -> np.ndarray:
 
 def score_metrics(ro: Rollout, mesh, group_size: int) -> dict:
     """Reward statistics over the whole rollout, the mean of every reward term, accuracy."""
-    rows = ro.tokens.shape[0]
+    rows = ro.rewards.shape[0]
     rewards = distributed.gather(ro.rewards)
     m = grpo.reward_stats(rewards, group_size)
     for k, v in sorted(ro.scores.terms.items()):
@@ -137,7 +127,7 @@ def sample_rows(ro: Rollout, prompts: PromptBatch, step: int, n: int, group_size
     if n <= 0:
         return []
     k = min(n, ro.local_tokens.shape[0])
-    adv = distributed.local_rows(ro.advantages, mesh)[:k]
+    adv = distributed.local_rows(ro.batch.advantages, mesh)[:k]
     out = []
     for i in range(k):
         p = ro.local.start // group_size + i // group_size

@@ -256,21 +256,20 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
                 if too_long:
                     raise ValueError(f"step {step}: prompt(s) {too_long[:5]} are longer than "
                                      f"rollout.max_prompt_len={r.max_prompt_len}")
-                ro = programs.rollout(task, state.params, prompts,
+                ro = programs.rollout(task, state, ref_params, prompts,
                                       seed=cfg.run.seed * 1_000_003 + step)
                 t1 = time.perf_counter()
                 if stop.requested():  # the update has not started: the state is intact
                     break
-                batch = programs.batch(ro, state, ref_params)
                 state, updates = ts.rollout_updates(
-                    programs.train_step, state, batch, mini_batch_size=cfg.mini_batch,
+                    programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
                     epochs=g.epochs, shuffle=g.shuffle, seed=cfg.run.seed * 7919 + step,
                     mesh=mesh)
                 m = _mean_updates(updates)
                 t2 = time.perf_counter()
                 m.update(score_metrics(ro, mesh, g.group_size))
                 gen = programs.generated_tokens(ro)
-                m.update(response_len=gen / ro.tokens.shape[0], rollout_s=t1 - t0,
+                m.update(response_len=gen / ro.rewards.shape[0], rollout_s=t1 - t0,
                          update_s=t2 - t1, tokens_per_s=gen / max(t2 - t0, 1e-9),
                          updates=int(state.step), skipped_total=int(state.skipped))
                 done = step + 1

@@ -17,6 +17,7 @@ from typing import Optional
 
 from socialr1_jax.rl import grpo
 from socialr1_jax.model.config import PRESETS, ModelConfig, parse_dtype, preset
+from socialr1_jax.social.reward_fns import RewardSetConfig
 from socialr1_jax.yaml_config import ConfigError, did_you_mean, load_yaml
 
 TASKS = ("toy", "social-r1")
@@ -314,7 +315,8 @@ class ToyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; see configs/*.yaml."""
+    """Everything a run needs; see configs/*.yaml and docs/training.md. `reward` is the
+    Social-R1 task's reward set (functions, weights, formula numbers, judges; docs/rewards.md)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -323,6 +325,7 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    reward: RewardSetConfig = dataclasses.field(default_factory=RewardSetConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
 
     @property
