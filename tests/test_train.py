@@ -21,9 +21,10 @@ def _quiet(s):
     pass
 
 
-def read_events(folder):
-    """(tag, step, value) of every scalar in a folder of TensorBoard event files (the TFRecord
-    framing read by hand: length, crc, payload, crc)."""
+def read_events(folder, tag=None):
+    """[(tag, step, value)] of the scalars in a folder of TensorBoard event files, as TensorBoard
+    shows them: a restart's purge marker (a SessionLog START at step S) drops the events logged
+    before it at steps >= S. The TFRecord framing is read by hand: length, crc, payload, crc."""
     from tensorboardX.proto import event_pb2
 
     out = []
@@ -34,8 +35,10 @@ def read_events(folder):
             (n,) = struct.unpack("<Q", data[pos:pos + 8])
             ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
             pos += 12 + n + 4
-            for v in ev.summary.value:
-                out.append((v.tag, ev.step, v.simple_value))
+            if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+                out = [e for e in out if e[1] < ev.step]
+            out += [(v.tag, ev.step, v.simple_value) for v in ev.summary.value
+                    if tag is None or v.tag == tag]
     return out
 
 

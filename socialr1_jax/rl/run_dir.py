@@ -198,26 +198,23 @@ class RunLogs:
         self._tb = SummaryWriter(os.path.join(out_dir, TENSORBOARD),
                                  purge_step=first_step if first_step else None)
 
-    def step(self, step: int, metrics: dict) -> None:
-        """Append one step's metrics (JSON line and TensorBoard scalars)."""
-        if not self.active:
-            return
-        self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._metrics.flush()
+    def _write(self, f, step: int, metrics: dict) -> None:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+        f.flush()
         for k, v in metrics.items():
-            if isinstance(v, (int, float)) and k != "step":
+            if isinstance(v, (int, float)):
                 self._tb.add_scalar(k, v, step)
         self._tb.flush()
 
+    def step(self, step: int, metrics: dict) -> None:
+        """Append one step's metrics (JSON line and TensorBoard scalars)."""
+        if self.active:
+            self._write(self._metrics, step, metrics)
+
     def evaluation(self, done: int, metrics: dict) -> None:
         """Append one held-out evaluation after `done` steps (eval.jsonl and TensorBoard)."""
-        if not self.active:
-            return
-        self._eval.write(json.dumps({"step": done, **metrics}) + "\n")
-        self._eval.flush()
-        for k, v in metrics.items():
-            self._tb.add_scalar(k, v, done)
-        self._tb.flush()
+        if self.active:
+            self._write(self._eval, done, metrics)
 
     def samples(self, rows: list[dict]) -> None:
         """Append rollouts (each a dict with at least "step")."""
