@@ -77,7 +77,8 @@ def test_run_directory(demo_run):
     assert len(samples) == 4 * 30 and {s["step"] for s in samples} == set(range(30))
     s = samples[-1]
     assert len(s["prompt"]) == 6 and 1 <= len(s["completion"]) <= 4
-    assert s["reward"] == float(s["completion"][0] == 7)
+    assert s["reward"] == s["hit"] == s["accuracy"] == float(s["completion"][0] == 7)
+    assert lines[-1]["accuracy"] == lines[-1]["reward_mean"] == lines[-1]["reward/hit"]
     # TensorBoard: every step of the main scalars
     ev = read_events(out / "tensorboard")
     reward = {step: v for tag, step, v in ev if tag == "reward_mean"}
@@ -128,7 +129,7 @@ class PromptOffset(ToyTask):
     per-prompt advantages remove and advantages over the whole rollout would not."""
 
     def rewards(self, prompts, completions, mask, group_size):
-        hit = super().rewards(prompts, completions, mask, group_size)
+        hit = super().rewards(prompts, completions, mask, group_size).rewards
         offset = np.repeat(np.asarray(prompts.meta, np.float32), group_size)
         return Scores(rewards=hit + 10 * offset, terms={"hit": hit, "offset": offset},
                       accuracy=hit)
@@ -200,7 +201,7 @@ class NaNAfter:
         return self.task.prompts(step, n)
 
     def rewards(self, prompts, completions, mask, group_size):
-        r = self.task.rewards(prompts, completions, mask, group_size)
+        r = self.task.rewards(prompts, completions, mask, group_size).rewards
         return np.full_like(r, np.nan) if self.step >= self.start else r
 
 
@@ -352,3 +353,25 @@ def test_docs_describe_every_config_key():
     keys = {f"{f.name}.{g.name}" for f in dataclasses.fields(TrainConfig)
             for g in dataclasses.fields(f.default_factory())}
     assert keys - named == set()
+
+
+def test_sigterm_and_ctrl_c_become_a_stop_request():
+    """The first SIGTERM / Ctrl-C asks the loop to stop (exit codes 143 / 130); a second Ctrl-C
+    aborts at once; the handlers are restored afterwards."""
+    import signal
+
+    from socialr1_jax.rl.preemption import StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    notes = []
+    with StopSignals(notify=notes.append) as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested() and stop.exit_code == 130 and stop.name == "Ctrl-C"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested() and stop.exit_code == 143 and stop.name == "SIGTERM"
+    assert notes and "saving a checkpoint" in notes[0]

@@ -63,6 +63,7 @@ class TrainResult:
     out_dir: str = ""
     exit_code: int = 0
     first_step: int = 0
+    evaluations: list = dataclasses.field(default_factory=list)  # [(steps done, metrics)]
 
     @property
     def start_reward(self) -> float:
@@ -239,11 +240,12 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
 
     def evaluate(done: int) -> None:
         m = evaluator(graphdef, state.params, mesh, eos_ids=task.eos_ids, pad_id=task.pad_id)
+        evaluations.append((done, m))
         logs.evaluation(done, m)
         console.print(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
                       f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
 
-    history, status, exit_code, done = [], "done", 0, first
+    history, evaluations, status, exit_code, done = [], [], "done", 0, first
     stop = StopSignals(notify=console.print if primary else None)
     try:
         with stop:
@@ -309,7 +311,8 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
         if ckpt is not None:
             ckpt.close()
     return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
-                       out_dir=out_dir, exit_code=exit_code, first_step=first)
+                       out_dir=out_dir, exit_code=exit_code, first_step=first,
+                       evaluations=evaluations)
 
 
 def summary(result: TrainResult) -> str:
@@ -319,10 +322,15 @@ def summary(result: TrainResult) -> str:
     if not h:
         return f"no step ran ({result.status}){where}"
     tail = h[-min(5, len(h)):]
+    held_out = ""
+    if result.evaluations:
+        (a, ma), (b, mb) = result.evaluations[0], result.evaluations[-1]
+        held_out = (f"; held-out accuracy {ma['eval/accuracy']:.3f} after {a} steps -> "
+                    f"{mb['eval/accuracy']:.3f} after {b}")
     return (f"{len(h)} steps, {int(result.state.step)} updates ({int(result.state.skipped)} "
             f"skipped): mean reward {result.start_reward:.3f} at the first step -> "
             f"{result.end_reward:.3f} at the last (last {len(tail)} steps: "
-            f"{np.mean([m['reward_mean'] for m in tail]):.3f}); {result.status}{where}")
+            f"{np.mean([m['reward_mean'] for m in tail]):.3f}){held_out}; {result.status}{where}")
 
 
 def parse_command(argv=None):
