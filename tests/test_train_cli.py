@@ -32,10 +32,16 @@ CASES = {
     "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
     "bad value": (["rollout.top_p=1.5"], "rollout.top_p=1.5 must be in (0, 1]"),
     "bad multi-host env": (["--process-id", "1"], "partial multi-host configuration"),
+    "missing eval data": (["eval.every=5", "eval.data={tmp}/held.jsonl"], "{tmp}/held.jsonl"),
+    "eval without tokenizer": (["eval.every=5", "eval.data={data}"], "needs a tokenizer"),
+    "social-r1 not built": (["run.task=social-r1"], "run.task='social-r1'"),
 }
 
 
 def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
+    data = tmp_path / "mcq.jsonl"
+    data.write_text('{"id": "1", "story": "s", "question": "q", "options": ["a", "b"], '
+                    '"gold": "A"}\n')
     used = tmp_path / "used"
     used.mkdir()
     (used / "metrics.jsonl").write_text("")
@@ -44,7 +50,7 @@ def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
         [REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     procs = {}
     for name, (args, _) in CASES.items():
-        args = [a.format(tmp=tmp_path, used=used) for a in args]
+        args = [a.format(tmp=tmp_path, used=used, data=data) for a in args]
         cwd = tmp_path / name.replace(" ", "_")
         cwd.mkdir()
         procs[name] = (cwd, subprocess.Popen(

@@ -15,10 +15,26 @@ from typing import Optional
 
 from flax import nnx
 
+from socialr1_jax.cli import UsageError
 from socialr1_jax.parallel import distributed
 from socialr1_jax.yaml_config import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def tokenizer_dir(path: str) -> str:
+    """The folder holding the tokenizer files of checkpoint `path` ('' when there are none)."""
+    if not path:
+        return ""
+    for d in (path, os.path.dirname(os.path.abspath(path))):  # a root, or a step directory
+        if any(os.path.exists(os.path.join(d, f)) for f in TOKENIZER_FILES):
+            return d
+    return ""
+
+
+def has_tokenizer(path: str) -> bool:
+    """Whether checkpoint `path` carries tokenizer files."""
+    return bool(tokenizer_dir(path))
 
 
 def _evaluator():
@@ -43,8 +59,12 @@ class PeriodicEval:
         from socialr1_jax.social.benchmarks import load_benchmark
 
         self._evaluate = evaluate
-        self.rows = load_benchmark(self.cfg.benchmark, self.cfg.data or None,
-                                   limit=self.cfg.limit or None)
+        try:
+            self.rows = load_benchmark(self.cfg.benchmark, self.cfg.data or None,
+                                       limit=self.cfg.limit or None)
+        except UsageError as e:
+            raise ConfigError(f"eval.benchmark={self.cfg.benchmark} eval.data={self.cfg.data}: "
+                              f"{e}") from None
         self.config = evaluate.EvalConfig(batch_size=self.cfg.batch_size,
                                           max_new_tokens=self.cfg.max_new_tokens)
 
@@ -52,10 +72,8 @@ class PeriodicEval:
         """Find the tokenizer: model.path's files, else the task's `tokenizer` attribute."""
         from socialr1_jax.rollout import tokenizer as tk
 
-        path = self.model_path
-        if path and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
-            path = os.path.dirname(os.path.abspath(path))  # a step directory: its root
-        if path and any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        path = tokenizer_dir(self.model_path)
+        if path:
             self.tokenizer = tk.load_tokenizer(path)
         elif getattr(task, "tokenizer", None) is not None:
             self.tokenizer = task.tokenizer

@@ -162,6 +162,10 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
                                  if jax.process_index() == 0 else "")
     resume = run_dir.check_run_dir(cfg, out_dir)
     evaluator = periodic_eval.make(cfg)
+    if evaluator is not None and not task_given and cfg.run.task == "toy" and \
+            not periodic_eval.has_tokenizer(cfg.model.path):
+        raise ConfigError("eval.every > 0 needs a tokenizer: model.path has no tokenizer files "
+                          "and run.task=toy has none")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("socialr1_jax run directory checked")
