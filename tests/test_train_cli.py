@@ -3,6 +3,7 @@ anything is compiled or written (the commands run with JAX_LOG_COMPILES=1: a com
 add lines to stderr)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -34,14 +35,35 @@ CASES = {
     "bad multi-host env": (["--process-id", "1"], "partial multi-host configuration"),
     "missing eval data": (["eval.every=5", "eval.data={tmp}/held.jsonl"], "{tmp}/held.jsonl"),
     "eval without tokenizer": (["eval.every=5", "eval.data={data}"], "needs a tokenizer"),
-    "social-r1 not built": (["run.task=social-r1"], "run.task='social-r1'"),
+    "social-r1 not built": (["run.task=social-r1", "data.benchmark=mcq", "data.path={data}"],
+                            "run.task='social-r1'"),
+    "missing column": (["run.task=social-r1", "data.benchmark=mcq", "data.path={nogold}"],
+                       "gold"),
+    "judge unreachable": (["run.task=social-r1", "data.benchmark=mcq", "data.path={data}",
+                           "reward.struct_judge.kind=http", "reward.struct_judge.model=judge",
+                           "reward.struct_judge.base_url=http://127.0.0.1:{port}",
+                           "reward.struct_judge.fallback=null", "reward.struct_judge.max_retries=0",
+                           "reward.struct_judge.timeout_s=5"],
+                          "struct judge at http://127.0.0.1:{port}"),
+    "unknown reward function": (["run.task=social-r1", "data.benchmark=mcq", "data.path={data}",
+                                 "reward.functions=[nosuchmodule:fn]"], "nosuchmodule"),
 }
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
     data = tmp_path / "mcq.jsonl"
     data.write_text('{"id": "1", "story": "s", "question": "q", "options": ["a", "b"], '
                     '"gold": "A"}\n')
+    nogold = tmp_path / "nogold.jsonl"
+    nogold.write_text('{"id": "1", "story": "s", "question": "q", "options": ["a", "b"]}\n')
+    port = _closed_port()
     used = tmp_path / "used"
     used.mkdir()
     (used / "metrics.jsonl").write_text("")
@@ -50,7 +72,8 @@ def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
         [REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     procs = {}
     for name, (args, _) in CASES.items():
-        args = [a.format(tmp=tmp_path, used=used, data=data) for a in args]
+        fill = dict(tmp=tmp_path, used=used, data=data, nogold=nogold, port=port)
+        args = [a.format(**fill) for a in args]
         cwd = tmp_path / name.replace(" ", "_")
         cwd.mkdir()
         procs[name] = (cwd, subprocess.Popen(
@@ -58,7 +81,7 @@ def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for name, (cwd, p) in procs.items():
         out, err = p.communicate(timeout=300)
-        want = CASES[name][1].format(tmp=tmp_path)
+        want = CASES[name][1].format(**fill)
         lines = err.strip().splitlines()
         assert p.returncode == 2, (name, p.returncode, err[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, err[-2000:])

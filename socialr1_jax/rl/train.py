@@ -145,14 +145,60 @@ class Prepared:
     out_dir: str
     resume: Optional[dict]
     evaluator: Optional[periodic_eval.PeriodicEval] = None
+    rows: Optional[list] = None       # run.task=social-r1: the training rows
+    rewards: object = None            # run.task=social-r1: the RewardSet, its judges checked
 
 
 def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
     """Every check that needs no model, before anything is built: the task, the evaluation data,
     the mesh against the devices, model.path, the run directory (named here: '{time}' becomes
     the start time, the same on every process)."""
-    if not task_given:
-        check_task(cfg)
+    rows = rewards = None
+    if not task_given and cfg.run.task == "social-r1":
+        rows, rewards = social_inputs(cfg)
+    try:
+        if not task_given:
+            check_task(cfg)
+        return _prepare_run(cfg, task_given, rows, rewards)
+    except BaseException:
+        if rewards is not None:
+            rewards.close()
+        raise
+
+
+def social_inputs(cfg: TrainConfig):
+    """The rows and the reward set of run.task=social-r1, checked before any model: the data
+    file and its columns, the reward functions, API-key variables, and every judge answering
+    (an unreachable judge stops here unless it has a fallback score)."""
+    from socialr1_jax.social.benchmarks import load_benchmark
+    from socialr1_jax.social.data import column_map
+    from socialr1_jax.social.judges import JudgeUnavailable
+    from socialr1_jax.social.reward_fns import RewardSet
+
+    d = cfg.data
+    try:
+        rows = load_benchmark(d.benchmark, d.path or None, limit=d.limit or None,
+                              split=d.split or None,
+                              columns=column_map(d.columns) if d.columns else None)
+    except cli.UsageError as e:
+        raise ConfigError(f"data.benchmark={d.benchmark} data.path={d.path}: {e}") from None
+    try:
+        rewards = RewardSet.from_config(cfg.reward)
+    except (ValueError, ImportError, AttributeError) as e:
+        raise ConfigError(f"reward: {e}") from None
+    try:
+        status = rewards.check()
+    except JudgeUnavailable as e:
+        rewards.close()
+        raise ConfigError(f"reward: {e} (give the judge a fallback score, e.g. "
+                          "reward.struct_judge.fallback=0, to train on without it)") from None
+    for role, state in status.items():
+        if state != "ok" and jax.process_index() == 0:
+            print(f"warning: the {role} judge is {state}", file=sys.stderr)
+    return rows, rewards
+
+
+def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
     cfg.mesh.check_devices(jax.device_count())
     if cfg.model.path and not os.path.exists(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path} does not exist")
@@ -169,7 +215,7 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("socialr1_jax run directory checked")
-    return Prepared(out_dir, resume, evaluator)
+    return Prepared(out_dir, resume, evaluator, rows, rewards)
 
 
 def _meta(cfg: TrainConfig, done: int, state: ts.TrainState, task) -> dict:
@@ -314,6 +360,8 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
         logs.close()
         if ckpt is not None:
             ckpt.close()
+        if prep.rewards is not None:
+            prep.rewards.close()
     return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
                        out_dir=out_dir, exit_code=exit_code, first_step=first,
                        evaluations=evaluations)

@@ -17,6 +17,7 @@ from typing import Optional
 
 from socialr1_jax.rl import grpo
 from socialr1_jax.model.config import PRESETS, ModelConfig, parse_dtype, preset
+from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSetConfig
 from socialr1_jax.yaml_config import ConfigError, did_you_mean, load_yaml
 
@@ -304,6 +305,26 @@ class EvalSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSection:
+    """The training rows of run.task=social-r1: `benchmark` names the loader (tombench-hard,
+    socialiqa, mcq, tombench, or any registered one; docs/data.md), `path` its file, folder or
+    hub name ('' = the benchmark's default), `split`, `columns` a column mapping of KEY=NAME
+    items for tables whose column names differ (story=, question=, options=A,B,C,D, gold=, ...),
+    `limit` the first N rows (0 = all); `prompt` how rows become chat prompts."""
+
+    benchmark: str = "tombench-hard"
+    path: str = ""
+    split: str = ""
+    columns: tuple[str, ...] = ()
+    limit: int = 0
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+
+    def __post_init__(self):
+        if self.limit < 0:
+            raise ConfigError(f"data.limit={self.limit} must be >= 0 (0 = all rows)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ToyConfig:
     """The toy task: reward 1 when the completion starts with `target_token`."""
 
@@ -315,8 +336,9 @@ class ToyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; see configs/*.yaml and docs/training.md. `reward` is the
-    Social-R1 task's reward set (functions, weights, formula numbers, judges; docs/rewards.md)."""
+    """Everything a run needs; see configs/*.yaml and docs/training.md. `data` and `reward` are
+    the Social-R1 task's rows and reward set (functions, weights, formula numbers, judges;
+    docs/data.md, docs/rewards.md)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -325,6 +347,7 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
     reward: RewardSetConfig = dataclasses.field(default_factory=RewardSetConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
 
