@@ -117,11 +117,20 @@ def test_checkpoint_restores_onto_another_mesh_and_loads_as_a_model(demo_run):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_social_r1_task_is_refused_clearly():
-    cfg = train_mod.parse_args(["--config", "configs/socialr1_qwen3_4b.yaml",
-                                "model.random_init=true", "run.out_dir="])
-    with pytest.raises(ValueError, match="(?i)social"):
-        train_mod.train(cfg, log=_quiet)
+def test_recipe_config_inputs_are_checked_before_the_task(tmp_path):
+    """The recipe's data and judges are checked first (offline: the hub's ToMBench-Hard cannot
+    load); with local data and offline judges, the Social-R1 task's absence is named."""
+    from tests.tom_data import toy_rows, write_jsonl
+
+    recipe = ["--config", "configs/socialr1_qwen3_4b.yaml", "model.random_init=true",
+              "run.out_dir="]
+    with pytest.raises(ValueError, match="data.benchmark=tombench-hard .*Jincenzi/ToMBench_Hard"):
+        train_mod.train(train_mod.parse_args(recipe), log=_quiet)
+    data = write_jsonl(tmp_path / "rows.jsonl", toy_rows(4))
+    local = recipe + ["data.benchmark=mcq", f"data.path={data}",
+                      "reward.struct_judge.kind=heuristic", "reward.content_judge.kind=heuristic"]
+    with pytest.raises(ValueError, match="run.task='social-r1': the Social-R1 task"):
+        train_mod.train(train_mod.parse_args(local), log=_quiet)
 
 
 class PromptOffset(ToyTask):
