@@ -245,6 +245,14 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     is donated to the next step, so copy what you keep.
     """
     prep = prepare(cfg, task_given=task is not None)
+    try:
+        return _train(cfg, prep, task, model, log, on_step)
+    finally:
+        if prep.rewards is not None:
+            prep.rewards.close()
+
+
+def _train(cfg: TrainConfig, prep: Prepared, task, model, log, on_step) -> TrainResult:
     out_dir, resume, evaluator = prep.out_dir, prep.resume, prep.evaluator
     primary = jax.process_index() == 0
     mesh = build_mesh(cfg)
@@ -360,8 +368,6 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
         logs.close()
         if ckpt is not None:
             ckpt.close()
-        if prep.rewards is not None:
-            prep.rewards.close()
     return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
                        out_dir=out_dir, exit_code=exit_code, first_step=first,
                        evaluations=evaluations)
