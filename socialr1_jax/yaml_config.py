@@ -136,8 +136,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            node[parts[-1]] = raw  # not a YAML scalar: the field's type check names the key
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not valid YAML ({' '.join(str(e).split())}); "
+                              "quote values with braces, or put them in the --config file") from None
     return data
 
 
