@@ -384,3 +384,29 @@ def test_sigterm_and_ctrl_c_become_a_stop_request():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested() and stop.exit_code == 143 and stop.name == "SIGTERM"
     assert notes and "saving a checkpoint" in notes[0]
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    import io
+
+    from socialr1_jax.rl.console import Console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    m = {"reward_mean": 0.5, "accuracy": 0.25, "kl": 0.01, "tokens_per_s": 1234.0}
+    piped = Console(10, stream=io.StringIO())
+    assert piped.bar is None
+    piped.step(0, m)
+    assert capsys.readouterr().out.startswith("step  0/10 reward 0.500 acc 0.250 kl 0.0100")
+    tty = Terminal()
+    shown = Console(10, stream=tty, log_every=5)
+    assert shown.bar is not None
+    shown.step(0, m)
+    shown.bar.refresh()
+    assert "reward=0.500" in tty.getvalue() and "acc=0.250" in tty.getvalue()
+    assert "tok/s=1234" in tty.getvalue() and "1/10" in tty.getvalue()
+    shown.close()
+    assert Console(10, stream=Terminal(), progress=False).bar is None
+    assert Console(10, stream=Terminal(), enabled=False).bar is None  # processes other than 0
