@@ -193,7 +193,7 @@ def make_sft_step(model_cfg, optim_cfg: OptimConfig, mesh=None, *, micro_batch_s
     return ts.make_update_step(
         model_cfg, optim_cfg, mesh, loss=lambda m, b, n: sft_loss(m, b, n, chunk=chunk),
         batch_shardings_=shardings, batch_stats=tokens, micro_batch_size=micro_batch_size,
-        total_updates=total_updates)
+        total_updates=total_updates, micro_batch_key="sft.micro_batch_size")
 
 
 @dataclasses.dataclass

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -289,7 +290,8 @@ def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optio
                      loss: Callable, batch_shardings_: Any = None,
                      batch_stats: Optional[Callable] = None,
                      extra_metrics: Optional[Callable] = None, micro_batch_size: int = 0,
-                     total_updates: int = 1) -> MeshFunction:
+                     total_updates: int = 1,
+                     micro_batch_key: str = "micro_batch_size") -> MeshFunction:
     """A jitted, donated optimizer update `step(state, batch) -> (state, metrics)` for any loss.
 
     loss(model, micro_batch, stats) -> (scalar, metrics dict): the objective of one micro-batch
@@ -297,6 +299,7 @@ def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optio
     computed once over the whole batch so that the micro-batch losses add up to the loss of the
     whole batch (e.g. the token count of a token mean). extra_metrics(batch) -> dict: metrics of
     the batch itself. batch_shardings_: the batch pytree's shardings on `mesh`.
+    micro_batch_key: the config key errors name (grpo.micro_batch_size, sft.micro_batch_size).
 
     One update: gradients summed over micro-batches of `micro_batch_size` rows (a scan), global
     norm, AdamW (make_optimizer); a non-finite loss or gradient norm skips the optimizer and
@@ -309,7 +312,7 @@ def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optio
     compute_dtype = model_cfg.jnp_param_dtype if master else None
     shards = batch_shards(mesh) if mesh is not None else 1
     if micro_batch_size and micro_batch_size % shards:
-        raise ValueError(f"micro_batch_size={micro_batch_size} is not a multiple of the "
+        raise ValueError(f"{micro_batch_key}={micro_batch_size} is not a multiple of the "
                          f"{shards} batch shards of the mesh")
 
     def step(state: TrainState, batch):
@@ -414,7 +417,8 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
     return make_update_step(model_cfg, optim_cfg, mesh, loss=loss,
                             batch_shardings_=batch_shardings(mesh), batch_stats=norms,
                             extra_metrics=adv_metrics, micro_batch_size=micro_batch_size,
-                            total_updates=total_updates)
+                            total_updates=total_updates,
+                            micro_batch_key="grpo.micro_batch_size")
 
 
 def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
@@ -461,24 +465,43 @@ def put_batch(batch: TrainBatch, mesh: Optional[Mesh]) -> TrainBatch:
     return jax.tree.map(jax.device_put, batch, sh)
 
 
+@functools.lru_cache(maxsize=None)
+def _take_program(mesh: Optional[Mesh]):
+    """Jitted `take(batch, rows) -> batch[rows]`, the result laid out for the train step: a
+    mini-batch is gathered on the devices, never through the host."""
+    def take(batch, idx):
+        return jax.tree.map(lambda x: x[idx], batch)
+
+    if mesh is None:
+        return jax.jit(take)
+    return jax.jit(take, out_shardings=batch_shardings(mesh))
+
+
 def rollout_updates(step: MeshFunction, state: TrainState, batch: TrainBatch, *,
                     mini_batch_size: int = 0, epochs: int = 1, shuffle: bool = True,
                     seed: int = 0, mesh: Optional[Mesh] = None):
     """`epochs` passes over the rollout in mini-batches of `mini_batch_size` sequences, one
-    update each, all with the rollout's old log-probs. Returns (state, [metrics per update])."""
+    update each, all with the rollout's old log-probs. Returns (state, [metrics per update]).
+
+    The batch may be host or device arrays; mini-batches are gathered on the devices (the row
+    order is the only host value: the same on every process, from `seed`).
+    """
     n = batch.size
     mbs = mini_batch_size or n
     if n % mbs:
         raise ValueError(f"mini_batch_size={mbs} does not divide the rollout of {n} sequences")
     rng = np.random.default_rng(seed)
     history = []
+    batch = put_batch(batch, mesh)
+    take = _take_program(mesh)
     for _ in range(epochs):
         if mbs == n:
             parts = [batch]  # one update: the order of rows does not change the loss
         else:
             order = rng.permutation(n) if shuffle else np.arange(n)
-            parts = [batch.take(order[k:k + mbs]) for k in range(0, n, mbs)]
+            parts = [take(batch, np.asarray(order[k:k + mbs], np.int32))
+                     for k in range(0, n, mbs)]
         for part in parts:
-            state, metrics = step(state, put_batch(part, mesh))
+            state, metrics = step(state, part)
             history.append(metrics)
     return state, history
