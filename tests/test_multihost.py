@@ -189,7 +189,9 @@ def test_two_process_training_run_saves_a_checkpoint_that_restores_on_one_proces
     from socialr1_jax.rl import train as train_mod
     from socialr1_jax.rl import train_step as ts
 
-    args = ["run.steps=2", "run.progress=false", "run.samples_per_step=2"]
+    from tests.train_args import TOY
+
+    args = TOY + ["run.steps=2", "run.progress=false", "run.samples_per_step=2"]
     out = tmp_path / "run"
     outputs = run_two_processes(["-m", "socialr1_jax.train", *args, f"run.out_dir={out}"],
                                 tmp_path, "train")

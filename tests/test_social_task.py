@@ -67,17 +67,17 @@ def test_rewards_score_decoded_completions_with_every_term(tok, rewards):
                                                              f"<Answer>{wrong}<"), "hello"]
     ids, mask = _encode_completions(tok, texts, eos)
     out = task.rewards(batch, ids, mask, 3)
-    scores = getattr(out, "rewards", out)
+    scores = out.rewards
     ref = rewards.submit([task.prompt_set.texts[i] for i in batch.meta for _ in range(3)], texts,
                          [task.rows[i] for i in batch.meta for _ in range(3)], 0).result()
     np.testing.assert_allclose(scores, ref.scores, rtol=1e-6)
     assert task.decode(ids, mask) == texts  # the stop token is not part of the text
     s = scores.reshape(3, 3)
     assert (s[:, 0] > s[:, 1]).all() and (s[:, 2] == 0).all()
-    if hasattr(out, "terms"):
-        np.testing.assert_array_equal(out.accuracy, [1, 0, 0] * 3)
-        assert {"social_r1/format", "social_r1/r_len", "social_r1/struct"} <= set(out.terms)
-        assert out.completions == texts
+    np.testing.assert_array_equal(out.accuracy, [1, 0, 0] * 3)
+    assert {"social_r1/format", "social_r1/r_len", "social_r1/struct"} <= set(out.terms)
+    assert out.completions == texts
+    assert batch.texts == [task.prompt_set.texts[i] for i in batch.meta]
 
 
 def test_shuffled_options_remap_the_gold(tok, rewards):

@@ -15,6 +15,8 @@ from socialr1_jax.rl import train as train_mod
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.task import Scores
 from socialr1_jax.rl.toy_task import ToyTask
+from tests.train_args import TOY
+from socialr1_jax.cli import UsageError
 
 
 def _quiet(s):
@@ -47,7 +49,8 @@ def demo_run(tmp_path_factory):
     """The embedded default, into a run directory, checkpointing every 10 of its 30 steps (the
     final save coincides with a periodic one)."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    cfg = train_mod.parse_args([f"run.out_dir={out}", "run.progress=false", "run.save_every=10"])
+    cfg = train_mod.parse_args(TOY + [f"run.out_dir={out}", "run.progress=false",
+                                      "run.save_every=10"])
     return cfg, out, train_mod.train(cfg, log=_quiet)
 
 
@@ -119,7 +122,8 @@ def test_checkpoint_restores_onto_another_mesh_and_loads_as_a_model(demo_run):
 
 def test_recipe_config_inputs_are_checked_before_the_task(tmp_path):
     """The recipe's data and judges are checked first (offline: the hub's ToMBench-Hard cannot
-    load); with local data and offline judges, the Social-R1 task's absence is named."""
+    load); with local data and offline judges, the missing checkpoint's tokenizer is named, all
+    before any model is built."""
     from tests.tom_data import toy_rows, write_jsonl
 
     recipe = ["--config", "configs/socialr1_qwen3_4b.yaml", "model.random_init=true",
@@ -129,7 +133,7 @@ def test_recipe_config_inputs_are_checked_before_the_task(tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", toy_rows(4))
     local = recipe + ["data.benchmark=mcq", f"data.path={data}",
                       "reward.struct_judge.kind=heuristic", "reward.content_judge.kind=heuristic"]
-    with pytest.raises(ValueError, match="run.task='social-r1': the Social-R1 task"):
+    with pytest.raises(UsageError, match="model.tokenizer is required"):
         train_mod.train(train_mod.parse_args(local), log=_quiet)
 
 
@@ -164,7 +168,7 @@ def test_step_wiring_temperature_groups_and_log_prob_roles(tmp_path, monkeypatch
                         lambda *a, **k: built["logp"].append(make_logp(*a, **k)) or built["logp"][-1])
     programs = []
 
-    cfg = train_mod.parse_args([f"run.out_dir={tmp_path / 'run'}", "run.progress=false",
+    cfg = train_mod.parse_args(TOY + [f"run.out_dir={tmp_path / 'run'}", "run.progress=false",
                                 "run.steps=3", "rollout.temperature=0.7",
                                 "run.samples_per_step=64"])
     task = PromptOffset(32, target_token=7, prompt_len=6, eos_id=1, seed=0)
@@ -217,7 +221,8 @@ class NaNAfter:
 def test_nan_rewards_stop_the_run_with_the_last_good_state_and_it_resumes(tmp_path):
     from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
 
-    cfg = train_mod.parse_args([f"run.out_dir={tmp_path}", "run.progress=false", "run.steps=8",
+    cfg = train_mod.parse_args(TOY + [f"run.out_dir={tmp_path}", "run.progress=false",
+                                      "run.steps=8",
                                 "grpo.max_consecutive_skips=3"])
     task = NaNAfter(ToyTask(32, target_token=7, prompt_len=6, eos_id=1), start=2)
     snaps = {}
@@ -246,7 +251,8 @@ def test_nan_rewards_stop_the_run_with_the_last_good_state_and_it_resumes(tmp_pa
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert a.sharding == b.sharding
     # ... and a resumed run continues from it with a working reward.
-    cfg2 = train_mod.parse_args([f"run.out_dir={tmp_path}", "run.progress=false", "run.steps=6",
+    cfg2 = train_mod.parse_args(TOY + [f"run.out_dir={tmp_path}", "run.progress=false",
+                                       "run.steps=6",
                                  "run.resume=true", "grpo.max_consecutive_skips=3"])
     again = train_mod.train(cfg2, log=_quiet)
     assert again.status == "done" and [m["step"] for m in again.history] == [5]
@@ -259,7 +265,7 @@ def test_nan_rewards_stop_the_run_with_the_last_good_state_and_it_resumes(tmp_pa
 # -- checks before anything is built -----------------------------------------------------------
 
 def _cfg(*overrides):
-    return train_mod.parse_args(["run.progress=false", *overrides])
+    return train_mod.parse_args(TOY + ["run.progress=false", *overrides])
 
 
 def test_a_used_run_directory_is_refused_without_resume(tmp_path):

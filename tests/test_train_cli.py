@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.train_args import TOY
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = {
@@ -35,8 +37,11 @@ CASES = {
     "bad multi-host env": (["--process-id", "1"], "partial multi-host configuration"),
     "missing eval data": (["eval.every=5", "eval.data={tmp}/held.jsonl"], "{tmp}/held.jsonl"),
     "eval without tokenizer": (["eval.every=5", "eval.data={data}"], "needs a tokenizer"),
-    "social-r1 not built": (["run.task=social-r1", "data.benchmark=mcq", "data.path={data}"],
-                            "run.task='social-r1'"),
+    "social-r1 without tokenizer": (["run.task=social-r1", "data.benchmark=mcq",
+                                     "data.path={data}"], "model.tokenizer is required"),
+    "warm start without data": (["sft.steps=5"], "sft.steps > 0 needs sft.data.path"),
+    "warm start data missing": (["sft.steps=5", "sft.data.path={tmp}/pairs.jsonl"],
+                                "sft.data.path={tmp}/pairs.jsonl: no such file"),
     "missing column": (["run.task=social-r1", "data.benchmark=mcq", "data.path={nogold}"],
                        "gold"),
     "judge unreachable": (["run.task=social-r1", "data.benchmark=mcq", "data.path={data}",
@@ -77,7 +82,7 @@ def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path):
         cwd = tmp_path / name.replace(" ", "_")
         cwd.mkdir()
         procs[name] = (cwd, subprocess.Popen(
-            [sys.executable, "-m", "socialr1_jax.train", "run.progress=false", *args],
+            [sys.executable, "-m", "socialr1_jax.train", *TOY, "run.progress=false", *args],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for name, (cwd, p) in procs.items():
         out, err = p.communicate(timeout=300)

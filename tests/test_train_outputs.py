@@ -16,6 +16,7 @@ from socialr1_jax import load_model
 from socialr1_jax.rl import train as train_mod
 from tests.hf_fixtures import make_tiny_chat_checkpoint
 from tests.tom_data import toy_rows, write_jsonl
+from tests.train_args import TOY
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def trained(tmp_path_factory):
     make_tiny_chat_checkpoint(src)
     data = write_jsonl(tmp_path_factory.mktemp("data") / "heldout.jsonl", toy_rows(4))
     out = tmp_path_factory.mktemp("train") / "run"
-    cfg = train_mod.parse_args([f"model.path={src}", "model.vocab_size=0", f"run.out_dir={out}",
+    cfg = train_mod.parse_args(TOY + [f"model.path={src}", "model.vocab_size=0",
+                                      f"run.out_dir={out}",
                                 "run.progress=false", "run.steps=2", "toy.target_token=65",
                                 "toy.eos_id=258", "optim.lr=1e-2", "eval.every=1",
                                 f"eval.data={data}", "eval.benchmark=mcq",

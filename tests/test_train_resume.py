@@ -20,10 +20,12 @@ from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
 from socialr1_jax.rl import train as train_mod
 from socialr1_jax.rl import train_step as ts
 from tests.test_train import read_events
+from tests.train_args import TOY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
-ARGS = ["run.progress=false", f"run.steps={STEPS}", "run.save_every=2", "run.log_every=100"]
+ARGS = TOY + ["run.progress=false", f"run.steps={STEPS}", "run.save_every=2",
+              "run.log_every=100"]
 TIMING = {"rollout_s", "update_s", "tokens_per_s"}
 
 

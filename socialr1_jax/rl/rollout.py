@@ -112,7 +112,11 @@ def score_metrics(ro: Rollout, mesh, group_size: int) -> dict:
     rewards = distributed.gather(ro.rewards)
     m = grpo.reward_stats(rewards, group_size)
     for k, v in sorted(ro.scores.terms.items()):
-        m[f"reward/{k}"] = float(np.mean(gather_rows(v, mesh, rows)))
+        # A term a completion does not have (a judge's score of an unformatted one) is NaN:
+        # the mean is over the completions that have it, and absent when none has.
+        v = gather_rows(v, mesh, rows)
+        if np.isfinite(v).any():
+            m[f"reward/{k}"] = float(np.mean(v[np.isfinite(v)]))
     if ro.scores.accuracy is not None:
         m["accuracy"] = float(np.mean(gather_rows(ro.scores.accuracy, mesh, rows)))
     for k, v in ro.scores.metrics.items():

@@ -315,6 +315,31 @@ def warm_start(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=
                      progress=progress)
 
 
+WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of a GRPO run
+
+
+def warm_start_stage(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=None,
+                     out_dir: str = "", log: Callable[[str], None] = print,
+                     progress: bool = False, meta: Optional[dict] = None):
+    """The GRPO job's cold start: `warm_start` on `model`, saved to OUT/warm_start, or, when that
+    checkpoint exists (a resumed run), loaded from it so that the resumed GRPO keeps the same
+    reference model. Returns (model, SFTResult or None when loaded)."""
+    from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.checkpoint.orbax_io import list_steps
+
+    root = os.path.join(out_dir, WARM_START_DIR) if out_dir else ""
+    if root and os.path.isdir(root) and list_steps(root):
+        loaded = load_model(root, mesh=mesh)
+        log(f"warm start: loaded {root} (step {list_steps(root)[-1]})")
+        return nnx.merge(nnx.graphdef(model), nnx.state(loaded)), None
+    res = warm_start(model, tokenizer, cfg, mesh=mesh, prompt_cfg=prompt_cfg, log=log,
+                     progress=progress)
+    if root:
+        save_sft(root, res.model, tokenizer, step=cfg.steps,
+                 meta={"loss_first": res.first_loss, "loss_last": res.last_loss, **(meta or {})})
+    return res.model, res
+
+
 def check_batch_fits_mesh(cfg: WarmStartConfig, mesh) -> None:
     """Refuse a batch (or micro-batch) that does not split over the mesh's batch shards."""
     from socialr1_jax.parallel.sharding import batch_shards

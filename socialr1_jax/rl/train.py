@@ -39,15 +39,31 @@ from socialr1_jax.rl.task import Task
 from socialr1_jax.rl.train_config import TrainConfig, load_train_config
 from socialr1_jax.yaml_config import ConfigError
 
-# The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree).
+# The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree; docs/demo.md): the
+# Social-R1 method on a tiny Qwen3 pretrained on ToMi story text (social/tomi_base.py). A warm
+# start teaches the Social-R1 format on procedural ToMi stories with the belief answers left to
+# chance; GRPO with the Social-R1 reward (format, EM, a demo-sized length window, the heuristic
+# judges) trains on other stories' belief questions; held-out stories are evaluated before the
+# warm start, before GRPO and after it.
 DEMO = {
-    "model": {"preset": "tiny", "vocab_size": 32, "seed": 0},
-    "optim": {"lr": 1e-2, "weight_decay": 0.0, "max_grad_norm": 1.0},
+    "model": {"path": "socialr1_jax/assets/tomi_base"},
+    "optim": {"lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0},
     "grpo": {"group_size": 8, "beta": 0.04, "kl": "k3", "agg": "token-mean"},
-    "rollout": {"prompts_per_step": 8, "max_prompt_len": 16, "max_new_tokens": 4,
+    "rollout": {"prompts_per_step": 8, "max_prompt_len": 256, "max_new_tokens": 96,
                 "temperature": 1.0},
-    "run": {"task": "toy", "steps": 30, "seed": 0},
-    "toy": {"target_token": 7, "prompt_len": 6, "eos_id": 1},
+    "run": {"task": "social-r1", "steps": 40, "seed": 0, "save_every": 0},
+    "data": {"benchmark": "tomi", "path": "2:belief", "split": "train",
+             "prompt": {"max_prompt_tokens": 256}},
+    "reward": {"social": {"len_min": 100.0, "len_max": 800.0, "len_temp": 20.0,
+                          "curriculum_steps": 40},
+               "struct_judge": {"kind": "heuristic"},
+               "content_judge": {"kind": "heuristic", "fallback": -2.0}},
+    "eval": {"every": 40, "benchmark": "tomi", "data": "0", "limit": 120,
+             "max_new_tokens": 96, "batch_size": 40},
+    "sft": {"steps": 1500, "batch_size": 8, "log_every": 250,
+            "optim": {"lr": 2e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 20,
+                      "min_lr_ratio": 0.1},
+            "data": {"path": "tomi", "rows": 3000, "seed": 1}},
 }
 
 
@@ -64,6 +80,7 @@ class TrainResult:
     exit_code: int = 0
     first_step: int = 0
     evaluations: list = dataclasses.field(default_factory=list)  # [(steps done, metrics)]
+    warm_start: dict = dataclasses.field(default_factory=dict)  # see _warm_start
 
     @property
     def start_reward(self) -> float:
@@ -101,9 +118,21 @@ def load_policy(cfg: TrainConfig, mesh):
     return create_model(sec.preset_config(), mesh=mesh, seed=sec.seed)
 
 
-def make_task(cfg: TrainConfig, vocab_size: int) -> Task:
-    """The task named by run.task."""
+def make_task(cfg: TrainConfig, vocab_size: int, prep: Optional["Prepared"] = None) -> Task:
+    """The task named by run.task (social-r1: the rows, reward set and tokenizer `prepare`
+    resolved)."""
     check_task(cfg)
+    if cfg.run.task == "social-r1":
+        from socialr1_jax.rollout import tokenizer as tk
+        from socialr1_jax.social.task import SocialR1Task
+
+        prep = prep or prepare(cfg)
+        tk.check_vocab(prep.tokenizer, vocab_size)
+        try:
+            return SocialR1Task(prep.rows, prep.tokenizer, prep.rewards, prompt=cfg.data.prompt,
+                                seed=cfg.run.seed)
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
     from socialr1_jax.rl.toy_task import ToyTask
 
     t = cfg.toy
@@ -116,12 +145,15 @@ def make_task(cfg: TrainConfig, vocab_size: int) -> Task:
 
 def check_task(cfg: TrainConfig) -> None:
     """Refuse a task this build cannot train, before any model is loaded."""
-    if cfg.run.task != "toy":
-        raise ConfigError(
-            f"run.task={cfg.run.task!r}: the Social-R1 task (ToMBench-Hard prompts and the "
-            "format/answer/structure/content/length rewards) is not part of this build yet; "
-            "run.task=toy trains now, and socialr1_jax.train.train(cfg, task=...) takes your "
-            "own Task")
+    if cfg.run.task not in ("toy", "social-r1"):
+        raise ConfigError(f"run.task={cfg.run.task!r}: expected 'toy' or 'social-r1'")
+    if cfg.sft.steps:
+        d = cfg.sft.data
+        if not d.path:
+            raise ConfigError("sft.steps > 0 needs sft.data.path: a JSONL file of (prompt, "
+                              "response) pairs, or 'tomi'")
+        if d.path != "tomi" and not os.path.isfile(d.path):
+            raise ConfigError(f"sft.data.path={d.path}: no such file")
 
 
 def _broadcast_str(text: str) -> str:
@@ -147,19 +179,27 @@ class Prepared:
     evaluator: Optional[periodic_eval.PeriodicEval] = None
     rows: Optional[list] = None       # run.task=social-r1: the training rows
     rewards: object = None            # run.task=social-r1: the RewardSet, its judges checked
+    tokenizer: object = None          # run.task=social-r1: the policy's tokenizer
 
 
 def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
     """Every check that needs no model, before anything is built: the task, the evaluation data,
     the mesh against the devices, model.path, the run directory (named here: '{time}' becomes
     the start time, the same on every process)."""
-    rows = rewards = None
+    rows = rewards = tokenizer = None
     if not task_given and cfg.run.task == "social-r1":
+        check_task(cfg)
         rows, rewards = social_inputs(cfg)
     try:
         if not task_given:
             check_task(cfg)
-        return _prepare_run(cfg, task_given, rows, rewards)
+        if rows is not None:
+            from socialr1_jax.rollout import tokenizer as tk
+
+            tokenizer = tk.run_tokenizer(cfg.model)
+        prep = _prepare_run(cfg, task_given, rows, rewards)
+        prep.tokenizer = tokenizer
+        return prep
     except BaseException:
         if rewards is not None:
             rewards.close()
@@ -218,6 +258,32 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
     return Prepared(out_dir, resume, evaluator, rows, rewards)
 
 
+def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary):
+    """The `sft` section before GRPO (rl/sft.py: trained and saved to RUN/warm_start, or loaded
+    from there on resume), with a held-out evaluation of the model before it when evaluating.
+    Returns (model, {"loss_first", "loss_last", "eval_before"} of a fresh warm start)."""
+    from socialr1_jax.rl import sft
+    from socialr1_jax.rollout import tokenizer as tk
+
+    say = (log or print) if primary else (lambda line: None)
+    tokenizer = getattr(task, "tokenizer", None) or tk.run_tokenizer(cfg.model)
+    sft.check_batch_fits_mesh(cfg.sft, mesh)
+    info: dict = {}
+    root = os.path.join(out_dir, sft.WARM_START_DIR) if out_dir else ""
+    if evaluator is not None and not (root and os.path.isdir(root)):
+        graphdef, params = nnx.split(model)
+        info["eval_before"] = evaluator(graphdef, params, mesh, eos_ids=task.eos_ids,
+                                        pad_id=task.pad_id)
+        say(f"eval before the warm start: accuracy {info['eval_before']['eval/accuracy']:.3f} "
+            f"({info['eval_before']['eval/unparsable']} unparsable)")
+    model, res = sft.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
+                                      prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
+                                      progress=cfg.run.progress and primary, meta=info)
+    if res is not None:
+        info.update(loss_first=res.first_loss, loss_last=res.last_loss)
+    return model, info
+
+
 def _meta(cfg: TrainConfig, done: int, state: ts.TrainState, task) -> dict:
     meta = {"steps_done": done, "updates": int(state.step), "skipped": int(state.skipped),
             "seed": cfg.run.seed, "data": {"next_step": done,
@@ -259,9 +325,12 @@ def _train(cfg: TrainConfig, prep: Prepared, task, model, log, on_step) -> Train
     if model is None:
         model = load_policy(cfg, mesh)
     mcfg = model.cfg
-    task = task or make_task(cfg, mcfg.vocab_size)
+    task = task or make_task(cfg, mcfg.vocab_size, prep)
     if evaluator is not None:
         evaluator.attach(task)
+    warm = {}
+    if cfg.sft.steps:
+        model, warm = _warm_start(cfg, model, task, mesh, out_dir, evaluator, log, primary)
     g, r = cfg.grpo, cfg.rollout
     graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
     del model
@@ -370,25 +439,36 @@ def _train(cfg: TrainConfig, prep: Prepared, task, model, log, on_step) -> Train
             ckpt.close()
     return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
                        out_dir=out_dir, exit_code=exit_code, first_step=first,
-                       evaluations=evaluations)
+                       evaluations=evaluations, warm_start=warm)
 
 
 def summary(result: TrainResult) -> str:
-    """Start vs end mean reward, updates applied and skipped, why the run ended, where it is."""
+    """What the run did: steps and updates, the mean reward in the first and last quarter of the
+    steps, held-out accuracy before the warm start / before GRPO / after it (when evaluated),
+    why it ended and where the run directory is."""
     h = result.history
-    where = f"; run directory {result.out_dir}" if result.out_dir else ""
+    where = f"\n  run directory: {result.out_dir}" if result.out_dir else ""
     if not h:
         return f"no step ran ({result.status}){where}"
-    tail = h[-min(5, len(h)):]
-    held_out = ""
-    if result.evaluations:
-        (a, ma), (b, mb) = result.evaluations[0], result.evaluations[-1]
-        held_out = (f"; held-out accuracy {ma['eval/accuracy']:.3f} after {a} steps -> "
-                    f"{mb['eval/accuracy']:.3f} after {b}")
-    return (f"{len(h)} steps, {int(result.state.step)} updates ({int(result.state.skipped)} "
-            f"skipped): mean reward {result.start_reward:.3f} at the first step -> "
-            f"{result.end_reward:.3f} at the last (last {len(tail)} steps: "
-            f"{np.mean([m['reward_mean'] for m in tail]):.3f}){held_out}; {result.status}{where}")
+    q = max(1, len(h) // 4)
+    rewards = [m["reward_mean"] for m in h]
+    lines = [f"{len(h)} GRPO steps, {int(result.state.step)} updates "
+             f"({int(result.state.skipped)} skipped): {result.status}",
+             f"  mean reward: first quarter {np.mean(rewards[:q]):.3f} -> last quarter "
+             f"{np.mean(rewards[-q:]):.3f} (first step {rewards[0]:.3f}, last {rewards[-1]:.3f})"]
+    stages = []
+    before = result.warm_start.get("eval_before")
+    if before is not None:
+        stages.append(f"before the warm start {before['eval/accuracy']:.3f}")
+    if result.warm_start.get("loss_first") is not None:
+        lines.append(f"  warm start: loss {result.warm_start['loss_first']:.3f} -> "
+                     f"{result.warm_start['loss_last']:.3f}")
+    for done, m in result.evaluations:
+        stages.append(f"after {done} GRPO steps {m['eval/accuracy']:.3f}")
+    if stages:
+        n = (result.evaluations[-1][1] if result.evaluations else before)["eval/questions"]
+        lines.append(f"  held-out accuracy ({n} questions): " + ", ".join(stages))
+    return "\n".join(lines) + where
 
 
 def parse_command(argv=None):

@@ -112,5 +112,6 @@ register(Benchmark("mcq", _mcq,
                    "a multiple-choice file with columns id, story, question, options, gold",
                    options=("columns", "split")))
 register(Benchmark("tomi", "socialr1_jax.social.stories:load_benchmark",
-                   "procedural ToMi stories (social/stories.py); --data is a seed (default 0)",
+                   "procedural ToMi stories (social/stories.py); --data SEED[:TYPES], e.g. 0 or "
+                   "2:belief",
                    needs_data=False, options=("split",)))

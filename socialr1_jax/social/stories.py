@@ -330,21 +330,28 @@ def generate(n: int, *, seed: int = 0, split: str = "train",
 
 
 def load_benchmark(data: Optional[str] = None, split: Optional[str] = None) -> list[dict]:
-    """The `tomi` benchmark of `python -m socialr1_jax.evaluate`: 1,200 rows (200 of each
-    question type) of the held-out split (or `split`), seed 0, or the seed given as --data.
-    `--limit N` takes the first N, which still cycle through the types."""
+    """The `tomi` benchmark of `python -m socialr1_jax.evaluate` and of a run's data / eval
+    sections: 200 rows of each question type from the held-out split (or `split`). `data` is
+    'SEED' or 'SEED:TYPES' (TYPES: 'belief', or question types joined by '+'), default '0'.
+    `--limit N` takes the first N rows, which cycle through the types."""
     from socialr1_jax.social.data import DataError
 
-    seed = 0
-    if data is not None:
-        try:
-            seed = int(data)
-        except ValueError:
-            raise DataError(f"--data {data!r}: the tomi benchmark takes a seed (an integer) "
-                            "or nothing") from None
+    seed_text, _, type_text = (data or "0").partition(":")
+    try:
+        seed = int(seed_text)
+    except ValueError:
+        raise DataError(f"--data {data!r}: the tomi benchmark takes SEED or SEED:TYPES "
+                        "(e.g. 0, 2:belief, 1:reality+memory)") from None
+    types = QUESTION_TYPES
+    if type_text:
+        types = BELIEF_TYPES if type_text == "belief" else tuple(type_text.split("+"))
+        bad = [t for t in types if t not in QUESTION_TYPES]
+        if bad:
+            raise DataError(f"--data {data!r}: unknown question type(s) {bad}; known: belief, "
+                            f"{', '.join(QUESTION_TYPES)}")
     if split not in (None,) + SPLITS:
         raise DataError(f"split={split!r}: the tomi benchmark has splits {list(SPLITS)}")
-    return generate(200 * len(QUESTION_TYPES), seed=seed, split=split or "heldout")
+    return generate(200 * len(types), seed=seed, split=split or "heldout", types=types)
 
 
 def vocabulary() -> list[str]:

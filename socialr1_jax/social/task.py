@@ -16,13 +16,11 @@ answer's exact match as the accuracy.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
 
-from socialr1_jax.rl import task as task_api
-from socialr1_jax.rl.task import PromptBatch
+from socialr1_jax.rl.task import PromptBatch, Scores
 
 EM_TERM = "social_r1/em"  # the Social-R1 reward's exact-match term (the accuracy)
 
@@ -60,6 +58,16 @@ class SocialR1Task:
         """(row id, tokens) of the rows left out as too long."""
         return self.prompt_set.dropped
 
+    def write_side_files(self, root: str) -> None:
+        """The tokenizer files beside a checkpoint's steps when they are not there yet (a run
+        whose tokenizer is the offline demo one, not a checkpoint's)."""
+        import os
+
+        from socialr1_jax.rollout import tokenizer as tk
+
+        if not os.path.exists(os.path.join(root, "tokenizer.json")):
+            tk.save_tokenizer_files(root, self.tokenizer, list(self.eos_ids))
+
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
 
@@ -74,8 +82,8 @@ class SocialR1Task:
             picked.append(int(orders[epoch][pos]))
         self._step = step
         ps = self.prompt_set
-        return _prompt_batch([list(ps.ids[i]) for i in picked], picked,
-                             [ps.texts[i] for i in picked])
+        return PromptBatch(ids=[list(ps.ids[i]) for i in picked], meta=picked,
+                           texts=[ps.texts[i] for i in picked])
 
     def decode(self, completions: np.ndarray, mask: np.ndarray) -> list[str]:
         """Text of each completion: its tokens under the mask, without a final stop token."""
@@ -100,23 +108,8 @@ class SocialR1Task:
         batch = self.reward_set.submit([self.prompt_set.texts[i] for i in idx], texts,
                                        [self.rows[i] for i in idx], self._step).result()
         terms = {k: np.asarray(v, np.float32) for k, v in batch.terms.items()}
-        return _scores(np.asarray(batch.scores, np.float32), terms, terms.get(EM_TERM), texts,
-                       dict(batch.metrics))
-
-
-def _fields(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _prompt_batch(ids, meta, texts) -> PromptBatch:
-    # The prompt texts go to samples.jsonl when the trainer's PromptBatch carries them.
-    extra = {"texts": texts} if "texts" in _fields(PromptBatch) else {}
-    return PromptBatch(ids=ids, meta=meta, **extra)
-
-
-def _scores(rewards, terms, accuracy, completions, metrics):
-    scores_cls = getattr(task_api, "Scores", None)
-    if scores_cls is None:  # a trainer without per-term logging takes the plain array
-        return rewards
-    return scores_cls(rewards=rewards, terms=terms, accuracy=accuracy, completions=completions,
-                      metrics=metrics)
+        # The per-term means are the trainer's to take (from `terms`); the judges' counters
+        # (requests, failures, cache hits) pass as they are.
+        counters = {k: v for k, v in batch.metrics.items() if not k.startswith("reward/")}
+        return Scores(rewards=np.asarray(batch.scores, np.float32), terms=terms,
+                      accuracy=terms.get(EM_TERM), completions=texts, metrics=counters)

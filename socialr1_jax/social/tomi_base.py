@@ -3,11 +3,11 @@
 Social-R1 starts from a pretrained Qwen3-4B, which can already read a story and copy a name or a
 place from it. A randomly initialised tiny model cannot, and it does not learn to in the few
 minutes the demo has: in-context retrieval ("induction") appears only after thousands of
-updates. So the demo starts from this base: a tiny Qwen3 trained by language modelling on the
-text of procedural ToMi prompts (story, question and options of the training split; never an
-answer, a trace or the instruction), saved as an HF checkpoint with the offline demo tokenizer.
+updates (measured in docs/demo.md). So the demo starts from this base: a tiny Qwen3 trained by
+language modelling on procedural ToMi story text of the training split (never a question, an
+answer or a trace), saved as an HF checkpoint with the offline demo tokenizer.
 
-    python -m socialr1_jax.social.tomi_base --out socialr1_jax/assets/tomi_base [--steps 8000]
+    python -m socialr1_jax.social.tomi_base --out socialr1_jax/assets/tomi_base
 
 rebuilds the committed one (docs/demo.md gives its numbers). It is the supervised warm start of
 `rl/sft.py` with a one-token prompt (<|endoftext|>) and the text as the response, so every text
@@ -24,24 +24,21 @@ import tempfile
 from socialr1_jax import cli
 from socialr1_jax.model.config import ModelConfig
 
-# The base's shape: 3 layers deep enough for retrieval circuits (a head that finds the earlier
-# occurrence, one that copies what followed), small enough for GRPO on two CPU cores.
-BASE_MODEL = ModelConfig(vocab_size=512, hidden_size=96, num_layers=3, num_heads=6,
-                         num_kv_heads=3, head_dim=16, intermediate_size=256,
+# The base's shape: the `tiny` preset's (2 layers, the least depth for retrieval circuits: a head
+# that finds the earlier occurrence, one that copies what followed), with the demo vocabulary;
+# small enough for a warm start and GRPO on two CPU cores in minutes.
+BASE_MODEL = ModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, intermediate_size=128,
                          rope_theta=10_000.0, max_position_embeddings=1024,
                          tie_word_embeddings=True)
 BASE_SEED = 100  # story seed of the pretraining text (the warm start and GRPO use others)
 
 
 def pretraining_texts(n: int, seed: int = BASE_SEED) -> list[str]:
-    """`n` user messages of the training split without the instruction: the story, the question
-    and the lettered options, in the prompt layout of `social/prompts.py`."""
+    """`n` story texts of the training split (never a question, an answer or a trace)."""
     from socialr1_jax.social import stories
-    from socialr1_jax.social.prompts import PromptConfig, user_message
-    from socialr1_jax.social.data import as_row
 
-    cfg = PromptConfig(template="{story}Question: {question}\n\nOptions:\n{options}")
-    return [user_message(as_row(r), cfg) for r in stories.generate(n, seed=seed, split="train")]
+    return [r["story"] for r in stories.generate(n, seed=seed, split="train")]
 
 
 def _export(out: str, model, tok, step: int, meta: dict) -> None:
@@ -54,7 +51,7 @@ def _export(out: str, model, tok, step: int, meta: dict) -> None:
         export(ckpt, out, overwrite=True, progress=False)
 
 
-def pretrain(out: str, *, steps: int = 8000, batch_size: int = 32, lr: float = 3e-3,
+def pretrain(out: str, *, steps: int = 4000, batch_size: int = 32, lr: float = 3e-3,
              texts: int = 40_000, seed: int = 0, snapshot_every: int = 0, log=print,
              progress: bool = True) -> str:
     """Train BASE_MODEL on `texts` pretraining texts for `steps` updates and write an HF
@@ -62,7 +59,7 @@ def pretrain(out: str, *, steps: int = 8000, batch_size: int = 32, lr: float = 3
     (and to `out`-step<N> every `snapshot_every` steps)."""
     from socialr1_jax.model.build import create_model
     from socialr1_jax.rl import sft
-    from socialr1_jax.rl.train_config import OptimConfig
+    from socialr1_jax.rl.train_config import OptimConfig, WarmStartConfig
     from socialr1_jax.rollout import tokenizer as tk
 
     tok = tk.demo_tokenizer()
@@ -71,7 +68,7 @@ def pretrain(out: str, *, steps: int = 8000, batch_size: int = 32, lr: float = 3
     examples = [sft.Example((eot,), tuple(tk.encode(tok, t)) + (eot,))
                 for t in pretraining_texts(texts)]
     model = create_model(BASE_MODEL, seed=seed)
-    section = sft.SFTSection(steps=steps, batch_size=batch_size, seed=seed, log_every=250,
+    section = WarmStartConfig(steps=steps, batch_size=batch_size, seed=seed, log_every=250,
                              max_prompt_len=1, max_response_len=BASE_MODEL.max_position_embeddings)
     optim = OptimConfig(lr=lr, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
                         weight_decay=0.0)
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
     p = cli.ArgumentParser(prog="python -m socialr1_jax.social.tomi_base", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the HF checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--texts", type=int, default=40_000, help="pretraining texts generated")
