@@ -66,7 +66,9 @@ class PeriodicEval:
             raise ConfigError(f"eval.benchmark={self.cfg.benchmark} eval.data={self.cfg.data}: "
                               f"{e}") from None
         self.config = evaluate.EvalConfig(batch_size=self.cfg.batch_size,
-                                          max_new_tokens=self.cfg.max_new_tokens)
+                                          max_new_tokens=self.cfg.max_new_tokens,
+                                          temperature=self.cfg.temperature,
+                                          num_samples=self.cfg.num_samples, seed=cfg.run.seed)
 
     def attach(self, task) -> None:
         """Find the tokenizer: model.path's files, else the task's `tokenizer` attribute."""
@@ -104,6 +106,8 @@ class PeriodicEval:
                "eval/unparsable": overall["unparsable"], "eval/format_ok": overall["format_ok"]}
         for dim, s in sorted(report.get("by_dimension", {}).items()):
             out[f"eval/accuracy/{dim}"] = s["accuracy"]
+        for task, s in sorted(report.get("by_task", {}).items()):  # e.g. the ToMi question types
+            out.setdefault(f"eval/accuracy/{task}", s["accuracy"])
         return out
 
 

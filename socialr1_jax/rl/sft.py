@@ -290,7 +290,7 @@ def warm_start_pairs(data: SFTDataConfig, prompt_cfg=None) -> tuple[list[tuple[s
                             random_belief=data.random_belief)
     pairs = [(user_message(as_row(r), prompt_cfg), r["trace"]) for r in rows]
     what = (f"{data.rows} ToMi traces (seed {data.seed}"
-            + (", belief answers left to chance)" if data.random_belief else ")"))
+            + (", false-belief answers left to chance)" if data.random_belief else ")"))
     return pairs, what
 
 

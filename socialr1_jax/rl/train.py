@@ -40,27 +40,27 @@ from socialr1_jax.rl.train_config import TrainConfig, load_train_config
 from socialr1_jax.yaml_config import ConfigError
 
 # The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree; docs/demo.md): the
-# Social-R1 method on a tiny Qwen3 pretrained on ToMi story text (social/tomi_base.py). A warm
-# start teaches the Social-R1 format on procedural ToMi stories with the belief answers left to
-# chance; GRPO with the Social-R1 reward (format, EM, a demo-sized length window, the heuristic
-# judges) trains on other stories' belief questions; held-out stories are evaluated before the
-# warm start, before GRPO and after it.
+# Social-R1 method on a tiny random Qwen3 with the offline demo tokenizer. A warm start teaches
+# the Social-R1 format on procedural ToMi stories (gold traces for reality, memory and true
+# belief; false-belief answers left to a coin flip); GRPO with the Social-R1 reward (format, EM,
+# a demo-sized length window, the heuristic judges) trains on other stories' belief questions;
+# held-out stories are evaluated before the warm start, before GRPO and after it.
 DEMO = {
-    "model": {"path": "socialr1_jax/assets/tomi_base"},
+    "model": {"preset": "tiny", "vocab_size": 512, "tokenizer": "demo", "seed": 0},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0},
     "grpo": {"group_size": 8, "beta": 0.04, "kl": "k3", "agg": "token-mean"},
-    "rollout": {"prompts_per_step": 8, "max_prompt_len": 256, "max_new_tokens": 96,
+    "rollout": {"prompts_per_step": 8, "max_prompt_len": 192, "max_new_tokens": 72,
                 "temperature": 1.0},
     "run": {"task": "social-r1", "steps": 40, "seed": 0, "save_every": 0},
     "data": {"benchmark": "tomi", "path": "2:belief", "split": "train",
-             "prompt": {"max_prompt_tokens": 256}},
+             "prompt": {"max_prompt_tokens": 192}},
     "reward": {"social": {"len_min": 100.0, "len_max": 800.0, "len_temp": 20.0,
                           "curriculum_steps": 40},
                "struct_judge": {"kind": "heuristic"},
                "content_judge": {"kind": "heuristic", "fallback": -2.0}},
-    "eval": {"every": 40, "benchmark": "tomi", "data": "0", "limit": 120,
-             "max_new_tokens": 96, "batch_size": 40},
-    "sft": {"steps": 1500, "batch_size": 8, "log_every": 250,
+    "eval": {"every": 40, "benchmark": "tomi", "data": "0", "limit": 240,
+             "max_new_tokens": 72, "batch_size": 60},
+    "sft": {"steps": 600, "batch_size": 8, "log_every": 100,
             "optim": {"lr": 2e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 20,
                       "min_lr_ratio": 0.1},
             "data": {"path": "tomi", "rows": 3000, "seed": 1}},
@@ -456,19 +456,38 @@ def summary(result: TrainResult) -> str:
              f"({int(result.state.skipped)} skipped): {result.status}",
              f"  mean reward: first quarter {np.mean(rewards[:q]):.3f} -> last quarter "
              f"{np.mean(rewards[-q:]):.3f} (first step {rewards[0]:.3f}, last {rewards[-1]:.3f})"]
-    stages = []
+    stages = []  # (label, eval metrics)
     before = result.warm_start.get("eval_before")
     if before is not None:
-        stages.append(f"before the warm start {before['eval/accuracy']:.3f}")
+        stages.append(("before the warm start", before))
     if result.warm_start.get("loss_first") is not None:
         lines.append(f"  warm start: loss {result.warm_start['loss_first']:.3f} -> "
                      f"{result.warm_start['loss_last']:.3f}")
     for done, m in result.evaluations:
-        stages.append(f"after {done} GRPO steps {m['eval/accuracy']:.3f}")
+        stages.append((f"after {done} GRPO steps", m))
     if stages:
-        n = (result.evaluations[-1][1] if result.evaluations else before)["eval/questions"]
-        lines.append(f"  held-out accuracy ({n} questions): " + ", ".join(stages))
+        n = stages[-1][1]["eval/questions"]
+        lines.append(f"  held-out accuracy ({n} questions): "
+                     + ", ".join(f"{label} {m['eval/accuracy']:.3f}" for label, m in stages))
+        lines += _accuracy_table(stages)
     return "\n".join(lines) + where
+
+
+def _accuracy_table(stages) -> list[str]:
+    """Per-group held-out accuracy (dimension, question type), one column per evaluation."""
+    prefix = "eval/accuracy/"
+    keys = sorted({k for _, m in stages for k in m if k.startswith(prefix)})
+    if not keys:
+        return []
+    width = max(len(k) - len(prefix) for k in keys)
+    heads = [label.replace("before the warm start", "random").replace(" GRPO steps", "")
+             for label, _ in stages]
+    cols = [max(6, len(h)) for h in heads]
+    out = ["    " + " " * width + "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols))]
+    for k in keys:
+        cells = [(f"{m[k]:.3f}" if k in m else "-").rjust(c) for (_, m), c in zip(stages, cols)]
+        out.append(f"    {k[len(prefix):].ljust(width)}  " + "  ".join(cells))
+    return out
 
 
 def parse_command(argv=None):

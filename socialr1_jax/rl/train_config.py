@@ -287,8 +287,10 @@ class EvalSection:
     """Held-out evaluation during training through `socialr1_jax.evaluate.run`: every `every`
     steps (0 = off), before the first step (at_start) and after the last, on `data` read by
     the evaluator's `benchmark` loader (tombench, tombench-hard, socialiqa, mcq, ...), at most
-    `limit` rows (0 = all), greedy, `max_new_tokens` per answer, `batch_size` questions per
-    sampler call. Results: RUN/eval.jsonl and TensorBoard `eval/*`."""
+    `limit` rows (0 = all), `max_new_tokens` per answer, `batch_size` questions per sampler
+    call; greedy by default, or `num_samples` samples per question at `temperature` (accuracy
+    is then the mean over samples: the policy's own accuracy, which greedy decoding misstates
+    where the policy is undecided). Results: RUN/eval.jsonl and TensorBoard `eval/*`."""
 
     every: int = 0
     data: str = ""
@@ -297,14 +299,21 @@ class EvalSection:
     max_new_tokens: int = 512
     batch_size: int = 16
     at_start: bool = True
+    temperature: float = 0.0
+    num_samples: int = 1
 
     def __post_init__(self):
         for key in ("every", "limit"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 0")
-        for key in ("max_new_tokens", "batch_size"):
+        for key in ("max_new_tokens", "batch_size", "num_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 1")
+        if not self.temperature >= 0:
+            raise ConfigError(f"eval.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ConfigError(f"eval.num_samples={self.num_samples} needs eval.temperature > 0 "
+                              "(greedy samples of one question are identical)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +351,7 @@ class SFTDataConfig:
     """The warm start's pairs: `path` a JSONL file (`prompt_key` / `response_key` name its
     fields; `chat` makes the prompt the user turn of the chat template), or 'tomi': `rows`
     procedural ToMi stories (seed `seed`, training split) with their Social-R1 traces, rendered
-    with the run's prompt layout; `random_belief` leaves their belief answers to chance."""
+    with the run's prompt layout; `random_belief` leaves their false-belief answers to chance."""
 
     path: str = ""
     prompt_key: str = "prompt"

@@ -45,6 +45,7 @@ LIKED = ("tea", "rain", "cat", "dog", "song", "game", "movie", "lamp")
 QUESTION_TYPES = ("first_order_tb", "first_order_fb", "second_order_tb", "second_order_fb",
                   "reality", "memory")
 BELIEF_TYPES = QUESTION_TYPES[:4]
+FALSE_BELIEF_TYPES = ("first_order_fb", "second_order_fb")
 DIMENSIONS = {"first_order_tb": "Belief", "first_order_fb": "Belief",
               "second_order_tb": "Belief", "second_order_fb": "Belief",
               "reality": "Reality", "memory": "Memory"}
@@ -62,14 +63,25 @@ class StoryConfig:
 
     num_options: containers per story, all of them offered as options (2..8).
     max_moves: moves of the object per story (1..max_moves, uniformly).
+    explicit_away: a move made while one of the two agents is out of the room says so
+      ("... while Mia was away."), as the cue a reader needs.
+    shuffle_options: shuffle the options per question; off, they are the containers in story
+      order (the demo's two options: A where the object started, B where it was moved, so an
+      answer is a function of the events and the question only).
+    absent_only: in a story where an agent was away at a move, first-order questions ask about
+      that agent only (the demo's: being away is then the whole cue; off, they also ask the
+      mover, whose true belief takes telling the two agents apart).
     p_leave: chance that the other agent is out of the room when a move happens.
     p_return: chance that an agent who left comes back after the move.
     max_distractors: like/dislike sentences and bystander visits mixed in (0..this many).
     heldout_buckets: 1 in this many stories (by a hash of the text) is held out.
     """
 
-    num_options: int = 4
-    max_moves: int = 2
+    num_options: int = 2
+    max_moves: int = 1
+    explicit_away: bool = True
+    shuffle_options: bool = False
+    absent_only: bool = True
     p_leave: float = 0.5
     p_return: float = 0.4
     max_distractors: int = 2
@@ -92,7 +104,8 @@ class Event:
     """One sentence of a story. kind: enter, exit, place, move, like, dislike, other.
 
     `place`/`move` concern the story's object; `other` puts a distractor object in a container.
-    `present` is who was in the room when it happened (filled in by `_simulate`).
+    `present` is who was in the room when it happened (filled in by `_simulate`); `away`: the
+    agent a move says was away (StoryConfig.explicit_away).
     """
 
     kind: str
@@ -100,8 +113,10 @@ class Event:
     thing: str = ""
     container: str = ""
     present: frozenset = frozenset()
+    away: str = ""
 
-    def text(self, room: str, obj: str) -> str:
+    def text(self, room: str, obj: str, *, away: bool = True) -> str:
+        """The sentence; `away=False` leaves out a move's "while X was away"."""
         if self.kind == "enter":
             return f"{self.agent} entered the {room}."
         if self.kind == "exit":
@@ -109,7 +124,8 @@ class Event:
         if self.kind == "place":
             return f"The {obj} is in the {self.container}."
         if self.kind == "move":
-            return f"{self.agent} moved the {obj} to the {self.container}."
+            note = f" while {self.away} was away" if away and self.away else ""
+            return f"{self.agent} moved the {obj} to the {self.container}{note}."
         if self.kind in ("like", "dislike"):
             return f"{self.agent} {self.kind}s the {self.thing}."
         if self.kind == "other":
@@ -183,7 +199,8 @@ def random_story(rng: random.Random, cfg: StoryConfig) -> Story:
         if other in inside and rng.random() < cfg.p_leave:
             main.append(Event("exit", other))
             inside.discard(other)
-        main.append(Event("move", mover, container=dest))
+        away = other if cfg.explicit_away and other not in inside else ""
+        main.append(Event("move", mover, container=dest, away=away))
         used += 1
         if other not in inside and rng.random() < cfg.p_return:
             main.append(Event("enter", other))
@@ -215,11 +232,15 @@ def _last_index(events: Sequence[Event], kind: str, agent: str) -> int:
     return max(i for i, e in enumerate(events) if e.kind == kind and e.agent == agent)
 
 
-def questions(story: Story) -> dict[str, list[tuple[str, str]]]:
-    """Every question the story answers, by type: {type: [(question, answer container), ...]}."""
+def questions(story: Story, *, absent_only: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """Every question the story answers, by type: {type: [(question, answer container), ...]}.
+    absent_only: see StoryConfig."""
     out: dict[str, list[tuple[str, str]]] = {t: [] for t in QUESTION_TYPES}
     o, real = story.obj, story.reality
+    absent = {e.away for e in story.location_events if e.away}
     for x in story.agents:
+        if absent_only and absent and x not in absent:
+            continue
         ans = story.belief(x)
         out["first_order_fb" if ans != real else "first_order_tb"].append(
             (f"Where will {x} look for the {o}?", ans))
@@ -263,15 +284,19 @@ def trace(story: Story, question_type: str, question: str, answer: str, options:
     who = _query_agents(question_type, question, story)
     cues = []
     for e in story.location_events:  # the story's own sentences about the object, in order
-        sentence = e.text(story.room, o)[:-1]
+        sentence = e.text(story.room, o, away=False)[:-1]
         away = [x for x in who if x not in e.present]
         if away:
             sentence += f" while {' and '.join(away)} {'was' if len(away) == 1 else 'were'} away"
         cues.append(sentence + ".")
+    # "still in" / "moved to": the belief concluded on, in words (the response then only has
+    # to follow them).
+    where = (f"it is still in the {concl}" if concl == story.initial
+             else f"it was moved to the {concl}")
     if question_type.startswith("first"):
-        interp, goal = f"{who[0]} thinks it is in the {concl}.", f"say where {who[0]} will look."
+        interp, goal = f"{who[0]} thinks {where}.", f"say where {who[0]} will look."
     elif question_type.startswith("second"):
-        interp = f"{who[0]} thinks {who[1]} thinks it is in the {concl}."
+        interp = f"{who[0]} thinks {who[1]} thinks {where}."
         goal = f"say where {who[0]} thinks {who[1]} thinks it is."
     elif question_type == "reality":
         interp, goal = f"it is now in the {concl}.", "say where it really is."
@@ -289,9 +314,10 @@ def generate(n: int, *, seed: int = 0, split: str = "train",
              traces: bool = False, random_belief: bool = False) -> list[dict]:
     """`n` multiple-choice rows, cycling through `types`, all from stories of `split`.
 
-    traces: add a `trace` (the gold completion). random_belief: the traces of belief questions
-    conclude on a container the object has been in, drawn at random (the answer is then right by
-    chance only); cues, goal and format stay right. Deterministic per (n, seed, split, types, cfg).
+    traces: add a `trace` (the gold completion). random_belief: the traces of false-belief
+    questions conclude on a container the object has been in, drawn at random (the answer is then
+    right by chance only: a coin flip with the demo's two containers); cues, goal and format stay
+    right, and the other types keep their gold traces. Deterministic per (n, seed, split, types, cfg).
     """
     cfg = cfg or StoryConfig()
     types = tuple(types)
@@ -310,19 +336,20 @@ def generate(n: int, *, seed: int = 0, split: str = "train",
             raise RuntimeError(f"no {qtype} question found in {tries} stories; loosen {cfg}")
         story = random_story(rng, cfg)
         text = story.text
-        candidates = questions(story)[qtype]
+        candidates = questions(story, absent_only=cfg.absent_only)[qtype]
         if not candidates or split_of(text, cfg.heldout_buckets) != split:
             continue
         question, answer = rng.choice(candidates)
         options = list(story.containers)
-        rng.shuffle(options)
+        if cfg.shuffle_options:
+            rng.shuffle(options)
         row = {"id": f"tomi-{split}-{seed}-{len(rows)}", "story": text, "question": question,
                "options": options, "gold": LETTERS[options.index(answer)],
                "dimension": DIMENSIONS[qtype], "task": qtype, "question_type": qtype,
                "answer": answer, "source": "tomi"}
         if traces:
             concl = None
-            if random_belief and qtype in BELIEF_TYPES:
+            if random_belief and qtype in FALSE_BELIEF_TYPES:
                 concl = rng.choice(sorted({e.container for e in story.location_events}))
             row["trace"] = trace(story, qtype, question, answer, options, interpretation=concl)
         rows.append(row)
