@@ -127,9 +127,9 @@ def test_demo_options_are_in_story_order_so_the_answer_follows_the_events(train_
         assert {r["gold"] for r in train_rows} == set("ABCD")
         return
     for r in train_rows:
-        _, first, _, _ = track(r["story"])
-        obj = re.findall(r"the (\w+)", r["question"])[-1]
-        assert r["options"][0] == first[obj]
+        where, first, _, _ = track(r["story"])
+        obj = next(w for w in re.findall(r"the (\w+)", r["question"]) if w in first)
+        assert r["options"] == [first[obj], where[obj]], r
         fb = r["question_type"].endswith("_fb") or r["question_type"] == "memory"
         assert r["gold"] == ("A" if fb else "B"), r
         away = re.findall(r"while (\w+) was away", r["story"])

@@ -59,7 +59,7 @@ DEMO = {
                "struct_judge": {"kind": "heuristic"},
                "content_judge": {"kind": "heuristic", "fallback": -2.0}},
     "eval": {"every": 40, "benchmark": "tomi", "data": "0", "limit": 240,
-             "max_new_tokens": 72, "batch_size": 60},
+             "max_new_tokens": 72, "batch_size": 60, "temperature": 1.0, "num_samples": 4},
     "sft": {"steps": 600, "batch_size": 8, "log_every": 100,
             "optim": {"lr": 2e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 20,
                       "min_lr_ratio": 0.1},
@@ -464,7 +464,8 @@ def summary(result: TrainResult) -> str:
         lines.append(f"  warm start: loss {result.warm_start['loss_first']:.3f} -> "
                      f"{result.warm_start['loss_last']:.3f}")
     for done, m in result.evaluations:
-        stages.append((f"after {done} GRPO steps", m))
+        warm = done == 0 and result.warm_start.get("loss_first") is not None
+        stages.append(("after the warm start" if warm else f"after {done} GRPO steps", m))
     if stages:
         n = stages[-1][1]["eval/questions"]
         lines.append(f"  held-out accuracy ({n} questions): "
@@ -477,11 +478,13 @@ def _accuracy_table(stages) -> list[str]:
     """Per-group held-out accuracy (dimension, question type), one column per evaluation."""
     prefix = "eval/accuracy/"
     keys = sorted({k for _, m in stages for k in m if k.startswith(prefix)})
+    low = [k.lower() for k in keys]
+    keys = [k for k in keys if k == k.lower() or low.count(k.lower()) == 1]  # Memory == memory
     if not keys:
         return []
     width = max(len(k) - len(prefix) for k in keys)
-    heads = [label.replace("before the warm start", "random").replace(" GRPO steps", "")
-             for label, _ in stages]
+    heads = [label.replace("before the warm start", "random").replace("after the ", "")
+             .replace(" GRPO steps", " steps") for label, _ in stages]
     cols = [max(6, len(h)) for h in heads]
     out = ["    " + " " * width + "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols))]
     for k in keys:
