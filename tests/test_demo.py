@@ -20,27 +20,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cfg(out, *extra):
     """The embedded demo, shortened to seconds."""
     return train_mod.parse_args([f"run.out_dir={out}", "run.progress=false",
-                                 "sft.steps=3", "sft.data.rows=16", "run.steps=2",
+                                 "sft.steps=1", "sft.data.rows=16", "run.steps=2",
                                  "eval.every=2", "eval.limit=12", "eval.batch_size=12",
                                  "eval.max_new_tokens=8", "rollout.max_new_tokens=8",
                                  "rollout.prompts_per_step=2", "grpo.group_size=4", *extra])
 
 
-def test_demo_pipeline_writes_the_run_and_resumes_from_the_warm_start(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The shortened demo in a run directory: (directory, TrainResult, log lines)."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    lines = []
+    return out, train_mod.train(_cfg(out), log=lines.append), lines
+
+
+def test_demo_pipeline_writes_the_run_and_its_summary(demo_run):
     from socialr1_jax.checkpoint.orbax_io import list_steps
 
-    out = tmp_path / "run"
-    lines = []
-    result = train_mod.train(_cfg(out), log=lines.append)
+    out, result, lines = demo_run
     assert result.exit_code == 0 and len(result.history) == 2
-    assert list_steps(str(out / "warm_start")) == [3]
+    assert list_steps(str(out / "warm_start")) == [1]
     w = result.warm_start
     assert np.isfinite(w["loss_first"]) and "eval/accuracy" in w["eval_before"]
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2]
+    assert {"eval/accuracy/first_order_fb", "eval/accuracy/reality"} <= set(evals[0])
     text = train_mod.summary(result)
     assert "mean reward: first quarter" in text and "before the warm start" in text
-    assert "after 0 GRPO steps" in text and f"run directory: {out}" in text
+    assert "after the warm start" in text and "after 2 GRPO steps" in text
+    assert f"run directory: {out}" in text
     # the per-type table: one row per question type, columns random / warm start / GRPO
     row = next(x for x in text.splitlines() if x.strip().startswith("first_order_fb"))
     assert len(row.split()) == 4, text
@@ -53,13 +61,18 @@ def test_demo_pipeline_writes_the_run_and_resumes_from_the_warm_start(tmp_path):
                         "social_r1/r_len", "social_r1/struct", "social_r1/content"} <= set(samples[0])
     assert any(s.startswith("warm start: 16 pairs") for s in lines), lines
 
-    # A resumed run loads the warm start instead of training it again (same reference model).
-    lines.clear()
+
+def test_a_resumed_demo_loads_its_warm_start(demo_run):
+    """A resumed run loads the warm start instead of training it again (same reference model)."""
+    from socialr1_jax.checkpoint.orbax_io import list_steps
+
+    out, _, _ = demo_run
+    lines = []
     again = train_mod.train(_cfg(out, "run.steps=3", "run.resume=true",
                                  "run.allow_config_change=true"), log=lines.append)
     assert again.exit_code == 0 and [h["step"] for h in again.history] == [2]
     assert any("warm start: loaded" in s for s in lines), lines
-    assert "loss_first" not in again.warm_start and list_steps(str(out / "warm_start")) == [3]
+    assert "loss_first" not in again.warm_start and list_steps(str(out / "warm_start")) == [1]
 
 
 @pytest.mark.slow
