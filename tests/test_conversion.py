@@ -138,10 +138,10 @@ def test_load_model_from_orbax_on_mesh(tmp_path):
     a, b = load_model(str(hf), mesh=mesh), load_model(str(ckpt), mesh=mesh)
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 8)))
     np.testing.assert_array_equal(np.asarray(b(ids)), np.asarray(a(ids)))
-    # Shards as the rules say: q [N,H,D] split N over tensor=2 and D over fsdp=4, etc.
-    q, o, e = b.layers[0].attn.q_nhd[...], b.layers[1].attn.o_dnh[...], b.embed_vd[...]
-    assert q.sharding.shard_shape(q.shape) == (2, 16, 16)
-    assert o.sharding.shard_shape(o.shape) == (16, 2, 16)
+    # Shards as the rules say: q [L,N,H,D] split N over tensor=2 and D over fsdp=4, etc.
+    q, o, e = b.layers.q_lnhd[...], b.layers.o_ldnh[...], b.embed_vd[...]
+    assert q.sharding.shard_shape(q.shape) == (2, 2, 16, 16)
+    assert o.sharding.shard_shape(o.shape) == (2, 16, 2, 16)
     assert e.sharding.shard_shape(e.shape) == (128, 16)
     assert b.lm_head_vd[...].sharding.shard_shape((256, 64)) == (128, 16)
     # No mesh: one device, same numbers as the unsharded HF load.

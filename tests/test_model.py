@@ -66,7 +66,7 @@ def test_bf16_error_against_fp32_reference(tmp_path):
     ids, mask = _ragged_batch(256, [16, 9], 16, seed=5)
     expected = _reference_logits(ref, ids, mask)[mask == 1]
     model = load_model(str(tmp_path), dtype="bf16")
-    leaf = model.layers[0].attn.q_nhd[...]
+    leaf = model.layers.q_lnhd[...]
     assert leaf.dtype == jnp.bfloat16
     got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)).astype(jnp.float32))[mask == 1]
     err = np.abs(got - expected).max()

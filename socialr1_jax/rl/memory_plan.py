@@ -122,7 +122,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
 
     from socialr1_jax.rl import train_step as ts
     from socialr1_jax.model.config import preset as get_preset
-    from socialr1_jax.model.build import shardings_for
+    from socialr1_jax.model.build import abstract_state
     from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
     from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
 
@@ -145,9 +145,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
 
     state = ts.abstract_train_state(cfg, optim, m)
     abatch = ts.abstract_batch(batch, prompt_len, completion_len, m)
-    _, abstract_params, pshard = shardings_for(cfg, m)
-    ref_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_params, pshard)
+    _, ref_params = abstract_state(cfg, m)
 
     state_bytes = tree_bytes_per_device(state)
     ref_bytes = tree_bytes_per_device(ref_params)

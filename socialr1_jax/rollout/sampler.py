@@ -39,7 +39,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.qwen3 import KVCache
-from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_BKSH, constrain,
+from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_LBKSH, constrain,
                                             param_shardings, TOKENS_BT)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a
@@ -221,16 +221,17 @@ def sample_step(key, logits_bv, temperature, top_p, *, greedy: bool, top_k: int,
 
 # -- the compiled program ----------------------------------------------------------------------
 
-def _head(h_bd, w_vd):
-    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype),
+def _head(h_bd, w_vd, precision):
+    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype), precision=precision,
                       preferred_element_type=jnp.float32)
 
 
 def _pin_cache(cache: KVCache) -> KVCache:
     """The cache with its rows over the batch shards and KV heads over 'tensor'."""
     return dataclasses.replace(
-        cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
-        v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+        cache, k_lbksh=constrain(cache.k_lbksh, CACHE_LBKSH),
+        v_lbksh=constrain(cache.v_lbksh, CACHE_LBKSH),
+        valid_bs=constrain(cache.valid_bs, TOKENS_BT))
 
 
 def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int):
@@ -267,6 +268,7 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     b, p = prompt_ids.shape
     n = plan.new_len
     w_vd = model.lm_head_weight()
+    head = partial(_head, w_vd=w_vd, precision=cfg.precision)
     choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                      top_k=plan.top_k, use_top_p=plan.use_top_p,
                      candidates=plan.top_p_candidates)
@@ -290,13 +292,11 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         last_bd, small = _prefill(model, prompt_ids[::g], prompt_mask[::g], small,
                                   plan.prefill_chunk)
         last_bd = jnp.repeat(last_bd, g, axis=0)
-        # Every per-row leaf (k, v, valid_bs, next_pos_b) is repeated; the shared index is not.
-        cache = _pin_cache(jax.tree.map(lambda x: jnp.repeat(x, g, axis=0) if x.ndim else x,
-                                        small))
+        cache = _pin_cache(small.repeat_rows(g))
     else:
         last_bd, cache = _prefill(model, prompt_ids, prompt_mask,
                                   _pin_cache(KVCache.zeros(cfg, b, p + n)), plan.prefill_chunk)
-    tok, logp = choose(jax.random.fold_in(key, 0), _head(last_bd, w_vd))
+    tok, logp = choose(jax.random.fold_in(key, 0), head(last_bd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.int32), TOKENS_BT))
@@ -310,7 +310,7 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         i, prev, done, cache, bufs = carry
         hidden, cache = model.hidden_states(prev[:, None], jnp.ones((b, 1), jnp.int32),
                                             cache=cache)
-        tok, logp = choose(jax.random.fold_in(key, i), _head(hidden[:, 0], w_vd))
+        tok, logp = choose(jax.random.fold_in(key, i), head(hidden[:, 0]))
         done, bufs = emit(i, tok, logp, done, bufs)
         return i + 1, tok, done, cache, bufs
 
