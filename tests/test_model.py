@@ -1,6 +1,7 @@
 """The Qwen3 model against transformers' Qwen3ForCausalLM, and the loader's refusals."""
 
 import json
+import re
 import os
 import shutil
 
@@ -44,6 +45,9 @@ def test_logits_match_transformers(tmp_path, tie, heads, kv_heads):
     ref = make_hf_checkpoint(tmp_path, tie=tie, heads=heads, kv_heads=kv_heads, seed=heads + tie)
     model = load_model(str(tmp_path))
     assert model.cfg.tie_word_embeddings == tie
+    # fp32 parity is taken at fp32's default matmul precision, 'highest' (on GPU/TPU 'default'
+    # would multiply in reduced precision; on CPU both are exact fp32).
+    assert model.cfg.resolved_matmul_precision == "highest"
     ids, mask = _ragged_batch(256, [12, 7, 1, 10], 12)
     expected = _reference_logits(ref, ids, mask)
     got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
@@ -66,6 +70,7 @@ def test_bf16_error_against_fp32_reference(tmp_path):
     ids, mask = _ragged_batch(256, [16, 9], 16, seed=5)
     expected = _reference_logits(ref, ids, mask)[mask == 1]
     model = load_model(str(tmp_path), dtype="bf16")
+    assert model.cfg.resolved_matmul_precision == "default"  # bf16's default
     leaf = model.layers.q_lnhd[...]
     assert leaf.dtype == jnp.bfloat16
     got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)).astype(jnp.float32))[mask == 1]
@@ -250,3 +255,50 @@ def test_missing_rope_theta_is_refused(tiny_hf, tmp_path):
         json.dump(hf, f)
     with pytest.raises(ValueError, match="rope_theta"):
         load_model(d)
+
+
+# ---- matmul precision: one config field reaches every matmul ------------------------------
+
+def _dot_precisions(text: str) -> list[str]:
+    """The precision of every dot_general in lowered StableHLO text."""
+    return re.findall(r"stablehlo\.dot_general .*?precision = \[(\w+), \w+\]", text)
+
+
+@pytest.mark.parametrize("dtype,field,want", [
+    ("float32", "", "HIGHEST"),   # the fp32 default: fp32 parity means something on GPU/TPU
+    ("bfloat16", "", "DEFAULT"),  # bf16 operands are exact at any precision
+    ("float32", "high", "HIGH"),  # an explicit choice wins
+])
+def test_every_matmul_uses_the_configured_precision(dtype, field, want):
+    """Forward, backward (remat, the hand-written MLP backward), chunked log-probs and the
+    sampler's program: every dot_general carries the config's precision."""
+    from flax import nnx
+
+    from socialr1_jax.model.build import abstract_state
+    from socialr1_jax.model.logprobs import completion_logprobs
+    from socialr1_jax.rollout import sampler as S
+
+    cfg = preset("tiny", param_dtype=dtype, dtype=dtype, remat="full", matmul_precision=field)
+    assert cfg.resolved_matmul_precision == want.lower()
+    graphdef, state = abstract_state(cfg)
+    ids = jnp.zeros((2, 8), jnp.int32)
+
+    def loss(st):
+        model = nnx.merge(graphdef, st)
+        logp = completion_logprobs(model, ids, ids, ids, ids, chunk=4)
+        return model(ids).astype(jnp.float32).sum() + logp.sum()
+
+    texts = [jax.jit(jax.grad(loss)).lower(state).as_text()]
+    plan = S._Plan(new_len=4, greedy=False, top_k=0, use_top_p=False, pad_id=0, prefill_chunk=8)
+    texts.append(S._generate.lower(
+        graphdef, state, ids, ids, jnp.ones(2, bool), jax.random.key(0), jnp.float32(1),
+        jnp.float32(1), jnp.asarray([-1], jnp.int32), jnp.int32(4), plan=plan).as_text())
+    for text in texts:
+        found = _dot_precisions(text)
+        assert text.count("stablehlo.dot_general") == len(found) > 10
+        assert set(found) == {want}, sorted(set(found))
+
+
+def test_matmul_precision_is_validated():
+    with pytest.raises(ValueError, match=r"matmul_precision='fastest'"):
+        preset("tiny", matmul_precision="fastest")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -298,14 +298,17 @@ class Qwen3(nnx.Module):
         return self.logits(hidden)
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None,
-                      cache: Optional[KVCache] = None, *, unroll: int | bool = 1):
+                      cache: Optional[KVCache] = None, *,
+                      layer_weights: Optional[Sequence[dict]] = None):
         """Final-norm hidden states [B, T, D], and the updated cache (None without one).
 
         attention_mask [B, T] (1 = token, 0 = pad); positions [B, T] default to the running count
         of real tokens (so left padding does not shift RoPE). With a cache, the chunk is written
         at slots [cache.index, cache.index + T) and attends to every valid slot before it.
-        unroll: `lax.scan`'s unroll of the loop over layers (True: straight-line code with
-        static weight slices; 1: one compiled layer).
+        layer_weights: `unstacked_layers()` taken once outside a loop that calls this many
+        times (the sampler's decode): the layers then run as straight-line code on those
+        arrays instead of a scan that slices the stacked weights on every call (see
+        `unstacked_layers`). With a cache only.
         """
         cfg = self.cfg
         b, t = input_ids.shape
@@ -317,7 +320,7 @@ class Qwen3(nnx.Module):
 
         x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
-        weights = self.layers.stacked()
+        weights = self.layers.stacked() if layer_weights is None else None
         if cache is None:
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
@@ -327,7 +330,7 @@ class Qwen3(nnx.Module):
 
             if cfg.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, weights, unroll=unroll)
+            x, _ = jax.lax.scan(body, x, weights)
             return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), None
 
         index = cache.index
@@ -336,18 +339,35 @@ class Qwen3(nnx.Module):
         query_slot_t = index + jnp.arange(t)
         mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
-        def cached_body(carry, xs):
-            x, kv = carry
-            w, layer = xs
-            return decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
-                                 index=index), None
+        kv = (cache.k_lbksh, cache.v_lbksh)
+        if layer_weights is not None:
+            for layer, w in enumerate(layer_weights):
+                x, kv = decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
+                                      index=index)
+        else:
+            def cached_body(carry, xs):
+                x, kv = carry
+                w, layer = xs
+                return decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
+                                     index=index), None
 
-        (x, (k_all, v_all)), _ = jax.lax.scan(
-            cached_body, (x, (cache.k_lbksh, cache.v_lbksh)),
-            (weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)), unroll=unroll)
+            (x, kv), _ = jax.lax.scan(cached_body, (x, kv),
+                                      (weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+        k_all, v_all = kv
         new_cache = KVCache(k_lbksh=k_all, v_lbksh=v_all, valid_bs=valid_bs, index=index + t,
                             next_pos_b=start_b + mask_bt.sum(axis=1).astype(jnp.int32))
         return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
+
+    def unstacked_layers(self) -> list[dict]:
+        """Each layer's weights as arrays of their own ({name: array}, one dict per layer).
+
+        Slicing a layer out of a stacked weight is a copy on XLA:CPU (and on GPU unless the
+        slice fuses into the matmul): a scan over the stacked weights inside the sampler's
+        decode loop would copy every weight on every step. Taken once before the loop, the
+        slices cost one copy of the layers' weights, held while the loop runs.
+        """
+        stacked = self.layers.stacked()
+        return [{name: w[i] for name, w in stacked.items()} for i in range(self.cfg.num_layers)]
 
     def logits(self, hidden_btd):
         """LM head on hidden states (tied: the embedding matrix)."""

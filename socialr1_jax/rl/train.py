@@ -78,7 +78,8 @@ def load_policy(cfg: TrainConfig, mesh):
     sec = cfg.model
     if sec.path:
         model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
-        mcfg = model.cfg.replace(remat=sec.remat, **({"dtype": sec.dtype} if sec.dtype else {}))
+        mcfg = model.cfg.replace(remat=sec.remat, matmul_precision=sec.matmul_precision,
+                                 **({"dtype": sec.dtype} if sec.dtype else {}))
         if mcfg != model.cfg:  # same parameters, different static settings
             model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
         return model

@@ -13,7 +13,7 @@ import os
 from typing import Optional
 
 from socialr1_jax.rl import grpo
-from socialr1_jax.model.config import ModelConfig, parse_dtype, preset
+from socialr1_jax.model.config import MATMUL_PRECISIONS, ModelConfig, parse_dtype, preset
 from socialr1_jax.yaml_config import load_yaml
 
 TASKS = ("toy", "social-r1")
@@ -25,8 +25,10 @@ class ModelSection:
     `preset` (a named random-initialised config, for demos and benchmarks).
 
     param_dtype / dtype: '' keeps the checkpoint's or preset's. remat: per-layer
-    rematerialisation in the train step ('none', 'full', 'dots'). vocab_size: a preset override
-    (0 keeps it), used by the toy task's small vocabulary.
+    rematerialisation in the train step ('none', 'full', 'dots'). matmul_precision: of every
+    matmul of the model ('default', 'high', 'highest'; '' = by dtype: 'highest' for fp32,
+    'default' for bf16). vocab_size: a preset override (0 keeps it), used by the toy task's
+    small vocabulary.
     """
 
     preset: str = "tiny"
@@ -34,12 +36,18 @@ class ModelSection:
     param_dtype: str = ""
     dtype: str = ""
     remat: str = "none"
+    matmul_precision: str = ""
     vocab_size: int = 0
     seed: int = 0
 
+    def __post_init__(self):
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"model.matmul_precision={self.matmul_precision!r}; expected one of "
+                             f"{MATMUL_PRECISIONS[1:]} or '' (by dtype)")
+
     def preset_config(self) -> ModelConfig:
         """The ModelConfig of the preset with this section's changes (no checkpoint involved)."""
-        changes = {"remat": self.remat}
+        changes = {"remat": self.remat, "matmul_precision": self.matmul_precision}
         if self.param_dtype:
             changes["param_dtype"] = self.param_dtype
         if self.dtype:

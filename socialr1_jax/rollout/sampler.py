@@ -81,6 +81,9 @@ class _Plan:
     prefill_chunk: int  # prompt tokens per prefill forward pass (divides the prompt length)
     top_p_candidates: int = TOP_P_CANDIDATES
     shared_prefill: int = 1  # rows i*n..i*n+n-1 share one prompt: prefill it once, copy the cache
+    # Decode over per-layer copies of the weights taken before the loop (Qwen3.unstacked_layers)
+    # instead of scanning the stacked weights, which copies each layer's slice every step.
+    unstack_layers: bool = True
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -309,11 +312,12 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     def body(carry):
         i, prev, done, cache, bufs = carry
         hidden, cache = model.hidden_states(prev[:, None], jnp.ones((b, 1), jnp.int32),
-                                            cache=cache)
+                                            cache=cache, layer_weights=layers)
         tok, logp = choose(jax.random.fold_in(key, i), head(hidden[:, 0]))
         done, bufs = emit(i, tok, logp, done, bufs)
         return i + 1, tok, done, cache, bufs
 
+    layers = model.unstacked_layers() if plan.unstack_layers else None
     carry = (jnp.int32(1), tok, done, cache, bufs)
     steps, _, _, _, bufs = jax.lax.while_loop(cond, body, carry)
     return bufs, steps
@@ -357,7 +361,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
            eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
            pad_id: int = 0, max_cache_len: Optional[int] = None,
-           bucket_shapes: bool = True, prefill_chunk: int = 512) -> SampleResult:
+           bucket_shapes: bool = True, prefill_chunk: int = 512,
+           unstack_layers: bool = True) -> SampleResult:
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
@@ -371,7 +376,10 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     pad_id fills the prompt padding and the completion after EOS; max_cache_len (default the
     model's max_position_embeddings) bounds prompt + max_new_tokens; bucket_shapes rounds the
     prompt and generation lengths up (`bucket`) so few programs are compiled; prefill_chunk
-    bounds how many prompt tokens one prefill pass attends with (memory of the scores).
+    bounds how many prompt tokens one prefill pass attends with (memory of the scores);
+    unstack_layers: decode over per-layer copies of the layers' weights taken once before the
+    decode loop (one extra copy of them held while sampling) rather than scanning the stacked
+    weights, whose per-layer slices XLA copies on every step (see Qwen3.unstacked_layers).
     Raises ValueError naming the value for bad arguments.
     """
     cfg = model.cfg
@@ -407,7 +415,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     plan = _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
                  use_top_p=top_p < 1.0, pad_id=int(pad_id),
                  prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
-                 shared_prefill=int(num_samples) if share else 1)
+                 shared_prefill=int(num_samples) if share else 1,
+                 unstack_layers=bool(unstack_layers))
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
     graphdef, state = nnx.split(model)
     args = [ids, mask, active]
