@@ -302,3 +302,24 @@ def test_every_matmul_uses_the_configured_precision(dtype, field, want):
 def test_matmul_precision_is_validated():
     with pytest.raises(ValueError, match=r"matmul_precision='fastest'"):
         preset("tiny", matmul_precision="fastest")
+
+
+def test_programs_do_not_grow_with_depth():
+    """Layers are stacked and scanned: the init program, the forward and the remat backward
+    lowered for 2 and for 36 layers have the same number of operations (only shapes differ),
+    so tracing, compiling and creating a model cost the same at any depth."""
+    from flax import nnx
+
+    from socialr1_jax.model.build import abstract_state, init_program
+
+    def sizes(layers):
+        cfg = preset("tiny", num_layers=layers, remat="full")
+        graphdef, state = abstract_state(cfg)
+        ids = jnp.zeros((2, 8), jnp.int32)
+        fwd_bwd = jax.jit(jax.grad(lambda s: nnx.merge(graphdef, s)(ids).sum()))
+        return [text.count("\n") for text in (init_program(cfg).lower().as_text(),
+                                              fwd_bwd.lower(state).as_text())]
+
+    shallow, deep = sizes(2), sizes(36)
+    assert shallow == deep, (shallow, deep)
+    assert min(shallow) > 50  # real programs, not empty ones
