@@ -173,7 +173,7 @@ def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
 
 
 def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision):
-    """Grouped-query attention of queries [B, T, N, H] over keys/values [B, K, S, H] -> [B, T, N*H]."""
+    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]."""
     b, t, n, h = q_btnh.shape
     kv_heads = k_bksh.shape[1]
     dt = q_btnh.dtype
@@ -283,7 +283,8 @@ class Qwen3(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
-        self.embed_vd = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
+        self.embed_vd = nnx.Param(
+            _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
         self.layers = Layers(cfg, rngs=rngs)
         self.final_norm_d = nnx.Param(jnp.ones((cfg.hidden_size,), pd))
         if not cfg.tie_word_embeddings:

@@ -403,9 +403,8 @@ def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
     if mesh is None:
         return MeshFunction(jax.jit(fn), None)
     two = batch_sharding(mesh, 2)
-    return MeshFunction(jax.jit(fn, in_shardings=(build.shardings_of(abstract), two, two, two, two),
-                                out_shardings=two),
-                        mesh)
+    in_shardings = (build.shardings_of(abstract), two, two, two, two)
+    return MeshFunction(jax.jit(fn, in_shardings=in_shardings, out_shardings=two), mesh)
 
 
 # -- several updates per rollout ---------------------------------------------------------------
