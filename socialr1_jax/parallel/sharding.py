@@ -31,6 +31,7 @@ BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel
 # the scan slices one layer locally and FSDP gathers just that layer.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"embed_vd$", P("tensor", "fsdp")),
+    (r"score_cd$", P(None, "fsdp")),  # the reward model's scalar head [1, hidden]
     (r"lm_head_vd$", P("tensor", "fsdp")),
     (r"layers/q_lnhd$", P(None, "tensor", None, "fsdp")),
     (r"layers/[kv]_lkhd$", P(None, "tensor", None, "fsdp")),
