@@ -143,8 +143,8 @@ def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None 
                       on_tensor=None) -> int:
     """Stream tensors into a safetensors file via `path.tmp`; returns the data bytes written.
 
-    Each source (in `specs` order) is either an array, or a list of (file, nbytes) whose bytes,
-    concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
+    Each source (in `specs` order) is either an array, or a list of (file, offset, nbytes) whose
+    bytes, concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
     The data section starts at a multiple of DATA_ALIGN (see `aligned_header`).
     """
     from socialr1_jax.checkpoint import stream as checkpoint_stream
@@ -164,11 +164,11 @@ def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None 
                                           f"expected {shape} {dtype}")
                 _write_fully(f, np.ascontiguousarray(src).reshape(-1).view(np.uint8).data)
             else:
-                if sum(n for _, n in src) != want:
+                if sum(n for _, _, n in src) != want:
                     raise CheckpointError(f"{path}: tensor {name}: source files hold "
-                                          f"{sum(n for _, n in src)} bytes, expected {want}")
-                for file, n in src:
-                    checkpoint_stream.copy_range(file, 0, n, f.fileno())
+                                          f"{sum(n for _, _, n in src)} bytes, expected {want}")
+                for file, offset, n in src:
+                    checkpoint_stream.copy_range(file, offset, n, f.fileno())
             total += want
             if on_tensor is not None:
                 on_tensor(name, want)

@@ -100,13 +100,13 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
     """
     import orbax.checkpoint as ocp
 
-    from socialr1_jax.checkpoint.stream import StreamedTensor, nest, streaming_registry
+    from socialr1_jax.checkpoint.stream import Part, StreamedTensor, nest, streaming_registry
 
     t0 = time.perf_counter()
     hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
     if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    _, st, table, target = plan(hf_dir, dtype)
+    cfg, st, table, target = plan(hf_dir, dtype)
     total = sum(int(np.prod(e.shape)) * target.itemsize for e in table)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="hf->orbax", disable=not progress,
                file=sys.stderr)
@@ -128,8 +128,16 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
         f = st.files[st.weight_map[entry.hf_name]]
         return f.path, f.data_start + f.header[entry.hf_name]["data_offsets"][0]
 
-    leaves = {e.path: StreamedTensor(e.shape, target, lambda e=e: produce(e), name=e.hf_name,
-                                     raw=raw(e), on_written=on_written) for e in table}
+    def leaf(param):
+        """One of our parameters; a stacked one written one HF tensor (layer) at a time."""
+        parts = [Part(e.hf_name, lambda e=e: produce(e), raw(e)) for e in param.entries]
+        if param.stacked:
+            return StreamedTensor(param.shape, target, name=param.path, layers=parts,
+                                  on_written=on_written)
+        return StreamedTensor(param.shape, target, parts[0].produce, name=parts[0].name,
+                              raw=parts[0].raw, on_written=on_written)
+
+    leaves = {path: leaf(param) for path, param in hf_layout.params(cfg).items()}
     try:
         with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
             # Raw zarr (no OCDBT, uncompressed): each chunk a file the kernel copies from the

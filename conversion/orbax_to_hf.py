@@ -64,18 +64,20 @@ def shard_names(n: int) -> list[str]:
 def _sources(stores, raw, entries, target):
     """Yield each tensor's source: its raw chunk files, or the array read through TensorStore
     (the next such read already under way)."""
-    reads = [i for i, e in enumerate(entries) if raw[e.path] is None]
+    reads = [i for i, e in enumerate(entries) if raw[e.hf_name] is None]
     pending = {}
 
     def start(k):
         if k < len(reads):
-            pending[reads[k]] = stores[entries[reads[k]].path][0].read()
+            e = entries[reads[k]]
+            store = stores[e.path][0]
+            pending[reads[k]] = (store[e.index] if e.index else store).read()
 
     start(0)
     k = 0
     for i, e in enumerate(entries):
-        if raw[e.path] is not None:
-            yield raw[e.path]
+        if raw[e.hf_name] is not None:
+            yield raw[e.hf_name]
             continue
         k += 1
         start(k)
@@ -87,7 +89,7 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
            dtype: str | None = None, overwrite: bool = False, progress: bool = True,
            fsync: bool = False) -> Summary:
     """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary."""
-    from socialr1_jax.checkpoint.stream import open_param_stores, raw_chunk_files
+    from socialr1_jax.checkpoint.stream import byte_ranges, open_param_stores, raw_chunk_files
 
     t0 = time.perf_counter()
     out = os.path.abspath(out)
@@ -125,8 +127,12 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
         bar.update(nbytes)
 
     ordered = [by_name[n] for g in groups for n in g]
-    raw = {e.path: raw_chunk_files(item_dir, stores[e.path][1].name, e.shape, target)
-           for e in table}
+    raw = {}  # HF name -> [(file, offset, nbytes)] holding its bytes, or None
+    for path, param in hf_layout.params(cfg).items():
+        chunks = raw_chunk_files(item_dir, stores[path][1].name, param.shape, target)
+        part = int(np.prod(param.entries[0].shape)) * target.itemsize
+        for k, e in enumerate(param.entries):
+            raw[e.hf_name] = None if chunks is None else byte_ranges(chunks, k * part, part)
     tensors = _sources(stores, raw, ordered, target)
     try:
         with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:

@@ -351,9 +351,9 @@ def test_converted_checkpoint_restores_with_plain_orbax(tmp_path, raw):
 
     def check(tree):
         flat = checkpoint_stream.flatten(tree)
-        assert sorted(flat) == sorted(e.path for e in table)
+        assert sorted(flat) == sorted({e.path for e in table})
         for e in table:
-            got, ref = np.asarray(flat[e.path]), src.get(e.hf_name)
+            got, ref = np.asarray(flat[e.path])[e.index], src.get(e.hf_name)
             assert got.dtype == ref.dtype and got.reshape(e.hf_shape).tobytes() == ref.tobytes()
 
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -361,3 +361,39 @@ def test_converted_checkpoint_restores_with_plain_orbax(tmp_path, raw):
     with ocp.CheckpointManager(str(ckpt)) as mgr:
         assert mgr.all_steps() == [0]
         check(mgr.restore(0, args=ocp.args.Composite(params=ocp.args.PyTreeRestore()))["params"])
+
+
+def test_stacked_parameters_are_copied_layer_by_layer(tmp_path, monkeypatch):
+    """A stacked parameter's raw chunks never straddle two layers: with 4 KB chunks each layer's
+    [128, 64] fp32 gate is 8 chunk files, whose bytes are exactly that layer's HF tensor; the
+    export copies them back (kernel-copied byte ranges) bitwise."""
+    monkeypatch.setattr(checkpoint_stream, "CHUNK_BYTES", 4096)
+    hf, ckpt, out = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "out"
+    _make(hf, seed=5)
+    hf_to_orbax.convert(str(hf), str(ckpt), progress=False)
+    params = ckpt / "0" / "params"
+    stores = checkpoint_stream.open_param_stores(str(params))
+    src = SafetensorsDir(str(hf))
+    cfg = read_config(str(ckpt))
+    for path in ("layers/gate_lfd", "layers/input_norm_ld"):
+        param = hf_layout.params(cfg)[path]
+        files = checkpoint_stream.raw_chunk_files(str(params), stores[path][1].name, param.shape,
+                                                  np.float32)
+        per_layer = {"layers/gate_lfd": 8, "layers/input_norm_ld": 1}[path]
+        assert files is not None and len(files) == cfg.num_layers * per_layer, path
+        part = 4 * int(np.prod(param.entries[0].shape))
+        for i, e in enumerate(param.entries):
+            ranges = checkpoint_stream.byte_ranges(files, i * part, part)
+            assert len(ranges) == per_layer and all(off == 0 for _, off, _ in ranges)
+            data = b"".join(open(f, "rb").read()[o:o + n] for f, o, n in ranges)
+            assert data == src.get(e.hf_name).tobytes(), e.hf_name
+    orbax_to_hf.export(str(ckpt), str(out), max_shard_size="40KB", progress=False)
+    assert _tensors(out) == _tensors(hf)
+
+
+def test_byte_ranges_cross_chunk_files():
+    """A range over concatenated files is cut at file boundaries (offsets inside the files)."""
+    files = [("a", 10), ("b", 10), ("c", 5)]
+    assert checkpoint_stream.byte_ranges(files, 0, 25) == [("a", 0, 10), ("b", 0, 10), ("c", 0, 5)]
+    assert checkpoint_stream.byte_ranges(files, 7, 6) == [("a", 7, 3), ("b", 0, 3)]
+    assert checkpoint_stream.byte_ranges(files, 20, 5) == [("c", 0, 5)]

@@ -50,7 +50,7 @@ class Param:
 
     def describe(self) -> str:
         """Its HF name(s) for messages: 'model.layers.{0..35}.mlp.gate_proj.weight'."""
-        if not self.stacked:
+        if not self.stacked or len(self.entries) == 1:
             return self.entries[0].hf_name
         first = self.entries[0].hf_name.split(".", 3)  # model, layers, 0, rest
         return f"model.layers.{{0..{len(self.entries) - 1}}}.{first[3]}"
