@@ -3,6 +3,8 @@
 
     python benchmarks/compile_bench.py [--skip init4b,train4b,real] [--real-preset qwen3-0.6b]
         [--out benchmarks/results/compile_bench]
+    python benchmarks/compile_bench.py --table BEFORE.json AFTER.json [AFTER2.json ...]
+        [--out benchmarks/results/compile_bench]      # Markdown table of saved runs
 
 - init4b: `create_model`'s jitted init of the qwen3-4b preset (fp32, as `create_model(preset(
   "qwen3-4b"))` builds it) with its out_shardings on a 1x8x1 mesh, lowered and compiled
@@ -103,12 +105,57 @@ def bench_real(name: str) -> dict:
     return out
 
 
+def table(paths: list[str]) -> str:
+    """Saved runs (JSON files of this script) side by side as a Markdown table."""
+    runs = []
+    for p in paths:
+        with open(p) as f:
+            runs.append((p, json.load(f)))
+    rows = [
+        ("4B init (fp32, 1x8x1): lower + compile s", lambda r: r["init4b"]["total_s"]),
+        ("4B init: compiled HLO lines", lambda r: r["init4b"]["compiled_hlo_lines"]),
+        ("4B train step: lower + compile s", lambda r: r["train4b"]["programs"]["train step"][
+            "lower_plus_compile_s"]),
+        ("4B log-prob forward: lower + compile s", lambda r: r["train4b"]["programs"][
+            "log-prob forward"]["lower_plus_compile_s"]),
+        ("4B train step temporaries GB", lambda r: r["train4b"]["programs"]["train step"][
+            "temporaries_gb"]),
+        ("4B log-prob forward temporaries GB", lambda r: r["train4b"]["programs"][
+            "log-prob forward"]["temporaries_gb"]),
+        ("4B step peak per device GB", lambda r: r["train4b"]["peak_gb"]),
+        ("0.6B create_model s (1 device)", lambda r: r["real"]["create_model_s (1 device)"]),
+        ("0.6B create_model s (mesh 1x8x1)", lambda r: r["real"]["create_model_s (mesh 1x8x1)"]),
+        ("0.6B first forward 8x64 s", lambda r: r["real"]["first_forward_8x64_s (compile + run)"]),
+        ("1-min load average at start / end", lambda r: f"{r['load_avg_start']:.1f} / "
+                                                       f"{r['load_avg_end']:.1f}"),
+    ]
+    head = "| | " + " | ".join(os.path.basename(p) for p, _ in runs) + " |"
+    lines = [head, "|---" * (len(runs) + 1) + "|"]
+    for name, get in rows:
+        cells = []
+        for _, r in runs:
+            try:
+                cells.append(str(get(r)))
+            except KeyError:
+                cells.append("-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip", default="", help="comma-separated: init4b,train4b,real")
     ap.add_argument("--real-preset", default="qwen3-0.6b")
-    ap.add_argument("--out", default=None, help="write OUT.json")
+    ap.add_argument("--out", default=None, help="write OUT.json (with --table: OUT.md)")
+    ap.add_argument("--table", nargs="+", default=None, help="saved runs to tabulate, in order")
     args = ap.parse_args(argv)
+    if args.table:
+        text = table(args.table)
+        print(text)
+        if args.out:
+            with open(args.out + ".md", "w") as f:
+                f.write(f"# Compile and init times (`benchmarks/compile_bench.py`)\n\n{text}\n")
+        return 0
     skip = set(filter(None, args.skip.split(",")))
 
     import jax
