@@ -22,9 +22,11 @@ max(train step + reference weights, reference forward + train state).
 
 The numbers come from XLA's CPU compiler (with its memory-optimised scheduler, see
 MEMORY_SCHEDULER_FLAG), whose choices differ from the TPU/GPU compilers': it keeps fp32 copies
-of bf16 matmul operands, reduces gradients with full-size all-reduces (no reduce-scatter), and
-without a micro-batch loop it still schedules rematerialised layers early. Its temporaries are
-therefore upper estimates for an accelerator; arguments (the sharded state) are exact.
+of bf16 matmul operands (of a device's whole stacked weight shard, converted before the layer
+scan) and reduces gradients with full-size all-reduces (no reduce-scatter). Its temporaries are
+therefore upper estimates for an accelerator; arguments (the sharded state) are exact. The
+layers are one scan (docs/model.md), so a plan compiles in seconds to tens of seconds whatever
+the depth; `compile_s` is lowering plus compiling.
 """
 
 from __future__ import annotations
