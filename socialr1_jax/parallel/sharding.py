@@ -47,7 +47,6 @@ ACT_BTNH = P(BATCH, None, "tensor", None)   # per-head q / k / v
 ACT_BTF = P(BATCH, None, "tensor")    # MLP hidden
 LOGITS_BTV = P(BATCH, None, "tensor")
 TOKENS_BT = P(BATCH, None)
-CACHE_BKSH = P(BATCH, "tensor", None, None)       # one layer's keys or values
 CACHE_LBKSH = P(None, BATCH, "tensor", None, None)  # every layer's (KVCache.k_lbksh)
 
 

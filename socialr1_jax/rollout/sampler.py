@@ -10,13 +10,16 @@ group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted 
    n samples of a prompt share one prefill whose cache is copied n times (when the rows are
    whole groups that split evenly over the mesh),
 3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
-   soon as every row has emitted one of the EOS ids.
+   soon as every row has emitted one of the EOS ids; the step runs the layers as straight-line
+   code on per-layer copies of the weights taken once before the loop (`unstack_layers`; a
+   scan over the stacked weights would copy each layer's slice on every step), and writes the
+   [L, B, K, S, H] cache in place.
 
 Shapes are bucketed (prompt length and generation length rounded up to a few sizes, see
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
 length compiles a handful of programs. With a mesh the batch is split over ('data', 'fsdp')
 (padded with inactive dummy rows to a multiple of the shard count) and the cache is pinned with
-`CACHE_BKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
+`CACHE_LBKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
 sharding.
 
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
