@@ -35,6 +35,7 @@ from socialr1_jax import load_model, preset, sample  # noqa: E402
 from socialr1_jax.rl import grpo  # noqa: E402
 from socialr1_jax.rl import train_step as ts  # noqa: E402
 from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig  # noqa: E402
+import torch_grpo  # noqa: E402
 from bench_common import git_commit, wait_for_quiet  # noqa: E402
 
 PROMPTS, GROUP, PROMPT_LEN, NEW = 2, 4, 64, 64
@@ -60,60 +61,14 @@ def make_checkpoint(directory: str):
 
 
 def torch_update(model, batch: dict, repeats: int, *, all_positions: bool = False):
-    """The same GRPO loss (clipped ratio, dual clip, k3 KL, token-mean) and AdamW step in torch.
-
-    The head runs on the completion positions only (transformers' `logits_to_keep` with their
-    indices), as ours does; `all_positions=True` is the old, unfair baseline that also ran the
-    151,936-wide head forward and backward over the prompt. Returns (wall time of each update
-    after one warm-up update, the loss of the warm-up update).
-    """
+    """The same GRPO loss and AdamW step in torch (`torch_grpo`): (seconds of each update after
+    one warm-up update, the warm-up update's loss). `all_positions=True` is the old, unfair
+    baseline that also ran the 151,936-wide head forward and backward over the prompt."""
     import torch
 
     torch.set_num_threads(2)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=0.01)
-    t = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
-    ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1).long()
-    attn = torch.cat([t["prompt_mask"], t["completion_mask"]], 1).long()
-    p = t["prompt_ids"].shape[1]
-
-    def one():
-        opt.zero_grad(set_to_none=True)
-        loss = torch_loss(model, ids, attn, p, t, all_positions=all_positions)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.detach().item()
-
-    first_loss = one()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        one()
-        times.append(time.perf_counter() - t0)
-    return times, first_loss
-
-
-def torch_loss(model, ids, attn, p: int, t: dict, *, all_positions: bool = False):
-    """The GRPO loss in torch; logits only at positions p-1 .. T-2 (those that predict the
-    completion tokens) unless `all_positions`."""
-    import torch
-
-    if all_positions:
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, p - 1:-1]
-    else:
-        keep = torch.arange(p - 1, ids.shape[1] - 1)
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
-    logits = logits.float()
-    mask = t["completion_mask"].float()
-    adv = t["advantages"].float()[:, None]
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, p:, None])[..., 0]
-    ratio = torch.exp(torch.clamp(logp - t["old_logp"], -20, 20))
-    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2))
-    pg = torch.where(adv < 0, torch.minimum(pg, -adv * 3.0), pg)
-    d = torch.clamp(t["ref_logp"] - logp, -20, 20)
-    kl = torch.clamp(torch.exp(d) - d - 1, -10, 10)
-    return ((pg + BETA * kl) * mask).sum() / mask.sum()
+    return torch_grpo.time_updates(model, torch_grpo.as_tensors(batch), repeats, beta=BETA,
+                                   lr=LR, all_positions=all_positions)
 
 
 def torch_loss_both_ways(model, batch: dict) -> tuple[float, float]:
@@ -121,12 +76,9 @@ def torch_loss_both_ways(model, batch: dict) -> tuple[float, float]:
     every position (checks that `logits_to_keep` changes nothing)."""
     import torch
 
-    t = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
-    ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1).long()
-    attn = torch.cat([t["prompt_mask"], t["completion_mask"]], 1).long()
-    p = t["prompt_ids"].shape[1]
+    t = torch_grpo.as_tensors(batch)
     with torch.no_grad():
-        return tuple(float(torch_loss(model, ids, attn, p, t, all_positions=a))
+        return tuple(float(torch_grpo.grpo_loss(model, t, beta=BETA, all_positions=a))
                      for a in (False, True))
 
 
