@@ -136,8 +136,12 @@ def run_child(task: str, src: str, dst: str, *, cold: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
-    """A random bf16 HF checkpoint of cfg's shapes in two shards; returns its tensor bytes."""
+def make_source(cfg, hf_dir: str, seed: int = 0, norm_value: float | None = None) -> int:
+    """A random bf16 HF checkpoint of cfg's shapes in two shards; returns its tensor bytes.
+
+    Every tensor is N(0, 0.02) values; with `norm_value`, the RMSNorm scales are that constant
+    instead (as a freshly initialised transformers model has them: 1).
+    """
     import ml_dtypes
     import numpy as np
     from tqdm import tqdm
@@ -168,6 +172,11 @@ def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
         for e in entries:
             n = int(np.prod(e.hf_shape))
             out = np.empty(n, bf16)
+            if norm_value is not None and "norm" in e.hf_name:
+                out[:] = norm_value
+                bar.update(n * 2)
+                yield out.reshape(e.hf_shape)
+                continue
             for start in range(0, n, 1 << 24):
                 k = min(1 << 24, n - start)
                 off = int(rng.integers(0, pool.size - k + 1))
