@@ -13,7 +13,9 @@ import torch
 from conversion import hf_to_orbax, orbax_to_hf, parse_size
 from socialr1_jax import load_model
 from socialr1_jax.checkpoint import stream as checkpoint_stream
-from socialr1_jax.checkpoint.orbax_io import is_orbax_checkpoint, list_steps, load_model_from_orbax
+from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.checkpoint.orbax_io import (is_orbax_checkpoint, list_steps, load_model_from_orbax,
+                                              read_config)
 from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, SafetensorsDir, SafetensorsFile
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.parallel.sharding import make_mesh
@@ -333,3 +335,29 @@ def test_command_line_entry_points(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"orbax_to_hf: {n} tensors" in r.stdout
     assert _tensors(tmp_path / "o") == _tensors(hf)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_converted_checkpoint_restores_with_plain_orbax(tmp_path, raw):
+    """What the streaming writer saves is an ordinary Orbax item: PyTreeCheckpointer and a bare
+    CheckpointManager restore it (numpy arrays) with the safetensors' exact values."""
+    import orbax.checkpoint as ocp
+
+    hf, ckpt = tmp_path / "hf", tmp_path / "ckpt"
+    _make(hf, dtype="bfloat16", tie=False, shard="30KB", seed=12)
+    hf_to_orbax.convert(str(hf), str(ckpt), progress=False, raw_copy=raw)
+    src = SafetensorsDir(str(hf))
+    table = hf_layout.layout(read_config(str(ckpt)))
+
+    def check(tree):
+        flat = checkpoint_stream.flatten(tree)
+        assert sorted(flat) == sorted(e.path for e in table)
+        for e in table:
+            got, ref = np.asarray(flat[e.path]), src.get(e.hf_name)
+            assert got.dtype == ref.dtype and got.reshape(e.hf_shape).tobytes() == ref.tobytes()
+
+    with ocp.PyTreeCheckpointer() as ckptr:
+        check(ckptr.restore(str(ckpt / "0" / "params")))
+    with ocp.CheckpointManager(str(ckpt)) as mgr:
+        assert mgr.all_steps() == [0]
+        check(mgr.restore(0, args=ocp.args.Composite(params=ocp.args.PyTreeRestore()))["params"])

@@ -31,14 +31,8 @@ import jax
 import numpy as np
 import tensorstore as ts
 from etils import epath
-from orbax.checkpoint._src.futures import future
-from orbax.checkpoint._src.metadata import tree as tree_metadata
-from orbax.checkpoint._src.path import format_utils
-from orbax.checkpoint._src.serialization import ocdbt_utils
-from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
-from orbax.checkpoint._src.serialization import type_handler_registry as registry_lib
-from orbax.checkpoint._src.serialization import type_handlers
-from orbax.checkpoint._src.serialization import types as ser_types
+from orbax.checkpoint import future as ocp_future
+from orbax.checkpoint import type_handlers as ocp_types
 
 from socialr1_jax.model.config import parse_dtype
 from socialr1_jax.checkpoint.errors import CheckpointError
@@ -149,7 +143,7 @@ class _ByteBudget:
             self.cond.notify_all()
 
 
-class StreamingHandler(type_handlers.NumpyHandler):
+class StreamingHandler(ocp_types.NumpyHandler):
     """Writes `StreamedTensor` leaves by the raw or the array path (see the module docstring).
 
     The first error (a bad read, a shape mismatch) stops it and surfaces from the Orbax save.
@@ -177,10 +171,12 @@ class StreamingHandler(type_handlers.NumpyHandler):
         if jax.process_count() > 1:
             raise RuntimeError("StreamedTensor checkpoints are written by one process (the "
                                "converters); multi-process training saves jax.Arrays instead")
-        args = args or [ser_types.SaveArgs()] * len(values)
-        ser_types.check_input_arguments(values, infos, args)
-        type_handlers.check_array_values(values, infos)
-        return [future.CommitFutureAwaitingContractedSignals(
+        args = args or [ocp_types.SaveArgs()] * len(values)
+        ocp_types.check_input_arguments(values, infos, args)
+        for leaf in values:
+            if leaf.size == 0:
+                raise CheckpointError(f"tensor {leaf.name}: cannot save an array of zero size")
+        return [ocp_future.CommitFutureAwaitingContractedSignals(
             self._write_all(values, infos, args), name="socialr1_streamed_params")]
 
     async def _write_one(self, spec, context, arr, leaf, budget):
@@ -202,11 +198,11 @@ class StreamingHandler(type_handlers.NumpyHandler):
                 await info.await_path_creation()
                 if arg.chunk_byte_size is None:
                     arg = dataclasses.replace(arg, chunk_byte_size=CHUNK_BYTES)
-                spec = ts_utils.build_array_write_spec(
-                    info=info, arg=arg, global_shape=leaf.shape, local_shape=leaf.shape,
-                    dtype=leaf.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
-                    process_index=ocdbt_utils.get_process_index_for_subdir(
-                        use_ocdbt=info.is_ocdbt_checkpoint)).json
+                # One process writes (checked above): OCDBT's per-process subdirectory is 0's.
+                ocdbt = bool(info.is_ocdbt_checkpoint)
+                spec = ocp_types.get_json_tspec_write(
+                    info, use_ocdbt=ocdbt, global_shape=leaf.shape, local_shape=leaf.shape,
+                    dtype=leaf.dtype, process_index=0 if ocdbt else None, arg=arg)
                 context = self._nosync_context(info)
                 if leaf.raw is not None and _raw_spec(spec):
                     chunks = row_chunks(leaf.shape, leaf.dtype.itemsize)
@@ -241,8 +237,8 @@ class StreamingHandler(type_handlers.NumpyHandler):
 
 def streaming_registry(max_inflight_bytes: int = 1 << 30):
     """A TypeHandlerRegistry that saves StreamedTensor leaves (and jax.Arrays as usual)."""
-    return registry_lib.create_type_handler_registry(
-        (jax.Array, registry_lib.GLOBAL_TYPE_HANDLER_REGISTRY.get(jax.Array)),
+    return ocp_types.create_type_handler_registry(
+        (jax.Array, ocp_types.get_type_handler(jax.Array)),
         (StreamedTensor, StreamingHandler(max_inflight_bytes)),
     )
 
@@ -271,24 +267,24 @@ def item_metadata(item_dir: str) -> tuple[dict, bool]:
     if not os.path.exists(os.path.join(item_dir, "_METADATA")):
         raise CheckpointError(f"{item_dir}: not an Orbax pytree item (no _METADATA)")
     meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
-    tree = meta.tree if isinstance(meta, tree_metadata.TreeMetadata) else meta
+    tree = getattr(meta, "tree", meta)  # a TreeMetadata (Orbax >= 0.11) or the tree itself
     return flatten(tree), bool(getattr(meta, "use_zarr3", False))
 
 
 def open_param_stores(item_dir: str) -> dict[str, tuple[ts.TensorStore, object]]:
     """{path: (TensorStore, ArrayMetadata)} for every array of a saved item; nothing read yet."""
     flat, use_zarr3 = item_metadata(item_dir)
-    use_ocdbt = format_utils.is_ocdbt_checkpoint(epath.Path(item_dir))
-    context = ts_utils.get_ts_context(use_ocdbt=use_ocdbt)
+    use_ocdbt = bool(ocp_types.is_ocdbt_checkpoint(epath.Path(item_dir)))
+    context = ocp_types.get_ts_context(use_ocdbt=use_ocdbt)
 
     async def open_all():
         opens = []
         for meta in flat.values():
-            info = ser_types.ParamInfo(name=meta.name, parent_dir=epath.Path(item_dir),
+            info = ocp_types.ParamInfo(name=meta.name, parent_dir=epath.Path(item_dir),
                                        is_ocdbt_checkpoint=use_ocdbt, use_zarr3=use_zarr3,
                                        ts_context=context)
-            spec = ts_utils.build_array_read_spec(info, use_ocdbt=use_ocdbt)
-            opens.append(ts.open(ts.Spec(spec.json), open=True, context=context))
+            spec = ocp_types.get_json_tspec_read(info, use_ocdbt=use_ocdbt)
+            opens.append(ts.open(ts.Spec(spec), open=True, context=context))
         return await asyncio.gather(*opens)
 
     stores = asyncio.run(open_all())
