@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import time
+
+
+def median_time(fn, repeats: int, *, warmup: bool = False) -> tuple[float, list[float]]:
+    """(median, all) wall seconds of `repeats` calls of fn(), after one untimed call if
+    `warmup`. fn must wait for its own results (block_until_ready, synchronize)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
 
 
 def wait_for_quiet(max_load: float | None, wait_s: float = 1800.0) -> float:

@@ -25,6 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [ROOT, os.path.dirname(HERE), HERE]
 
+from bench_common import median_time  # noqa: E402
+
 # The shapes of issue 13: Qwen3-4B, 8 prompts x 5 samples, 128-token prompts, 256 new tokens;
 # the GRPO step 512 + 2048 tokens. --tiny: the same code on the 'tiny' preset.
 SHAPES = {
@@ -41,15 +43,6 @@ def _write(work: str, name: str, result: dict) -> None:
     with open(os.path.join(work, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result)[:2000], flush=True)
-
-
-def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def stage_env(a) -> dict:
@@ -79,7 +72,7 @@ def stage_env(a) -> dict:
     x = jax.random.normal(jax.random.key(0), (s["bw_elems"],), jnp.float32)
     add = jax.jit(lambda x: x + 1.0)  # reads and writes every element once
     add(x).block_until_ready()
-    t, _ = _median_time(lambda: add(x).block_until_ready(), 20)
+    t, _ = median_time(lambda: add(x).block_until_ready(), 20)
     out["copy_GBps"] = 2 * x.nbytes / t / 1e9
     out["copy_array_bytes"] = x.nbytes
     n = s["mm"]
@@ -87,7 +80,7 @@ def stage_env(a) -> dict:
     p, q = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in (k1, k2))
     mm = jax.jit(lambda p, q: p @ q)
     mm(p, q).block_until_ready()
-    t, _ = _median_time(lambda: mm(p, q).block_until_ready(), 20)
+    t, _ = median_time(lambda: mm(p, q).block_until_ready(), 20)
     out["matmul_bf16_TFLOPs"] = 2 * n ** 3 / t / 1e12
     out["matmul_shape"] = n
     return out
@@ -185,18 +178,18 @@ def stage_decode(a) -> dict:
     run(new, GROUP)  # the first call in this process: compiles prefill + decode loop
     out["first_call_s"] = time.perf_counter() - t0
     reps = a.repeats
-    g_new, g_runs = _median_time(lambda: run(new, GROUP, seed=1), reps)
+    g_new, g_runs = median_time(lambda: run(new, GROUP, seed=1), reps)
     run(1, GROUP)
-    g_one, _ = _median_time(lambda: run(1, GROUP, seed=2), reps)
+    g_one, _ = median_time(lambda: run(1, GROUP, seed=2), reps)
     rows = PROMPTS * GROUP
     out["group"] = {"rows": rows, "s": g_new, "runs_s": g_runs, "prefill_plus_1_s": g_one,
                     "tok_s": rows * new / g_new, "step_ms": 1e3 * (g_new - g_one) / (new - 1)}
     t0 = time.perf_counter()
     run(new, 1, rows=1)
     out["b1_first_call_s"] = time.perf_counter() - t0
-    b_new, b_runs = _median_time(lambda: run(new, 1, seed=3, rows=1), reps)
+    b_new, b_runs = median_time(lambda: run(new, 1, seed=3, rows=1), reps)
     run(1, 1, rows=1)
-    b_one, _ = _median_time(lambda: run(1, 1, seed=4, rows=1), reps)
+    b_one, _ = median_time(lambda: run(1, 1, seed=4, rows=1), reps)
     out["b1"] = {"s": b_new, "runs_s": b_runs, "prefill_plus_1_s": b_one, "tok_s": new / b_new,
                  "step_ms": 1e3 * (b_new - b_one) / (new - 1)}
     if a.profile:
