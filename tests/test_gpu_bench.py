@@ -77,11 +77,13 @@ def test_forward_flops_equal_a_count_from_the_parameters_and_causal_pairs():
     cfg = preset("tiny")
     rows, p, c = 3, 5, 4
     t = p + c
-    # Every parameter with two or more axes is a matmul weight applied once per token, except
-    # the embedding, which is a lookup in the layers and the head's weight at the c positions.
-    leaves = jax.tree_util.tree_leaves(nnx.state(abstract_model(cfg)))
-    weights = sum(int(np.prod(x.shape)) for x in leaves if len(x.shape) >= 2)
-    embed = cfg.vocab_size * cfg.hidden_size
+    # Every parameter but the norm scales is a matmul weight applied once per token, except
+    # the (tied) embedding: a lookup in the layers and the head's weight at the c positions.
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(abstract_model(cfg)))
+    sizes = {jax.tree_util.keystr(path): int(np.prod(x.shape)) for path, x in leaves}
+    weights = sum(n for name, n in sizes.items() if "norm" not in name)
+    embed = sum(n for name, n in sizes.items() if "embed" in name)
+    assert cfg.tie_word_embeddings and embed == cfg.vocab_size * cfg.hidden_size
     pairs = sum(q + 1 for q in range(t))  # query q attends to keys 0..q
     by_hand = rows * (2 * (weights - embed) * t + 2 * embed * c
                       + cfg.num_layers * cfg.num_heads * pairs * 2 * (2 * cfg.head_dim))

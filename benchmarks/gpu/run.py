@@ -211,6 +211,9 @@ def main(argv=None) -> int:
     def stage(name, cap, reserve=0.0, extra=(), flags="", preallocate=True, poll=False):
         if not wanted(name):
             return None, ""
+        stale = os.path.join(work, name + ".json")
+        if os.path.exists(stale) and name != "ckpt":  # never report an older run's numbers
+            os.remove(stale)
         cmd = base + [name.split(".")[0], "--work", work] + tiny + list(extra)
         return r.run(name, cmd, stage_env(flags, preallocate), cap, reserve, poll_gpu=poll)
 

@@ -174,6 +174,8 @@ def stage_decode(a) -> dict:
     prompts = rng.integers(2, min(cfg.vocab_size, 151643), (PROMPTS, s["prompt"])).tolist()
     run = _sample_fn(model, prompts)
 
+    save = lambda: _write(a.work, f"decode.{a.arm}", out)  # noqa: E731  after each part,
+    # so a stage stopped at its time cap still leaves what it measured.
     t0 = time.perf_counter()
     run(new, GROUP)  # the first call in this process: compiles prefill + decode loop
     out["first_call_s"] = time.perf_counter() - t0
@@ -184,6 +186,7 @@ def stage_decode(a) -> dict:
     rows = PROMPTS * GROUP
     out["group"] = {"rows": rows, "s": g_new, "runs_s": g_runs, "prefill_plus_1_s": g_one,
                     "tok_s": rows * new / g_new, "step_ms": 1e3 * (g_new - g_one) / (new - 1)}
+    save()
     t0 = time.perf_counter()
     run(new, 1, rows=1)
     out["b1_first_call_s"] = time.perf_counter() - t0
@@ -192,13 +195,15 @@ def stage_decode(a) -> dict:
     b_one, _ = median_time(lambda: run(1, 1, seed=4, rows=1), reps)
     out["b1"] = {"s": b_new, "runs_s": b_runs, "prefill_plus_1_s": b_one, "tok_s": new / b_new,
                  "step_ms": 1e3 * (b_new - b_one) / (new - 1)}
+    save()
     if a.profile:
         steps = s["profile_steps"]
-        for tag, kw in (("group", {"samples": GROUP}), ("b1", {"samples": 1, "rows": 1})):
+        for tag, kw in (("b1", {"samples": 1, "rows": 1}), ("group", {"samples": GROUP})):
             try:
                 out[f"profile_{tag}"] = _profile(run, a.work, f"{a.arm}_{tag}", steps, **kw)
             except Exception as e:  # noqa: BLE001  the timings above stand without it
                 out[f"profile_{tag}"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            save()
     if a.hf:
         out["greedy"] = _greedy_agreement(a, run, prompts, new)
     stats = jax.devices()[0].memory_stats() or {}
