@@ -5,7 +5,9 @@
 
 One CPU device (both cores), fp32, the bench-100m shapes (hidden 512, vocabulary 151,936,
 8 layers, 4 KV heads of 64, MLP 1536). Each number is the median of --repeats calls of a jitted
-function after one warm-up call (compilation excluded), with its output blocked on.
+function after one warm-up call (compilation excluded), with its output blocked on; the variants of one
+comparison are timed round-robin (one call of each in turn), so load changes on this shared
+machine hit them alike.
 
 1. The LM head, [B, 512] x [151936, 512]^T as the sampler writes it (fp32 accumulate), at B = 1
    and 8 (a decode step) and 512 (the GRPO update's 8 rows x 64 positions), and the variants
@@ -63,17 +65,23 @@ XLA_VARIANTS = {
 }
 
 
-def timeit(fn, *args, repeats: int) -> float:
-    """Median seconds of fn(*args) after one warm-up call."""
+def interleaved(cases: dict, repeats: int) -> dict:
+    """Median seconds of each case's call, {name: (fn, args)}, timed round-robin.
+
+    One warm-up call each, then `repeats` rounds that call every case once in turn, so a change
+    of load on this shared machine hits all of them alike; each result is blocked on.
+    """
     import jax
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn, args in cases.values():
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (fn, args) in cases.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def head_times(repeats: int, *, variants: bool) -> dict:
@@ -110,12 +118,12 @@ def head_times(repeats: int, *, variants: bool) -> dict:
                    out_shardings=NamedSharding(mesh, P(None, "v")))}
         args = {"default": jax.device_put(w_vd, jax.devices()[0]),
                 "2 CPU devices, vocabulary split over them": w_sharded}
-    out = {}
-    for name, fn in fns.items():
-        out[name] = {}
-        for b in HEAD_ROWS:
-            h = jnp.asarray(rng.standard_normal((b, D), np.float32))
-            out[name][b] = 1e3 * timeit(fn, h, args[name], repeats=repeats)
+    out = {name: {} for name in fns}
+    for b in HEAD_ROWS:
+        h = jnp.asarray(rng.standard_normal((b, D), np.float32))
+        got = interleaved({name: (fn, (h, args[name])) for name, fn in fns.items()}, repeats)
+        for name, t in got.items():
+            out[name][str(b)] = 1e3 * t  # str keys: the same after a JSON round trip
     return out
 
 
@@ -132,8 +140,8 @@ def exp_rates(repeats: int) -> dict:
         return m[:, 0] + jnp.log(jnp.sum(jnp.exp(z - m), axis=-1))
 
     n = x.size / 1e9
-    return {"exp_G_per_s": n / timeit(jax.jit(jnp.exp), x, repeats=repeats),
-            "logsumexp_G_per_s": n / timeit(jax.jit(lse), x, repeats=repeats)}
+    t = interleaved({"exp": (jax.jit(jnp.exp), (x,)), "lse": (jax.jit(lse), (x,))}, repeats)
+    return {"exp_G_per_s": n / t["exp"], "logsumexp_G_per_s": n / t["lse"]}
 
 
 def attention_times(repeats: int) -> dict:
@@ -172,12 +180,12 @@ def attention_times(repeats: int) -> dict:
         "cache [B,K,S,H], fused-reduce attention (the model's)": (reduce_attn, k_bksh, v_bksh),
     }
     ref = np.asarray(reduce_attn(q, k_bksh, v_bksh, mask))
-    out = {}
+    timed = {}
     for name, (fn, k, v) in cases.items():
         fn = jax.jit(fn)
         np.testing.assert_allclose(np.asarray(fn(q, k, v, mask)), ref, rtol=1e-4, atol=1e-5)
-        out[name] = 1e3 * timeit(fn, q, k, v, mask, repeats=repeats)
-    return out
+        timed[name] = (fn, (q, k, v, mask))
+    return {name: 1e3 * t for name, t in interleaved(timed, repeats).items()}
 
 
 def mlp_backward_times(repeats: int) -> dict:
@@ -197,12 +205,12 @@ def mlp_backward_times(repeats: int) -> dict:
         return jnp.einsum("btf,df->btd", jax.nn.silu(jnp.einsum("btd,fd->btf", x, wg))
                           * jnp.einsum("btd,fd->btf", x, wu), wd)
 
-    out = {}
+    cases = {}
     for name, f in (("autodiff of the plain formula", plain),
                     ("swiglu_mlp, hand-written backward (the model's)", swiglu_mlp)):
         grad = jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2, 3)))
-        out[name] = 1e3 * timeit(grad, x, wg, wu, wd, repeats=repeats)
-    return out
+        cases[name] = (grad, (x, wg, wu, wd))
+    return {name: 1e3 * t for name, t in interleaved(cases, repeats).items()}
 
 
 def child_head(flags: str, repeats: int) -> dict:
@@ -271,7 +279,8 @@ def render(r: dict) -> str:
     it in the same process."""
     lines = [f"# XLA:CPU micro-benchmarks (bench-100m shapes, fp32, 1 CPU device of "
              f"{r['cpus']} cores; jax {r['jax']}, commit {r['commit']})", "",
-             f"Median of {r['repeats']} calls after a warm-up call. Load average (1 min) "
+             f"Median of {r['repeats']} calls after a warm-up call, variants timed round-robin. "
+             "Load average (1 min) "
              f"{r['load_avg_start']:.2f} at start, {r['load_avg_end']:.2f} at end "
              "(a shared machine).", "",
              "## LM head: [B, 512] x [151936, 512]^T, ms (ratio to the default in the same "
@@ -281,7 +290,7 @@ def render(r: dict) -> str:
     base = r["head_ms"]["default"]
     for name, t in r["head_ms"].items():
         lines.append(f"| {name} |" + "".join(
-            f" {t[b]:.2f} ({t[b] / base[b]:.2f}x) |" for b in HEAD_ROWS))
+            f" {t[str(b)]:.2f} ({t[str(b)] / base[str(b)]:.2f}x) |" for b in HEAD_ROWS))
     for name, t in r["head_ms_xla_options"].items():
         if "error" in t:
             lines.append(f"| {name} (`{t['flags']}`) | refused: {t['error']} |")
@@ -291,7 +300,7 @@ def render(r: dict) -> str:
         own = t[key[0]] if key else d
         lines.append(f"| {name} (`{t['flags']}`) |" + "".join(
             f" {own[str(b)]:.2f} ({own[str(b)] / d[str(b)]:.2f}x) |" if key else
-            f" {d[str(b)]:.2f} ({d[str(b)] / base[b]:.2f}x of this process's default) |"
+            f" {d[str(b)]:.2f} ({d[str(b)] / base[str(b)]:.2f}x of this process's default) |"
             for b in HEAD_ROWS))
     e = r["exp"]
     a = r["attention_ms_per_layer"]
@@ -308,7 +317,11 @@ def render(r: dict) -> str:
               "x 64", "", "| formulation | ms per layer |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in a.items()]
     saving = LAYERS * (old - new)
-    lines += ["", f"Old (cache [B,S,K,H] transposed each step, einsum attention) minus the model's: "
+    lines += ["", f"Transposing a [B,S,K,H] cache each step costs {a[names[0]] - a[names[1]]:.3f} ms "
+              f"per layer with einsum attention and {a[names[2]] - a[names[3]]:.3f} ms with "
+              f"fused reduces. On the [B,K,S,H] cache, fused reduces take "
+              f"{a[names[3]] / a[names[1]]:.2f}x the einsums' time.", "",
+              f"Old (cache [B,S,K,H] transposed each step, einsum attention) minus the model's: "
               f"{old - new:.3f} ms per layer, {saving:.2f} ms per decode step over {LAYERS} "
               "layers" + (f", {100 * saving / r['sampler_b8_step_ms']:.1f}% of the "
                           f"{r['sampler_b8_step_ms']:.1f} ms B=8 step in sampler_bench.json."
