@@ -232,8 +232,10 @@ def main(argv=None) -> int:
         child(*a.child)
         return 0
 
+    from bench_common import git_commit
     from socialr1_jax.model.config import preset
 
+    load_start = os.getloadavg()[0]
     cfg = preset(a.preset, param_dtype="bfloat16", dtype="bfloat16")
     work = os.path.abspath(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -298,7 +300,9 @@ def main(argv=None) -> int:
               "warm (input cached in 2 MB folios, see warm())",
               "repeats": a.repeats, "round_trip_bitwise_tensors": checked, "rows": rows,
               "targets": {"time_ratio_vs_copy": TIME_RATIO_TARGET, "peak_rss_gb": RSS_TARGET_GB},
-              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+              "commit": git_commit(), "load_avg_start": load_start,
+              "load_avg_end": os.getloadavg()[0]}
     stem = "convert_bench" if a.preset == "qwen3-4b" else f"convert_bench.{a.preset}"
     stem += ".cold" if a.cold else ""
     res_dir = os.path.join(ROOT, "benchmarks", "results")
@@ -316,7 +320,9 @@ def main(argv=None) -> int:
                 f"peak RSS = VmHWM minus "
                 f"RSS after imports; 'wall + fsync' also waits until the output files are on disk. "
                 f"Round trip verified bitwise on {checked} tensors.\n"
-                f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB.\n\n"
+                f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB. Load average "
+                f"(1 min) {load_start:.2f} at start, {result['load_avg_end']:.2f} at end; "
+                f"commit {result['commit']}.\n\n"
                 f"{table}\n\nCommand: `python benchmarks/convert_bench.py --preset {a.preset} "
                 f"--repeats {a.repeats}{' --cold' if a.cold else ''}`\n")
     return 0
