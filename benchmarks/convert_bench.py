@@ -283,13 +283,16 @@ def main(argv=None) -> int:
                      "peak_rss_above_baseline_gb": round(rss[k] / 1e9, 3),
                      "throughput_gb_s": round(nbytes / med[k] / 1e9, 3),
                      "meets_time": k == "copy" or ratio <= TIME_RATIO_TARGET,
+                     "meets_time_with_fsync": (k == "copy"
+                                               or dur[k] / dur["copy"] <= TIME_RATIO_TARGET),
                      "meets_rss": rss[k] / 1e9 <= RSS_TARGET_GB})
     head = (f"| task | wall s (median of {a.repeats}) | x copy | wall + fsync of output s | x copy "
-            "| peak RSS above baseline (GB) | GB/s | targets met |")
+            "| peak RSS above baseline (GB) | GB/s | targets met (wall / with fsync) |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ok = "-" if row["task"] == "copy" else (
-            "yes" if row["meets_time"] and row["meets_rss"] else "NO")
+        ok = "-" if row["task"] == "copy" else " / ".join(
+            "yes" if t and row["meets_rss"] else "NO"
+            for t in (row["meets_time"], row["meets_time_with_fsync"]))
         lines.append(f"| {row['task']} | {row['wall_s_median']:.2f} | {row['ratio_vs_copy']:.2f} | "
                      f"{row['with_fsync_s_median']:.2f} | {row['with_fsync_ratio_vs_copy']:.2f} | "
                      f"{row['peak_rss_above_baseline_gb']:.3f} | {row['throughput_gb_s']:.2f} | {ok} |")
