@@ -143,7 +143,7 @@ def test_training_learns_held_out_preferences_and_exports(base, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["data.trian=x"], "unknown config key(s) ['data.trian']"),
+    (["data.trian=x"], "unknown config key data.trian (did you mean data.train?)"),
     (["model.path=/no/such/ckpt"], "model.path: /no/such/ckpt is not a checkpoint directory"),
     (["data.train=/no/pairs.jsonl"], "data.train: /no/pairs.jsonl does not exist"),
     (["data.prompt_template='{story} {answer} {reasoning}'"], "placeholder(s) ['{answer}']"),
