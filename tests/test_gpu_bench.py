@@ -91,15 +91,14 @@ def test_forward_flops_equal_a_count_from_the_parameters_and_causal_pairs():
     assert flops.update_flops(cfg, rows, p, c) == 3 * by_hand
 
 
-def test_train_lines_are_parsed(capsys):
-    """The trainer's per-step line carries the phase times the GPU script reads."""
+def test_train_phases_are_timed_and_parsed(capsys):
+    """train_phases.py runs the trainer's main with its phases timed; run.py reads them."""
     import run as gpu_run
+    import train_phases
 
-    from socialr1_jax.rl import train
-
-    assert train.main(["run.steps=2", "run.progress=false"]) == 0
+    assert train_phases.main(["run.steps=2", "run.progress=false", "run.out_dir="]) == 0
     steps = gpu_run.parse_train(capsys.readouterr().out)
     assert [s["step"] for s in steps] == [0, 1]
     for s in steps:
-        assert s["rollout_s"] > 0 and s["ref_s"] > 0 and s["update_s"] > 0
-        assert s["response_len"] > 0
+        assert 0 < s["sample_s"] < s["rollout_s"] and s["update_s"] > 0
+        assert s["ref_and_scoring_s"] == pytest.approx(s["rollout_s"] - s["sample_s"])

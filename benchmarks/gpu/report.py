@@ -131,7 +131,7 @@ def init_section(res: dict, lines: list[str]) -> None:
 def train_section(res: dict, lines: list[str]) -> None:
     t, env = res["train"], res.get("env") or {}
     tu = res.get("torch_update")
-    lines += ["## One GRPO step through `python -m socialr1_jax.train`", "",
+    lines += ["## One GRPO step through `socialr1_jax.train`'s main", "",
               f"{t['rows']} sequences (8 prompts x 5 samples), {t['prompt_len']} + "
               f"{t['completion_len']} tokens" + (
                   " (tiny check)" if res["tiny"] else " (the recipe's 512 + 2048)"
@@ -151,9 +151,10 @@ def train_section(res: dict, lines: list[str]) -> None:
     mm = env.get("matmul_bf16_TFLOPs")
     mfu = f_upd / s["update_s"] / 1e12
     lines += ["| phase | step 0 (compiles) s | step 1 s | model TFLOP/s |", "|---|---|---|---|",
-              f"| rollout | {steps[0]['rollout_s']:.2f} | {s['rollout_s']:.2f} | |",
-              f"| reference log-probs | {steps[0]['ref_s']:.2f} | {s['ref_s']:.2f} | "
-              f"{f_ref / s['ref_s'] / 1e12:.3g} |",
+              f"| rollout (sampling) | {steps[0]['sample_s']:.2f} | {s['sample_s']:.2f} | |",
+              f"| reference log-probs (+ scoring, advantages) | "
+              f"{steps[0]['ref_and_scoring_s']:.2f} | {s['ref_and_scoring_s']:.2f} | "
+              f"{f_ref / s['ref_and_scoring_s'] / 1e12:.3g} |",
               f"| update | {steps[0]['update_s']:.2f} | {s['update_s']:.2f} | {mfu:.3g} |", "",
               f"Update model FLOP utilisation: {mfu:.3g} TFLOP/s = "
               f"{100 * mfu / H200_BF16_DENSE_TFLOPS:.3g}% of the H200's {H200_BF16_DENSE_TFLOPS:.0f}"
@@ -162,8 +163,8 @@ def train_section(res: dict, lines: list[str]) -> None:
                                                   f"{env['matmul_shape']}^3 bf16 matmul in this run"
                                                   if mm else "")
               + f". Model FLOPs per update {f_upd:.3e} (benchmarks/gpu/flops.py: 3x the "
-              "forward; remat's recomputation not counted). Mean response length "
-              f"{s['response_len']:.0f}.", ""]
+              "forward; remat's recomputation not counted). Phases timed by "
+              "benchmarks/gpu/train_phases.py around the trainer's own calls.", ""]
     peak = next((x.get("peak_gpu_mib_nvidia_smi") for x in res["stages"]
                  if x["stage"] == "train"), None)
     if peak:

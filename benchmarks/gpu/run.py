@@ -51,8 +51,7 @@ ARMS = {  # name: XLA_FLAGS added for the decode A/B
     "cmdbuf_off": "--xla_gpu_enable_command_buffer=",
 }
 COMPLETION_CHOICES = (2048, 1536, 1024, 512, 256)
-TRAIN_LINE = re.compile(r"step\s+(\d+) reward (\S+) loss (\S+).* len (\S+) "
-                        r"t ([\d.]+)/([\d.]+)/([\d.]+)s")
+TRAIN_LINE = re.compile(r"^PHASES (\{.*\})$", re.M)
 
 
 class Runner:
@@ -164,14 +163,8 @@ def choose_completion(decode: dict | None, env: dict | None, train_budget_s: flo
 
 
 def parse_train(text: str) -> list[dict]:
-    """The per-step lines of `python -m socialr1_jax.train`: timings and a few metrics."""
-    steps = []
-    for m in TRAIN_LINE.finditer(text):
-        steps.append({"step": int(m.group(1)), "reward": float(m.group(2)),
-                      "loss": float(m.group(3)), "response_len": float(m.group(4)),
-                      "rollout_s": float(m.group(5)), "ref_s": float(m.group(6)),
-                      "update_s": float(m.group(7))})
-    return steps
+    """The per-step phase times that train_phases.py prints."""
+    return [json.loads(m.group(1)) for m in TRAIN_LINE.finditer(text)]
 
 
 def main(argv=None) -> int:
@@ -228,7 +221,7 @@ def main(argv=None) -> int:
     completion = 16 if a.tiny else choose_completion(_load(work, "decode.default"),
                                                      _load(work, "env"), train_budget)
     config = os.path.join(ROOT, "configs", "socialr1_qwen3_4b.yaml")
-    train_cmd = [py, "-m", "socialr1_jax.train", "--config", config,
+    train_cmd = [py, os.path.join(HERE, "train_phases.py"), "--config", config,
                  f"model.path={os.path.join(work, 'ckpt')}", "mesh.fsdp=1", "run.task=toy",
                  "run.steps=2", "run.out_dir=", "run.progress=false", "run.save_every=0",
                  f"toy.prompt_len={prompt_len}", f"rollout.max_prompt_len={prompt_len}",
