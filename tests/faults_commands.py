@@ -1,0 +1,241 @@
+"""Fault scenarios of generate, memory_plan and the library calls: every bad input, checked
+before the model loads, and generate's --out on a read-only or full filesystem (run by
+tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.fault_tools import GEN, PLAN, PY, Env, error_line, exit2, in_tmpfs, run, scenario
+
+
+# -- generate: every check before the model loads (the model given is the NaN one, whose loading
+#    would fail with a different message), --out before sampling.
+
+def _gen_refused(env, *args, model=None) -> str:
+    r = run(GEN, "--model", model or env.nan_hf, "--prompt", "Where is the ball?", *args)
+    line = error_line(env, r)
+    assert "NaN" not in line, "the model was loaded before the argument was checked"
+    return f"exit 2, before the model loads: `{line}`"
+
+
+@scenario("gen_model_missing")
+def _(env):
+    return ("`generate --model /nonexistent`", _gen_refused(env, model=env.path("nowhere")), "-")
+
+
+@scenario("gen_model_not_ckpt")
+def _(env):
+    d = env.fresh("not_ckpt")
+    return ("`generate --model` a folder that is no checkpoint", _gen_refused(env, model=d), "-")
+
+
+@scenario("gen_model_layers")
+def _(env):
+    d = env.fresh("gen_layers")
+    shutil.copytree(env.nan_hf, d + "/m")
+    cfg = json.load(open(d + "/m/config.json"))
+    cfg["num_hidden_layers"] = -1
+    json.dump(cfg, open(d + "/m/config.json", "w"))
+    return ("`generate --model` whose config.json has `num_hidden_layers: -1`",
+            _gen_refused(env, model=d + "/m"), "-")
+
+
+@scenario("gen_mesh_abc")
+def _(env):
+    return "`generate --mesh abc`", _gen_refused(env, "--mesh", "abc"), "-"
+
+
+@scenario("gen_mesh_devices")
+def _(env):
+    return ("`generate --mesh 1x3x1` on 8 devices", _gen_refused(env, "--mesh", "1x3x1"), "-")
+
+
+@scenario("gen_host_devices")
+def _(env):
+    return "`generate --host-devices -1`", _gen_refused(env, "--host-devices", "-1"), "-"
+
+
+@scenario("gen_max_new_float")
+def _(env):
+    return "`generate --max-new-tokens 2.7`", _gen_refused(env, "--max-new-tokens", "2.7"), "-"
+
+
+@scenario("gen_max_new_zero")
+def _(env):
+    return "`generate --max-new-tokens 0`", _gen_refused(env, "--max-new-tokens", "0"), "-"
+
+
+@scenario("gen_temperature")
+def _(env):
+    return "`generate --temperature -1`", _gen_refused(env, "--temperature", "-1"), "-"
+
+
+@scenario("gen_top_p")
+def _(env):
+    return "`generate --top-p 1.5`", _gen_refused(env, "--top-p", "1.5"), "-"
+
+
+@scenario("gen_dtype")
+def _(env):
+    return "`generate --dtype fp8`", _gen_refused(env, "--dtype", "fp8"), "-"
+
+
+@scenario("gen_out_missing_dir")
+def _(env):
+    out = env.path("no_such_folder") + "/out.jsonl"
+    return ("`generate --out` in a folder that does not exist", _gen_refused(env, "--out", out),
+            "nothing sampled to be lost")
+
+
+@scenario("gen_out_is_dir")
+def _(env):
+    d = env.fresh("gen_out_dir")
+    return ("`generate --out` an existing folder", _gen_refused(env, "--out", d),
+            "folder untouched")
+
+
+@scenario("gen_prompts_missing")
+def _(env):
+    r = run(GEN, "--model", env.nan_hf, "--prompts-file", env.path("nope.jsonl"))
+    line = error_line(env, r)
+    assert "NaN" not in line
+    return ("`generate --prompts-file` that does not exist",
+            f"exit 2, before the model loads: `{line}`", "-")
+
+
+@scenario("gen_prompts_bad_line")
+def _(env):
+    p = env.path("bad.jsonl")
+    with open(p, "w") as f:
+        f.write('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
+    r = run(GEN, "--model", env.nan_hf, "--prompts-file", p)
+    line = error_line(env, r)
+    assert "NaN" not in line and "bad.jsonl:2" in line
+    return ("`generate --prompts-file` with a bad line",
+            f"exit 2, before the model loads: `{line}`", "prompts file unchanged")
+
+
+@scenario("gen_nan_weights")
+def _(env):
+    line = exit2(env, run(GEN, "--model", env.nan_hf, "--prompt", "hi"))
+    assert Env.NAN_TENSOR in line and "[3, 5]" in line
+    return "`generate --model` with a NaN weight", line, "-"
+
+
+# -- memory_plan: checked before anything compiles.
+
+@scenario("plan_mesh")
+def _(env):
+    return "`memory_plan --mesh abc`", exit2(env, run(PLAN, "--preset", "tiny", "--mesh", "abc")), "-"
+
+
+@scenario("plan_devices")
+def _(env):
+    return ("`memory_plan --devices 0`",
+            exit2(env, run(PLAN, "--preset", "tiny", "--devices", "0")), "-")
+
+
+@scenario("plan_micro_batch")
+def _(env):
+    return ("`memory_plan --micro-batch 7` (batch 40 on 8 shards)",
+            exit2(env, run(PLAN, "--preset", "tiny", "--micro-batch", "7")), "-")
+
+
+@scenario("plan_preset")
+def _(env):
+    return ("`memory_plan --preset qwen9`", exit2(env, run(PLAN, "--preset", "qwen9")), "-")
+
+
+# -- Library calls (in this process): the same rules, as ValueErrors naming the value.
+
+def _lib_error(fn) -> str:
+    with pytest.raises(ValueError) as e:
+        fn()
+    return f"ValueError: `{e.value}`"
+
+
+def _with_model(env):
+    from socialr1_jax import load_model
+
+    if not hasattr(env, "_model"):
+        env._model = load_model(env.hf)
+    return env._model
+
+
+@scenario("lib_sample_text")
+def _(env):
+    from socialr1_jax import sample
+
+    m = _with_model(env)
+    return ('`sample(model, ["Where is the ball?"])` (text, not token ids)',
+            _lib_error(lambda: sample(m, ["Where is the ball?"], max_new_tokens=4)), "-")
+
+
+@scenario("lib_max_new_float")
+def _(env):
+    from socialr1_jax import sample
+
+    m = _with_model(env)
+    return ("`sample(..., max_new_tokens=2.7)`",
+            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=2.7)), "-")
+
+
+@scenario("lib_token_float")
+def _(env):
+    from socialr1_jax import sample
+
+    m = _with_model(env)
+    return ("`sample(model, [[5, 1.7]], ...)` (a non-integer token id)",
+            _lib_error(lambda: sample(m, [[5, 1.7]], max_new_tokens=4)), "-")
+
+
+@scenario("lib_prefill_chunk")
+def _(env):
+    from socialr1_jax import sample
+
+    m = _with_model(env)
+    return ("`sample(..., prefill_chunk=0)`",
+            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=4, prefill_chunk=0)), "-")
+
+
+@scenario("lib_load_nan")
+def _(env):
+    from socialr1_jax import load_model
+
+    msg = _lib_error(lambda: load_model(env.nan_ckpt))
+    m = load_model(env.nan_ckpt, allow_nonfinite=True)  # the debugging escape still loads it
+    assert np.isnan(np.asarray(m.layers[1].mlp.up_fd[...])).any()
+    return "`load_model` of a checkpoint with a NaN weight", env.norm(msg), "-"
+
+
+@scenario("gen_out_readonly", slow=True)
+def _(env):
+    mnt = env.fresh("gen_ro")
+    p, files = in_tmpfs(env, mnt, "64k", "true",
+                        [PY, "-m", GEN, "--model", env.nan_hf, "--prompt", "hi", "--out",
+                         mnt + "/out.jsonl"], readonly=True)
+    line = error_line(env, p)
+    assert "NaN" not in line and files == {}
+    return ("`generate --out` on a read-only filesystem",
+            f"exit 2, before the model loads: `{line}`", "nothing sampled to be lost")
+
+
+@scenario("gen_out_full", slow=True)
+def _(env):
+    mnt = env.fresh("gen_full")
+    p, files = in_tmpfs(env, mnt, "16k", f"dd if=/dev/zero of='{mnt}/fill' bs=1k count=64 "
+                        "2>/dev/null || true",
+                        [PY, "-m", GEN, "--model", env.hf, "--prompt", "Where is the ball?",
+                         "--temperature", "0", "--max-new-tokens", "6", "--num-samples", "2",
+                         "--out", mnt + "/out.jsonl"])
+    line = error_line(env, p)
+    rows = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(rows) == 2 and all(len(r["completion_ids"]) == 6 for r in rows), p.stdout
+    assert set(files) == {"fill"}  # no partial out.jsonl
+    return ("`generate --out` on a filesystem that fills up while sampling",
+            f"exit 2: `{line}`", "the completions, as JSONL on stdout")
