@@ -1,0 +1,378 @@
+"""Accuracy of a model on a multiple-choice ToM benchmark, through the training sampler.
+
+    python -m socialr1_jax.evaluate --model PATH --benchmark tombench --data DIR \\
+        [--limit N] [--num-samples k --temperature T] [--mesh 1x8x1] [--out report.json]
+
+`run(model, tokenizer, rows, config=EvalConfig(...))` is the library entry (the trainer's
+periodic evaluation): the rows become chat prompts (`prompts.build_prompts`), the prompts are
+generated in batches by `rollout.sampler.sample` (the trainer's jitted sampler; greedy unless a
+temperature is given), and each completion's answer is read with the reward's rules
+(`answers.extract_answer`: the first capital letter after `<Answer>`). The report holds accuracy
+overall and per dimension / ability / task; with k > 1 samples per question also pass@k (some
+sample right) and majority vote (the most frequent parsed letter; ties go to the letter that came
+first); the number of completions with no parsable answer; tokens generated and tokens/s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from socialr1_jax import cli
+from socialr1_jax.social.answers import extract_answer, format_ok
+from socialr1_jax.social.data import DataError, MCQRow
+from socialr1_jax.social.prompts import PromptConfig, PromptSet, build_prompts
+
+__all__ = ["EvalConfig", "format_table", "main", "majority", "metrics", "run", "score_row",
+           "summarize"]
+
+GROUPS = ("dimension", "ability", "task")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Generation settings of an evaluation (greedy, one sample per question by default).
+
+    num_samples k > 1 needs temperature > 0 (greedy samples would be identical). batch_size:
+    questions per sampler call (each sampled k times).
+    """
+
+    batch_size: int = 16
+    max_new_tokens: int = 1024
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    prompt: PromptConfig = PromptConfig()
+
+    def __post_init__(self):
+        for key in ("batch_size", "max_new_tokens", "num_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"eval.{key}={getattr(self, key)} must be >= 1")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"eval.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(f"eval.num_samples={self.num_samples} needs a temperature > 0: "
+                             "greedy samples of one prompt are identical")
+
+
+def majority(answers: Sequence[Optional[str]]) -> Optional[str]:
+    """The most frequent parsed answer (None ignored); ties go to the one that came first."""
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return None
+    top = max(votes.values())
+    return next(a for a in answers if a is not None and votes[a] == top)
+
+
+def score_row(row: MCQRow, completions: Sequence[str]) -> dict:
+    """One question's record: the answers read from its completions and whether each is right."""
+    answers = [extract_answer(c) for c in completions]
+    return {"id": row.id, "dimension": row.dimension, "ability": row.ability, "task": row.task,
+            "gold": row.gold, "answers": answers, "correct": [a == row.gold for a in answers],
+            "vote": majority(answers), "format_ok": [format_ok(c) for c in completions],
+            "completions": list(completions)}
+
+
+def summarize(records: Sequence[dict], k: int) -> dict:
+    """Accuracy (mean over samples), unparsable and format counts; pass@k and majority if k > 1."""
+    n = len(records)
+    out = {"n": n,
+           "accuracy": float(np.mean([np.mean(r["correct"]) for r in records])) if n else 0.0,
+           "unparsable": sum(a is None for r in records for a in r["answers"]),
+           "format_ok": sum(sum(r["format_ok"]) for r in records)}
+    if k > 1:
+        out["pass_at_k"] = float(np.mean([any(r["correct"]) for r in records])) if n else 0.0
+        out["majority"] = float(np.mean([r["vote"] == r["gold"] for r in records])) if n else 0.0
+    return out
+
+
+def metrics(records: Sequence[dict], k: int) -> dict:
+    """Overall and per-group (dimension, ability, task) summaries of question records."""
+    out = {"overall": summarize(records, k)}
+    for g in GROUPS:
+        keys = sorted({r[g] for r in records if r[g]})
+        if keys:
+            out[f"by_{g}"] = {key: summarize([r for r in records if r[g] == key], k)
+                              for key in keys}
+    return out
+
+
+_compile_seconds = [0.0]
+
+
+def _on_event(name, secs, **_):
+    if name.startswith("/jax/core/compile/"):
+        _compile_seconds[0] += secs
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    """A sampling seed per batch, distinct across (seed, batch) pairs."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, batch]).generate_state(1)[0] >> 1)
+
+
+def _decode(tokenizer, ids: np.ndarray, eos: set[int]) -> str:
+    ids = ids.tolist()
+    if ids and ids[-1] in eos:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig = EvalConfig(),
+        eos_ids: Optional[Sequence[int]] = None, pad_id: Optional[int] = None, mesh=None,
+        name: str = "eval", progress: Optional[bool] = None,
+        on_batch: Optional[Callable[[list[dict]], None]] = None,
+        sample_fn: Optional[Callable] = None) -> dict:
+    """Evaluate `model` on `dataset` (rows, dicts or a built PromptSet); returns the report.
+
+    eos_ids / pad_id: default the tokenizer's EOS and pad. Prompts that would not leave
+    `max_new_tokens` in the model's context are dropped or refused like any too-long prompt.
+    progress: a bar over batches (None: only on a terminal). on_batch: called with each batch's
+    question records as soon as they are scored (to stream them to disk). sample_fn: the sampler
+    (default `rollout.sampler.sample`; tests pass a fake with its signature).
+    """
+    import jax
+    from tqdm import tqdm
+
+    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.rollout.sampler import sample
+
+    cfg = config
+    sample_fn = sample_fn or sample
+    eos = [int(e) for e in (eos_ids if eos_ids is not None else
+                            [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
+    pad = int(pad_id) if pad_id is not None else tk.pad_id(tokenizer, eos)
+    context = int(model.cfg.max_position_embeddings) - cfg.max_new_tokens
+    if context < 1:
+        raise DataError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
+                        f"model's {model.cfg.max_position_embeddings} positions")
+    limit = min(cfg.prompt.max_prompt_tokens, context)
+    if isinstance(dataset, PromptSet):
+        ps = dataset.limited(limit, cfg.prompt.on_too_long)
+    else:
+        ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
+    if not len(ps):
+        raise DataError(f"no prompt fits in {limit} tokens ({len(ps.dropped)} dropped as too long)")
+
+    k = cfg.num_samples
+    by_length = sorted(range(len(ps)), key=lambda i: -len(ps.ids[i]))  # longest first: fail early
+    batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(ps), cfg.batch_size)]
+    width = min(cfg.batch_size, len(ps))
+    stops = set(eos)
+    records: list[Optional[dict]] = [None] * len(ps)
+    tokens_out = 0
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    compile0 = _compile_seconds[0]
+    start = time.perf_counter()
+    try:
+        bar = tqdm(batches, desc=name, unit="batch", file=sys.stderr,
+                   disable=(not sys.stderr.isatty()) if progress is None else not progress)
+        for b, batch in enumerate(bar):
+            # A short last batch repeats its last prompt: one compiled shape for every batch.
+            prompts = [ps.ids[i] for i in batch] + [ps.ids[batch[-1]]] * (width - len(batch))
+            res = sample_fn(model, prompts, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            num_samples=k, eos_ids=eos, seed=_batch_seed(cfg.seed, b),
+                            mesh=mesh, pad_id=pad)
+            tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+            done = []
+            for j, i in enumerate(batch):
+                rows = range(j * k, (j + 1) * k)
+                comps = [_decode(tokenizer, tokens[r, :lengths[r]], stops) for r in rows]
+                tokens_out += int(sum(lengths[r] for r in rows))
+                records[i] = score_row(ps.rows[i], comps) | {"option_order": list(ps.orders[i])}
+                done.append(records[i])
+            if on_batch is not None:
+                on_batch(done)
+            if not bar.disable:
+                bar.set_postfix(acc=f"{np.mean([np.mean(r['correct']) for r in records if r]):.3f}")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(_on_event)
+    wall = time.perf_counter() - start
+    compiling = min(_compile_seconds[0] - compile0, wall)
+    return {"benchmark": name, "questions": len(ps), "dropped_too_long": len(ps.dropped),
+            "dropped_ids": [d[0] for d in ps.dropped], "max_prompt_tokens": limit,
+            "num_samples": k, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "top_k": cfg.top_k, "max_new_tokens": cfg.max_new_tokens,
+            "shuffle_options": cfg.prompt.shuffle, "seed": cfg.seed,
+            "completions": len(ps) * k, "prompt_tokens": sum(len(i) for i in ps.ids),
+            "generated_tokens": tokens_out,
+            "wall_seconds": wall, "compile_seconds": compiling,
+            "tokens_per_second": tokens_out / max(wall - compiling, 1e-9),
+            **metrics(records, k), "predictions": records}
+
+
+def format_table(report: dict) -> str:
+    """The report as a readable table: overall, then per dimension, ability and task."""
+    k = report["num_samples"]
+    cols = ["n", "accuracy"] + (["pass_at_k", "majority"] if k > 1 else []) + ["unparsable"]
+    heads = {"n": "n", "accuracy": "acc" if k == 1 else f"mean@{k}", "pass_at_k": f"pass@{k}",
+             "majority": f"maj@{k}", "unparsable": "unparsable"}
+    lines = []
+
+    def section(title, items):
+        width = max([len(title)] + [len(key) for key, _ in items])
+        lines.append(f"{title:<{width}}  " + "  ".join(f"{heads[c]:>10}" for c in cols))
+        for key, m in items:
+            cells = [f"{m[c]:>10d}" if isinstance(m[c], int) else f"{100 * m[c]:>9.1f}%"
+                     for c in cols]
+            lines.append(f"{key:<{width}}  " + "  ".join(cells))
+        lines.append("")
+
+    section(report["benchmark"], [("overall", report["overall"])])
+    for g in GROUPS:
+        if f"by_{g}" in report:
+            section(g, list(report[f"by_{g}"].items()))
+    lines.append(f"{report['questions']} question(s) x {k} sample(s), "
+                 f"{report['dropped_too_long']} dropped as longer than "
+                 f"{report['max_prompt_tokens']} tokens; {report['prompt_tokens']} prompt and "
+                 f"{report['generated_tokens']} generated tokens in "
+                 f"{report['wall_seconds']:.1f} s ({report['compile_seconds']:.1f} s compiling) = "
+                 f"{report['tokens_per_second']:.1f} generated tokens/s")
+    return "\n".join(lines)
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    """The command line (see the module docstring and `--help`)."""
+    from socialr1_jax.social.benchmarks import BENCHMARKS
+
+    ap = cli.ArgumentParser(prog="python -m socialr1_jax.evaluate",
+                            description="Accuracy of a Qwen3 checkpoint on a multiple-choice "
+                                        "Theory-of-Mind benchmark.")
+    ap.add_argument("--model", required=True, help="HF checkpoint directory or Orbax checkpoint")
+    ap.add_argument("--benchmark", required=True, help=" | ".join(BENCHMARKS))
+    ap.add_argument("--data", default=None,
+                    help="data file / folder / hub name (default: the benchmark's own, if any)")
+    ap.add_argument("--split", default=None, help="split of a hub data set")
+    ap.add_argument("--language", default=None, help="ToMBench: en (default) or zh")
+    ap.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
+                    help="column mapping (tombench-hard, socialiqa, mcq), repeatable: "
+                         "story=, question=, options=A,B,C,D, gold=, gold_format=letter|index1|"
+                         "index0, dimension=, ability=, task=, id=")
+    ap.add_argument("--limit", type=int, default=None, help="the first N questions only")
+    ap.add_argument("--num-samples", type=int, default=1,
+                    help="k samples per question: pass@k and majority vote (needs --temperature)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=16, help="questions per sampler call")
+    ap.add_argument("--max-prompt-tokens", type=int, default=2048)
+    ap.add_argument("--on-too-long", default="drop", help="drop (and count) or error")
+    ap.add_argument("--shuffle-options", action="store_true",
+                    help="permute each question's options (seeded; the gold follows)")
+    ap.add_argument("--instruction", default=None, help="replace the Social-R1 instruction")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
+    ap.add_argument("--dtype", default=None, help="bf16 / fp32 (default: the checkpoint's)")
+    ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR, e.g. 1x8x1")
+    ap.add_argument("--host-devices", type=int, default=None,
+                    help="split the CPU into this many XLA devices (to try --mesh on a CPU)")
+    ap.add_argument("--out", default=None,
+                    help="write the JSON report here; per-question records stream to "
+                         "<out without .json>.predictions.jsonl as batches finish")
+    ap.add_argument("--progress", default=None, choices=("on", "off"),
+                    help="progress bar (default: on a terminal only)")
+    return ap.parse_args(argv)
+
+
+def _configs(args) -> EvalConfig:
+    kw = {} if args.instruction is None else {"instruction": args.instruction}
+    try:
+        prompt = PromptConfig(shuffle=args.shuffle_options, seed=args.seed,
+                              max_prompt_tokens=args.max_prompt_tokens,
+                              on_too_long=args.on_too_long, **kw)
+        return EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          num_samples=args.num_samples, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, prompt=prompt)
+    except ValueError as e:  # name the flag, not the config key
+        flag = str(e).split("=")[0].split(".")[-1].replace("_", "-")
+        if flag == "shuffle":
+            flag = "shuffle-options"
+        raise cli.UsageError(f"--{flag}: {e}") from None
+
+
+def main(argv=None) -> int:
+    """Run the command line: every check on user input happens before the model is loaded."""
+    args = parse_args(argv)
+    if args.host_devices:  # before jax starts its backend
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.host_devices}")
+    from socialr1_jax.social.benchmarks import load_benchmark
+    from socialr1_jax.social.data import column_map
+
+    cfg = _configs(args)
+    if not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise cli.UsageError(f"--top-p {args.top_p} must be in (0, 1] and --top-k "
+                             f"{args.top_k} >= 0")
+    columns = column_map(args.column) if args.column else None
+    rows = load_benchmark(args.benchmark, args.data, limit=args.limit, split=args.split,
+                          language=args.language, columns=columns)
+    preds_path = None
+    if args.out:
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            raise cli.UsageError(f"--out {args.out}: folder {parent} does not exist")
+        preds_path = os.path.splitext(args.out)[0] + ".predictions.jsonl"
+    if not os.path.isdir(args.model):
+        raise cli.UsageError(f"--model {args.model}: no such checkpoint directory")
+    from socialr1_jax.rollout import tokenizer as tk
+
+    tok_dir = args.tokenizer or args.model
+    try:
+        tok = tk.load_tokenizer(tok_dir)
+        eos = tk.stop_ids(args.model, tok)
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.UsageError(f"--{'tokenizer' if args.tokenizer else 'model'}: {e}") from None
+    prompts = build_prompts(rows, tok, cfg.prompt)  # too-long errors before the model loads
+    if not len(prompts):
+        raise DataError(f"every prompt is longer than --max-prompt-tokens "
+                        f"{cfg.prompt.max_prompt_tokens}")
+    mesh = None
+    if args.mesh:
+        from socialr1_jax.parallel.sharding import make_mesh, parse_mesh
+        try:
+            mesh = make_mesh(**parse_mesh(args.mesh))
+        except ValueError as e:
+            raise cli.UsageError(f"--mesh {args.mesh}: {e}") from None
+    from socialr1_jax.checkpoint.loading import load_model
+
+    print(f"{args.benchmark}: {len(rows)} question(s) from {args.data or 'its default source'}"
+          f", {len(prompts.dropped)} longer than {cfg.prompt.max_prompt_tokens} tokens dropped",
+          file=sys.stderr)
+    model = load_model(args.model, dtype=args.dtype, mesh=mesh)
+    sink = open(preds_path, "w", encoding="utf-8") if preds_path else None
+
+    def stream(records):
+        for r in records:
+            sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+        sink.flush()
+
+    try:
+        report = run(model, tok, prompts, config=cfg, eos_ids=eos, mesh=mesh,
+                     pad_id=tk.pad_id(tok, eos), name=args.benchmark,
+                     progress=None if args.progress is None else args.progress == "on",
+                     on_batch=stream if sink else None)
+    finally:
+        if sink:
+            sink.close()
+    report = {"model": os.path.abspath(args.model), "data": args.data, **report}
+    print(format_table(report))
+    if args.out:
+        report.pop("predictions")
+        report["predictions_file"] = preds_path
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+        print(f"wrote {args.out} and {preds_path}", file=sys.stderr)
+    return 0
