@@ -110,16 +110,21 @@ def _real_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.strip()]
 
 
-def error_line(env: Env, proc: subprocess.CompletedProcess) -> str:
-    """Assert exit code 2 and exactly one `error:` line on stderr; return it (paths normalised)."""
+def error_line(env: Env, proc: subprocess.CompletedProcess, *names: str) -> str:
+    """Assert exit code 2 and exactly one `error:` line on stderr, naming each of `names` (the
+    flag, key, file or value); return it with paths made relative."""
     lines = _real_lines(proc.stderr)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    return env.norm(lines[0])
+    line = env.norm(lines[0])
+    for name in names:
+        assert name in line, f"{name!r} not named in: {line}"
+    return line
 
 
-def exit2(env: Env, proc) -> str:
-    return f"exit 2: `{error_line(env, proc)}`"
+def exit2(env: Env, proc, *names: str) -> str:
+    """`error_line` as the table shows it."""
+    return f"exit 2: `{error_line(env, proc, *names)}`"
 
 
 def hf_tensors(hf_dir: str) -> dict:
@@ -168,17 +173,26 @@ def staging_window(cmd: list[str], out: str) -> float:
     return window
 
 
-def kill_at_random_point(cmd: list[str], out: str, window: float, rng) -> bool:
+def kill_at_random_point(cmd: list[str], out: str, window: float, rng) -> tuple[bool, str]:
     """Start `cmd`, wait until its staging folder appears, SIGKILL it a random part of `window`
-    later; True if its staging folder was still there (killed before the swap)."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env_vars(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    mine = f"{os.path.basename(out)}.tmp-{p.pid}-"
-    _wait_for(p, os.path.dirname(out), mine, True)
-    time.sleep(rng.uniform(0, window))
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    return any(n.startswith(mine) for n in os.listdir(os.path.dirname(out)))
+    later. Returns (its staging folder was left behind, what it wrote to stderr)."""
+    with open(out + ".killed-stderr", "w+") as err:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env_vars(), stdout=subprocess.DEVNULL,
+                             stderr=err)
+        mine = f"{os.path.basename(out)}.tmp-{p.pid}-"
+        _wait_for(p, os.path.dirname(out), mine, True)
+        time.sleep(rng.uniform(0, window))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        err.seek(0)
+        text = err.read()
+    os.remove(out + ".killed-stderr")
+    return any(n.startswith(mine) for n in os.listdir(os.path.dirname(out))), text
+
+
+def removal_notes(stderr: str) -> int:
+    """How many stale staging folders a run said it deleted."""
+    return sum(ln.startswith("note: removed ") for ln in stderr.splitlines())
 
 
 CRASH_DRIVER = r"""

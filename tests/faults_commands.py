@@ -16,22 +16,25 @@ from tests.fault_tools import GEN, PLAN, PY, Env, error_line, exit2, in_tmpfs, r
 # -- generate: every check before the model loads (the model given is the NaN one, whose loading
 #    would fail with a different message), --out before sampling.
 
-def _gen_refused(env, *args, model=None) -> str:
+def _gen_refused(env, *args, model=None, names=()) -> str:
+    """generate with `args` must fail naming `names` (default: the flag and its value)."""
     r = run(GEN, "--model", model or env.nan_hf, "--prompt", "Where is the ball?", *args)
-    line = error_line(env, r)
+    line = error_line(env, r, *(names or args))
     assert "NaN" not in line, "the model was loaded before the argument was checked"
     return f"exit 2, before the model loads: `{line}`"
 
 
 @scenario("gen_model_missing")
 def _(env):
-    return ("`generate --model /nonexistent`", _gen_refused(env, model=env.path("nowhere")), "-")
+    return ("`generate --model /nonexistent`", _gen_refused(env, model=env.path("nowhere"),
+                                                         names=("--model", "no such")), "-")
 
 
 @scenario("gen_model_not_ckpt")
 def _(env):
     d = env.fresh("not_ckpt")
-    return ("`generate --model` a folder that is no checkpoint", _gen_refused(env, model=d), "-")
+    line = _gen_refused(env, model=d, names=("--model", "not a checkpoint"))
+    return "`generate --model` a folder that is no checkpoint", line, "-"
 
 
 @scenario("gen_model_layers")
@@ -42,7 +45,7 @@ def _(env):
     cfg["num_hidden_layers"] = -1
     json.dump(cfg, open(d + "/m/config.json", "w"))
     return ("`generate --model` whose config.json has `num_hidden_layers: -1`",
-            _gen_refused(env, model=d + "/m"), "-")
+            _gen_refused(env, model=d + "/m", names=("config.json", "num_hidden_layers=-1")), "-")
 
 
 @scenario("gen_mesh_abc")
@@ -52,7 +55,8 @@ def _(env):
 
 @scenario("gen_mesh_devices")
 def _(env):
-    return ("`generate --mesh 1x3x1` on 8 devices", _gen_refused(env, "--mesh", "1x3x1"), "-")
+    line = _gen_refused(env, "--mesh", "1x3x1", names=("--mesh", "1x3x1", "8"))
+    return "`generate --mesh 1x3x1` on 8 devices", line, "-"
 
 
 @scenario("gen_host_devices")
@@ -72,7 +76,8 @@ def _(env):
 
 @scenario("gen_temperature")
 def _(env):
-    return "`generate --temperature -1`", _gen_refused(env, "--temperature", "-1"), "-"
+    line = _gen_refused(env, "--temperature", "-1", names=("--temperature", "-1"))
+    return "`generate --temperature -1`", line, "-"
 
 
 @scenario("gen_top_p")
@@ -88,21 +93,23 @@ def _(env):
 @scenario("gen_out_missing_dir")
 def _(env):
     out = env.path("no_such_folder") + "/out.jsonl"
-    return ("`generate --out` in a folder that does not exist", _gen_refused(env, "--out", out),
+    line = _gen_refused(env, "--out", out, names=("--out", "does not exist"))
+    return ("`generate --out` in a folder that does not exist", line,
             "nothing sampled to be lost")
 
 
 @scenario("gen_out_is_dir")
 def _(env):
     d = env.fresh("gen_out_dir")
-    return ("`generate --out` an existing folder", _gen_refused(env, "--out", d),
+    line = _gen_refused(env, "--out", d, names=("--out", "is a folder"))
+    return ("`generate --out` an existing folder", line,
             "folder untouched")
 
 
 @scenario("gen_prompts_missing")
 def _(env):
     r = run(GEN, "--model", env.nan_hf, "--prompts-file", env.path("nope.jsonl"))
-    line = error_line(env, r)
+    line = error_line(env, r, "--prompts-file", "nope.jsonl")
     assert "NaN" not in line
     return ("`generate --prompts-file` that does not exist",
             f"exit 2, before the model loads: `{line}`", "-")
@@ -114,16 +121,16 @@ def _(env):
     with open(p, "w") as f:
         f.write('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
     r = run(GEN, "--model", env.nan_hf, "--prompts-file", p)
-    line = error_line(env, r)
-    assert "NaN" not in line and "bad.jsonl:2" in line
+    line = error_line(env, r, "--prompts-file", "bad.jsonl:2")
+    assert "NaN" not in line
     return ("`generate --prompts-file` with a bad line",
             f"exit 2, before the model loads: `{line}`", "prompts file unchanged")
 
 
 @scenario("gen_nan_weights")
 def _(env):
-    line = exit2(env, run(GEN, "--model", env.nan_hf, "--prompt", "hi"))
-    assert Env.NAN_TENSOR in line and "[3, 5]" in line
+    line = exit2(env, run(GEN, "--model", env.nan_hf, "--prompt", "hi"), Env.NAN_TENSOR,
+                 "NaN at [3, 5]")
     return "`generate --model` with a NaN weight", line, "-"
 
 
@@ -131,31 +138,36 @@ def _(env):
 
 @scenario("plan_mesh")
 def _(env):
-    return "`memory_plan --mesh abc`", exit2(env, run(PLAN, "--preset", "tiny", "--mesh", "abc")), "-"
+    line = exit2(env, run(PLAN, "--preset", "tiny", "--mesh", "abc"), "--mesh", "abc")
+    return "`memory_plan --mesh abc`", line, "-"
 
 
 @scenario("plan_devices")
 def _(env):
-    return ("`memory_plan --devices 0`",
-            exit2(env, run(PLAN, "--preset", "tiny", "--devices", "0")), "-")
+    line = exit2(env, run(PLAN, "--preset", "tiny", "--devices", "0"), "--devices", "0")
+    return "`memory_plan --devices 0`", line, "-"
 
 
 @scenario("plan_micro_batch")
 def _(env):
-    return ("`memory_plan --micro-batch 7` (batch 40 on 8 shards)",
-            exit2(env, run(PLAN, "--preset", "tiny", "--micro-batch", "7")), "-")
+    line = exit2(env, run(PLAN, "--preset", "tiny", "--micro-batch", "7"), "--micro-batch", "7")
+    return "`memory_plan --micro-batch 7` (batch 40 on 8 shards)", line, "-"
 
 
 @scenario("plan_preset")
 def _(env):
-    return ("`memory_plan --preset qwen9`", exit2(env, run(PLAN, "--preset", "qwen9")), "-")
+    line = exit2(env, run(PLAN, "--preset", "qwen9"), "--preset", "qwen9")
+    return "`memory_plan --preset qwen9`", line, "-"
 
 
 # -- Library calls (in this process): the same rules, as ValueErrors naming the value.
 
-def _lib_error(fn) -> str:
+def _lib_error(fn, *names: str) -> str:
+    """fn() must raise a ValueError naming each of `names`."""
     with pytest.raises(ValueError) as e:
         fn()
+    for name in names:
+        assert name in str(e.value), f"{name!r} not named in: {e.value}"
     return f"ValueError: `{e.value}`"
 
 
@@ -173,7 +185,8 @@ def _(env):
 
     m = _with_model(env)
     return ('`sample(model, ["Where is the ball?"])` (text, not token ids)',
-            _lib_error(lambda: sample(m, ["Where is the ball?"], max_new_tokens=4)), "-")
+            _lib_error(lambda: sample(m, ["Where is the ball?"], max_new_tokens=4),
+                       "prompts[0]", "is text"), "-")
 
 
 @scenario("lib_max_new_float")
@@ -182,7 +195,8 @@ def _(env):
 
     m = _with_model(env)
     return ("`sample(..., max_new_tokens=2.7)`",
-            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=2.7)), "-")
+            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=2.7),
+                       "max_new_tokens=2.7"), "-")
 
 
 @scenario("lib_token_float")
@@ -191,7 +205,8 @@ def _(env):
 
     m = _with_model(env)
     return ("`sample(model, [[5, 1.7]], ...)` (a non-integer token id)",
-            _lib_error(lambda: sample(m, [[5, 1.7]], max_new_tokens=4)), "-")
+            _lib_error(lambda: sample(m, [[5, 1.7]], max_new_tokens=4),
+                       "prompts[0][1]=1.7"), "-")
 
 
 @scenario("lib_prefill_chunk")
@@ -200,16 +215,20 @@ def _(env):
 
     m = _with_model(env)
     return ("`sample(..., prefill_chunk=0)`",
-            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=4, prefill_chunk=0)), "-")
+            _lib_error(lambda: sample(m, [[1, 2]], max_new_tokens=4, prefill_chunk=0),
+                       "prefill_chunk=0"), "-")
 
 
 @scenario("lib_load_nan")
 def _(env):
     from socialr1_jax import load_model
 
-    msg = _lib_error(lambda: load_model(env.nan_ckpt))
+    import jax
+    from flax import nnx
+
+    msg = _lib_error(lambda: load_model(env.nan_ckpt), Env.NAN_TENSOR, "NaN at [3, 5]")
     m = load_model(env.nan_ckpt, allow_nonfinite=True)  # the debugging escape still loads it
-    assert np.isnan(np.asarray(m.layers[1].mlp.up_fd[...])).any()
+    assert sum(int(np.isnan(np.asarray(x)).sum()) for x in jax.tree.leaves(nnx.state(m))) == 1
     return "`load_model` of a checkpoint with a NaN weight", env.norm(msg), "-"
 
 
@@ -219,7 +238,7 @@ def _(env):
     p, files = in_tmpfs(env, mnt, "64k", "true",
                         [PY, "-m", GEN, "--model", env.nan_hf, "--prompt", "hi", "--out",
                          mnt + "/out.jsonl"], readonly=True)
-    line = error_line(env, p)
+    line = error_line(env, p, "--out", "Read-only file system")
     assert "NaN" not in line and files == {}
     return ("`generate --out` on a read-only filesystem",
             f"exit 2, before the model loads: `{line}`", "nothing sampled to be lost")
@@ -233,7 +252,7 @@ def _(env):
                         [PY, "-m", GEN, "--model", env.hf, "--prompt", "Where is the ball?",
                          "--temperature", "0", "--max-new-tokens", "6", "--num-samples", "2",
                          "--out", mnt + "/out.jsonl"])
-    line = error_line(env, p)
+    line = error_line(env, p, "--out", "No space left on device", "stdout")
     rows = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
     assert len(rows) == 2 and all(len(r["completion_ids"]) == 6 for r in rows), p.stdout
     assert set(files) == {"fill"}  # no partial out.jsonl

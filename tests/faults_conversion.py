@@ -12,15 +12,18 @@ import shutil
 import subprocess
 
 from tests.fault_tools import (CRASH_DRIVER, H2O, O2H, PY, ROOT, ckpt_tensors, digest, env_vars,
-                               exit2, hf_tensors, in_tmpfs, kill_at_random_point, run, scenario,
-                               sh_copy, siblings, staging_window)
+                               exit2, hf_tensors, in_tmpfs, kill_at_random_point, removal_notes,
+                               run, scenario, sh_copy, siblings, staging_window)
 
 KILLS = 5  # random kill points per conversion direction
+NAN_NAMES = "tensor model.layers.1.mlp.up_proj.weight has a NaN at [3, 5]"
 
 
-def _refused_conversion(env, module, args, guarded: list[str]) -> str:
+def _refused_conversion(env, module, args, guarded: list[str], *names: str) -> str:
+    """Run a conversion that must be refused (with an error naming `names`); the `guarded`
+    paths must be byte for byte as before."""
     before = {p: digest(p) for p in guarded}
-    line = exit2(env, run(module, *args, "--no-progress"))
+    line = exit2(env, run(module, *args, "--no-progress"), *names)
     for p in guarded:
         assert digest(p) == before[p], p
     return line
@@ -29,13 +32,14 @@ def _refused_conversion(env, module, args, guarded: list[str]) -> str:
 @scenario("out_is_input")
 def _(env):
     line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", env.hf, "--overwrite"],
-                               [env.hf])
+                               [env.hf], "--out", "is the input")
     return "`hf_to_orbax --out` = `--hf-dir`, with `--overwrite`", line, "input unchanged"
 
 
 @scenario("out_inside_input")
 def _(env):
-    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", env.hf + "/sub"], [env.hf])
+    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", env.hf + "/sub"], [env.hf],
+                               "--out", "inside the input")
     assert not os.path.exists(env.hf + "/sub")
     return "`hf_to_orbax --out` inside `--hf-dir`", line, "input unchanged, nothing created"
 
@@ -45,21 +49,22 @@ def _(env):
     d = env.fresh("parent")
     shutil.copytree(env.hf, os.path.join(d, "hf"))
     line = _refused_conversion(env, H2O, ["--hf-dir", os.path.join(d, "hf"), "--out", d,
-                                          "--overwrite"], [d])
+                                          "--overwrite"], [d], "--out", "contains the input")
     return "`hf_to_orbax --out` a parent of `--hf-dir`, with `--overwrite`", line, "input unchanged"
 
 
 @scenario("export_out_is_ckpt")
 def _(env):
     line = _refused_conversion(env, O2H, ["--ckpt", env.ckpt, "--out", env.ckpt, "--overwrite"],
-                               [env.ckpt])
+                               [env.ckpt], "--out", "is the input")
     return "`orbax_to_hf --out` = `--ckpt`, with `--overwrite`", line, "checkpoint unchanged"
 
 
 @scenario("export_out_in_step")
 def _(env):
     out = os.path.join(env.ckpt, "0", "hf")
-    line = _refused_conversion(env, O2H, ["--ckpt", env.ckpt, "--out", out], [env.ckpt])
+    line = _refused_conversion(env, O2H, ["--ckpt", env.ckpt, "--out", out], [env.ckpt],
+                               "--out", "inside the input")
     return "`orbax_to_hf --out` inside `--ckpt`", line, "checkpoint unchanged"
 
 
@@ -68,7 +73,8 @@ def _(env):
     d = env.fresh("mine")
     with open(os.path.join(d, "notes.txt"), "w") as f:
         f.write("my notes")
-    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", d, "--overwrite"], [d, env.hf])
+    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", d, "--overwrite"],
+                               [d, env.hf], "--out", "not a checkpoint")
     return ("`--overwrite` onto a folder that is not a checkpoint", line,
             "the folder and its files unchanged")
 
@@ -78,7 +84,8 @@ def _(env):
     d = env.fresh("exists")
     out = os.path.join(d, "ckpt")
     shutil.copytree(env.ckpt, out)
-    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", out], [out])
+    line = _refused_conversion(env, H2O, ["--hf-dir", env.hf, "--out", out], [out],
+                               "--out", "--overwrite")
     return "`--out` an existing checkpoint, no `--overwrite`", line, "existing checkpoint unchanged"
 
 
@@ -98,7 +105,8 @@ def _(env):
 @scenario("nan_hf_raw")
 def _(env):
     d = env.fresh("nan_raw")
-    line = _refused_conversion(env, H2O, ["--hf-dir", env.nan_hf, "--out", d + "/c"], [env.nan_hf])
+    line = _refused_conversion(env, H2O, ["--hf-dir", env.nan_hf, "--out", d + "/c"], [env.nan_hf],
+                               NAN_NAMES)
     assert siblings(d + "/c") == []
     return "a NaN weight in the HF checkpoint (kernel-copy path)", line, "no output written"
 
@@ -107,7 +115,7 @@ def _(env):
 def _(env):
     d = env.fresh("nan_cast")
     line = _refused_conversion(env, H2O, ["--hf-dir", env.nan_hf, "--out", d + "/c", "--dtype",
-                                          "bf16"], [env.nan_hf])
+                                          "bf16"], [env.nan_hf], NAN_NAMES)
     assert siblings(d + "/c") == []
     return "a NaN weight, converted with `--dtype bf16` (cast path)", line, "no output written"
 
@@ -115,7 +123,8 @@ def _(env):
 @scenario("nan_export")
 def _(env):
     d = env.fresh("nan_export")
-    line = _refused_conversion(env, O2H, ["--ckpt", env.nan_ckpt, "--out", d + "/o"], [env.nan_ckpt])
+    line = _refused_conversion(env, O2H, ["--ckpt", env.nan_ckpt, "--out", d + "/o"],
+                               [env.nan_ckpt], NAN_NAMES)
     assert siblings(d + "/o") == []
     return "a NaN weight in the Orbax checkpoint (export)", line, "no output written"
 
@@ -132,7 +141,8 @@ def _(env):
 
 @scenario("missing_hf_dir")
 def _(env):
-    line = exit2(env, run(H2O, "--hf-dir", env.path("nowhere"), "--out", env.path("x")))
+    line = exit2(env, run(H2O, "--hf-dir", env.path("nowhere"), "--out", env.path("x")),
+                 "--hf-dir", "no such")
     assert not os.path.exists(env.path("x"))
     return "`--hf-dir` that does not exist", line, "nothing created"
 
@@ -144,7 +154,8 @@ def _(env):
     path = d + "/hf/model.safetensors"
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 100)
-    line = _refused_conversion(env, H2O, ["--hf-dir", d + "/hf", "--out", d + "/c"], [d + "/hf"])
+    line = _refused_conversion(env, H2O, ["--hf-dir", d + "/hf", "--out", d + "/c"], [d + "/hf"],
+                               "model.safetensors", "truncated")
     return "a truncated safetensors file", line, "input unchanged, no output"
 
 
@@ -155,27 +166,29 @@ def _(env):
     cfg = json.load(open(d + "/hf/config.json"))
     cfg["num_hidden_layers"] = -1
     json.dump(cfg, open(d + "/hf/config.json", "w"))
-    line = _refused_conversion(env, H2O, ["--hf-dir", d + "/hf", "--out", d + "/c"], [d + "/hf"])
+    line = _refused_conversion(env, H2O, ["--hf-dir", d + "/hf", "--out", d + "/c"], [d + "/hf"],
+                               "config.json", "num_hidden_layers=-1")
     return "`num_hidden_layers: -1` in config.json", line, "input unchanged, no output"
 
 
 @scenario("bad_shard_size")
 def _(env):
     d = env.fresh("shard_size")
-    line = exit2(env, run(O2H, "--ckpt", env.ckpt, "--out", d + "/o", "--max-shard-size", "5XB"))
+    line = exit2(env, run(O2H, "--ckpt", env.ckpt, "--out", d + "/o", "--max-shard-size", "5XB"),
+                 "--max-shard-size", "5XB")
     return "`--max-shard-size 5XB`", line, "nothing created"
 
 
 @scenario("missing_step")
 def _(env):
     d = env.fresh("step")
-    line = exit2(env, run(O2H, "--ckpt", env.ckpt, "--out", d + "/o", "--step", "7"))
+    line = exit2(env, run(O2H, "--ckpt", env.ckpt, "--out", d + "/o", "--step", "7"), "step 7")
     return "`--step 7` that does not exist", line, "nothing created"
 
 
 @scenario("unknown_flag")
 def _(env):
-    line = exit2(env, run(H2O, "--hf-dir", env.hf, "--out", env.path("x"), "--bogus"))
+    line = exit2(env, run(H2O, "--hf-dir", env.hf, "--out", env.path("x"), "--bogus"), "--bogus")
     return "an unknown flag (`--bogus`)", line, "nothing created"
 
 
@@ -191,9 +204,10 @@ def _(env):
     cmd = [PY, "-m", H2O, "--hf-dir", src, "--out", out, "--no-progress"]
     window = 1.1 * staging_window(cmd, out)
     shutil.rmtree(out)
-    rng, midway = random.Random(14), 0
+    rng, midway, notes = random.Random(14), 0, 0
     for _ in range(KILLS):
-        midway += kill_at_random_point(cmd, out, window, rng)
+        left, err = kill_at_random_point(cmd, out, window, rng)
+        midway, notes = midway + left, notes + removal_notes(err)
         assert digest(src) == before
         names = siblings(out)
         assert all(n == "ckpt" or n.startswith("ckpt.tmp-") for n in names), names
@@ -204,6 +218,8 @@ def _(env):
     r = run(H2O, "--hf-dir", src, "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert siblings(out) == ["ckpt"] and ckpt_tensors(out) == want
+    # every folder a kill left was deleted by the next run, which said so
+    assert notes + removal_notes(r.stderr) == midway
     return (f"`kill -9` at {KILLS} random points of `hf_to_orbax` (seed 14)",
             "nothing under `--out` until the checkpoint is whole; the rerun succeeds and deletes "
             "the `OUT.tmp-*` a killed run left, saying so", "input unchanged (every byte compared)")
@@ -223,11 +239,12 @@ def _(env):
            "--max-shard-size", "3MB"]
     shutil.copytree(old, out)
     window = 1.1 * staging_window(cmd, out)
-    rng, seen = random.Random(41), []
+    rng, seen, left_behind, notes = random.Random(41), [], 0, 0
     for _ in range(KILLS):
         shutil.rmtree(out)
         shutil.copytree(old, out)
-        kill_at_random_point(cmd, out, window, rng)
+        left, err = kill_at_random_point(cmd, out, window, rng)
+        left_behind, notes = left_behind + left, notes + removal_notes(err)
         got = hf_tensors(out)  # OUT always exists and is one of the two, whole
         assert got in (old_t, new_t)
         seen.append("old" if got == old_t else "new")
@@ -237,9 +254,10 @@ def _(env):
     r = run(*cmd[2:])
     assert r.returncode == 0, r.stderr
     assert siblings(out) == ["export"] and hf_tensors(out) == new_t
+    assert notes + removal_notes(r.stderr) == left_behind
     return (f"`kill -9` at {KILLS} random points of `orbax_to_hf --overwrite` (seed 41)",
             "`--out` is at every moment either the old export or the new one, whole; the rerun "
-            "succeeds and cleans up", "old export intact until replaced; checkpoint unchanged")
+            "succeeds and deletes the `OUT.tmp-*` a killed run left, saying so", "old export intact until replaced; checkpoint unchanged")
 
 
 def _crash_each_swap_step(env, name: str, no_exchange: bool):
@@ -334,7 +352,7 @@ def _(env):
     p, files = in_tmpfs(env, mnt, "4m", "echo mine > " + mnt + "/keep.txt",
                         [PY, "-m", H2O, "--hf-dir", env.hf, "--out", mnt + "/ckpt",
                          "--no-progress"], readonly=True)
-    line = exit2(env, p)
+    line = exit2(env, p, "--out", "Read-only file system")
     assert list(files) == ["keep.txt"] and digest(env.hf) == before
     return "`hf_to_orbax --out` on a read-only filesystem", line, "input unchanged"
 
@@ -345,9 +363,21 @@ def _(env):
     before = digest(env.hf)
     p, files = in_tmpfs(env, mnt, "128k", "true", [PY, "-m", H2O, "--hf-dir", env.hf, "--out",
                                                    mnt + "/ckpt", "--no-progress"])
-    line = exit2(env, p)
+    line = exit2(env, p, "--out", "No space left on device")
     assert files == {} and digest(env.hf) == before  # the partial output was removed
     return ("`hf_to_orbax --out` on a full filesystem (128 KiB tmpfs)", line,
+            "input unchanged, partial output removed")
+
+
+@scenario("full_out_cast", slow=True)
+def _(env):
+    mnt = env.fresh("full_cast")
+    p, files = in_tmpfs(env, mnt, "128k", "true", [PY, "-m", H2O, "--hf-dir", env.hf, "--out",
+                                                   mnt + "/ckpt", "--dtype", "bf16",
+                                                   "--no-progress"])
+    line = exit2(env, p, "--out", "No space left on device")
+    assert files == {}
+    return ("the same with `--dtype bf16` (written by TensorStore)", line,
             "input unchanged, partial output removed")
 
 
@@ -363,7 +393,7 @@ def _(env):
     p, files = in_tmpfs(env, mnt, f"{size // 1024 + 96}k", sh_copy(old, mnt + "/export"),
                         [PY, "-m", O2H, "--ckpt", env.ckpt, "--out", mnt + "/export",
                          "--overwrite", "--no-progress"])
-    line = exit2(env, p)
+    line = exit2(env, p, "--out", "No space left on device")
     assert files == {os.path.join("export", f): h for f, h in old_files.items()}
     return ("`orbax_to_hf --overwrite` onto a full filesystem", line,
             "old export intact (every byte compared), partial output removed")

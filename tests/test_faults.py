@@ -57,4 +57,5 @@ def test_table_is_current(env):
         got = table_block(open(path).read(), path)
         assert got == table, (f"{path}: the data-safety table differs from what the scenarios "
                               "produce; regenerate: SOCIALR1_WRITE_SAFETY_TABLE=1 python -m pytest "
-                              "-q tests/test_faults.py\n--- expected\n" + table + "\n--- found\n" + got)
+                              "-q tests/test_faults.py\n--- expected\n" + table + "\n--- found\n"
+                              + got)
