@@ -4,6 +4,7 @@ kill and crash injection, a tmpfs in a private mount namespace, and the table's 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,16 @@ def poke_nan(hf_dir: str, name: str, at: tuple) -> None:
     with open(f.path, "r+b") as fh:
         fh.seek(offset)
         fh.write(np.array([np.nan], dtype).tobytes())
+
+
+def copy_with_config(src: str, dst: str, **changes) -> None:
+    """Copy a checkpoint folder with some config.json fields changed."""
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.update(changes)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f)
 
 
 def digest(path: str) -> dict:

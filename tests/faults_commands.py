@@ -5,12 +5,12 @@ tests/test_faults.py)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from tests.fault_tools import GEN, PLAN, PY, Env, error_line, exit2, in_tmpfs, run, scenario
+from tests.fault_tools import (GEN, PLAN, PY, Env, copy_with_config, error_line, exit2, in_tmpfs,
+                               run, scenario)
 
 
 # -- generate: every check before the model loads (the model given is the NaN one, whose loading
@@ -40,54 +40,31 @@ def _(env):
 @scenario("gen_model_layers")
 def _(env):
     d = env.fresh("gen_layers")
-    shutil.copytree(env.nan_hf, d + "/m")
-    cfg = json.load(open(d + "/m/config.json"))
-    cfg["num_hidden_layers"] = -1
-    json.dump(cfg, open(d + "/m/config.json", "w"))
+    copy_with_config(env.nan_hf, d + "/m", num_hidden_layers=-1)
     return ("`generate --model` whose config.json has `num_hidden_layers: -1`",
             _gen_refused(env, model=d + "/m", names=("config.json", "num_hidden_layers=-1")), "-")
 
 
-@scenario("gen_mesh_abc")
-def _(env):
-    return "`generate --mesh abc`", _gen_refused(env, "--mesh", "abc"), "-"
+# A flag's bad value: (scenario, the row's first cell, the flag and value, what the error names).
+GENERATE_FLAGS = [
+    ("gen_mesh_abc", "`generate --mesh abc`", ["--mesh", "abc"], ()),
+    ("gen_mesh_devices", "`generate --mesh 1x3x1` on 8 devices", ["--mesh", "1x3x1"],
+     ("--mesh", "1x3x1", "8")),
+    ("gen_host_devices", "`generate --host-devices -1`", ["--host-devices", "-1"], ()),
+    ("gen_max_new_float", "`generate --max-new-tokens 2.7`", ["--max-new-tokens", "2.7"], ()),
+    ("gen_max_new_zero", "`generate --max-new-tokens 0`", ["--max-new-tokens", "0"], ()),
+    ("gen_temperature", "`generate --temperature -1`", ["--temperature", "-1"], ()),
+    ("gen_top_p", "`generate --top-p 1.5`", ["--top-p", "1.5"], ()),
+    ("gen_dtype", "`generate --dtype fp8`", ["--dtype", "fp8"], ()),
+]
 
 
-@scenario("gen_mesh_devices")
-def _(env):
-    line = _gen_refused(env, "--mesh", "1x3x1", names=("--mesh", "1x3x1", "8"))
-    return "`generate --mesh 1x3x1` on 8 devices", line, "-"
+def _flag_scenario(title, args, names):
+    return lambda env: (title, _gen_refused(env, *args, names=names), "-")
 
 
-@scenario("gen_host_devices")
-def _(env):
-    return "`generate --host-devices -1`", _gen_refused(env, "--host-devices", "-1"), "-"
-
-
-@scenario("gen_max_new_float")
-def _(env):
-    return "`generate --max-new-tokens 2.7`", _gen_refused(env, "--max-new-tokens", "2.7"), "-"
-
-
-@scenario("gen_max_new_zero")
-def _(env):
-    return "`generate --max-new-tokens 0`", _gen_refused(env, "--max-new-tokens", "0"), "-"
-
-
-@scenario("gen_temperature")
-def _(env):
-    line = _gen_refused(env, "--temperature", "-1", names=("--temperature", "-1"))
-    return "`generate --temperature -1`", line, "-"
-
-
-@scenario("gen_top_p")
-def _(env):
-    return "`generate --top-p 1.5`", _gen_refused(env, "--top-p", "1.5"), "-"
-
-
-@scenario("gen_dtype")
-def _(env):
-    return "`generate --dtype fp8`", _gen_refused(env, "--dtype", "fp8"), "-"
+for _name, _title, _args, _names in GENERATE_FLAGS:
+    scenario(_name)(_flag_scenario(_title, _args, _names))
 
 
 @scenario("gen_out_missing_dir")

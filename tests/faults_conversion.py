@@ -4,16 +4,15 @@ staging folders, a read-only or full output filesystem (run by tests/test_faults
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import shutil
 import subprocess
 
-from tests.fault_tools import (CRASH_DRIVER, H2O, O2H, PY, ROOT, ckpt_tensors, digest, env_vars,
-                               exit2, hf_tensors, in_tmpfs, kill_at_random_point, removal_notes,
-                               run, scenario, sh_copy, siblings, staging_window)
+from tests.fault_tools import (CRASH_DRIVER, H2O, O2H, PY, ROOT, ckpt_tensors, copy_with_config,
+                               digest, env_vars, exit2, hf_tensors, in_tmpfs, kill_at_random_point,
+                               removal_notes, run, scenario, sh_copy, siblings, staging_window)
 
 KILLS = 5  # random kill points per conversion direction
 NAN_NAMES = "tensor model.layers.1.mlp.up_proj.weight has a NaN at [3, 5]"
@@ -162,10 +161,7 @@ def _(env):
 @scenario("bad_config_layers")
 def _(env):
     d = env.fresh("layers")
-    shutil.copytree(env.hf, d + "/hf")
-    cfg = json.load(open(d + "/hf/config.json"))
-    cfg["num_hidden_layers"] = -1
-    json.dump(cfg, open(d + "/hf/config.json", "w"))
+    copy_with_config(env.hf, d + "/hf", num_hidden_layers=-1)
     line = _refused_conversion(env, H2O, ["--hf-dir", d + "/hf", "--out", d + "/c"], [d + "/hf"],
                                "config.json", "num_hidden_layers=-1")
     return "`num_hidden_layers: -1` in config.json", line, "input unchanged, no output"
