@@ -9,9 +9,9 @@
   instant OUT is either the old output or the new one; then the old one is deleted. A filesystem
   without the exchange gets two renames (OUT -> OUT.old-*, then tmp -> OUT); a crash between them
   is repaired by the next run (`sweep_stale` renames the old one back).
-- `sweep_stale(out)`: a killed run leaves its `OUT.tmp-*` (never under the name OUT). The next
-  run deletes those whose process is gone (same host), says so on stderr, and reports (keeps)
-  those of a live process or of another host.
+- `sweep_stale(out)` (run by `check_out`): a killed run leaves its `OUT.tmp-*` (never under the
+  name OUT). The next run deletes those whose process is gone (same host), says so on stderr,
+  and reports (keeps) those of a live process or of another host.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def check_out(out: str, inputs: dict[str, str], *, overwrite: bool) -> str:
     """Validate --out against the inputs ({flag: path}) and what is there; returns it absolute.
 
     Raises UsageError (one line naming --out and the reason) when writing there could lose data.
+    Leftovers of killed runs beside --out are dealt with first (`sweep_stale`).
     """
     out_abs = os.path.abspath(out)
     out_real = os.path.realpath(out_abs)
@@ -66,6 +67,7 @@ def check_out(out: str, inputs: dict[str, str], *, overwrite: bool) -> str:
         if _inside(in_real, out_real):
             raise UsageError(f"--out {out} contains the input ({flag} {inp}); replacing it would "
                              "delete the input")
+    sweep_stale(out_abs)  # first: it may put back an OUT that an interrupted swap left aside
     if not os.path.lexists(out_abs):
         return out_abs
     if os.path.isdir(out_abs) and not os.path.islink(out_abs) and not os.listdir(out_abs):
@@ -211,7 +213,6 @@ def staged_dir(out: str, *, fsync: bool = False):
     out = os.path.abspath(os.fspath(out))
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    sweep_stale(out)
     tmp = f"{out}.tmp-{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
     os.makedirs(tmp)
     try:
