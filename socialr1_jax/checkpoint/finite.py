@@ -20,7 +20,7 @@ import numpy as np
 from socialr1_jax.checkpoint.errors import CheckpointError
 
 HINT = "pass --allow-nonfinite to accept it (for debugging only)"
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 1 << 20  # per read: 2 such buffers are all the check holds
 
 # itemsize -> (unsigned view, sign-cleared mask, bits of +Inf); bf16 and fp16 differ in the latter.
 _FLOAT_BITS = {
