@@ -9,7 +9,8 @@ One subpackage per stage of the pipeline:
     model/       Qwen3 in Flax NNX, its config, log-probs
     parallel/    the (data, fsdp, tensor) mesh, partition rules, multi-host
 
-Command lines keep flat names: `python -m socialr1_jax.train`, `.generate`, `.memory_plan`.
+Command lines keep flat names: `python -m socialr1_jax.train`, `.generate`, `.memory_plan`,
+`.train_rm`.
 """
 
 from socialr1_jax.checkpoint.loading import load_model

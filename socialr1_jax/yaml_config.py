@@ -2,12 +2,15 @@
 
 `load_yaml(cls, path, overrides)` builds a frozen dataclass from a YAML file plus command-line
 overrides such as `model.num_layers=4` or `optim.lr=1e-6`, checking every key and value type so
-a typo fails loudly instead of being ignored.
+a typo fails loudly instead of being ignored. Every mistake raises `ConfigError`, both a
+`ValueError` (for library callers) and a `cli.UsageError` (a command prints it as one `error:`
+line), naming the key and, for a misspelt key, the closest known one ("did you mean ...?").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -16,6 +19,18 @@ import typing
 from typing import Any
 
 import yaml
+
+from socialr1_jax.cli import UsageError
+
+
+class ConfigError(UsageError, ValueError):
+    """A config file, key or value the user got wrong (one line, names the key)."""
+
+
+def did_you_mean(name: str, choices, prefix: str = "") -> str:
+    """' (did you mean PREFIX+X?)' for the closest of `choices` to `name`, or ''."""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -31,12 +46,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except (TypeError, ValueError):
                 continue
-        raise ValueError(f"{key}: {value!r} does not fit {typ}")
+        raise ConfigError(f"{key}: {value!r} does not fit {typ}")
     if dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping (a section), got {value!r}")
         return from_dict(typ, value, prefix=key + ".")
     if origin in (tuple, list):
         if isinstance(value, str):
@@ -52,29 +67,29 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if typ is int:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if typ is float:
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if typ is str:
         if not isinstance(value, (str, int, float)):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     return value
 
@@ -82,18 +97,28 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def from_dict(cls, data: dict, *, prefix: str = ""):
     """Build dataclass `cls` from a (nested) dict, refusing unknown keys and ill-typed values."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; "
-                         f"{cls.__name__} has {sorted(names)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix + str(key)}"
+                              f"{did_you_mean(str(key), names, prefix)}; "
+                              f"{prefix.rstrip('.') or 'the top level'} has {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__)
+        msg = str(e)
+        if prefix and not msg.startswith(prefix):
+            msg = f"{prefix.rstrip('.')}: {msg}"  # name the section the value is in
+        raise ConfigError(msg) from None
 
 
 def to_dict(cfg) -> dict:
-    """A dataclass config as a plain nested dict (for YAML dumps and logs)."""
-    return dataclasses.asdict(cfg)
+    """A dataclass config as a plain nested dict of YAML/JSON types (tuples become lists), for
+    dumps, logs and comparisons with a dump read back."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -101,15 +126,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = json.loads(json.dumps(data))  # deep copy, plain types
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not valid YAML ({' '.join(str(e).split())}); "
+                              "quote values with braces, or put them in the --config file") from None
     return data
 
 
@@ -122,12 +151,18 @@ def load_yaml(cls, path: str | os.PathLike | None = None, overrides: list[str] =
             with open(path) as f:
                 loaded = yaml.safe_load(f) or {}
         except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist") from None
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path}: cannot be read ({e})") from None
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"config file {path}: not valid YAML{at}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"{path}: top level must be a mapping")
         data.update(loaded)
     data = apply_overrides(data, list(overrides))
     try:
         return from_dict(cls, data)
     except ValueError as e:
-        raise ValueError(f"{path or 'config'}: {e}") from None
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

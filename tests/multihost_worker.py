@@ -57,6 +57,8 @@ def main() -> int:
             "ids_global_shape": list(glob["ids"].shape),
             "q_local_shards": sorted({tuple(s.data.shape) for s in q.addressable_shards}),
             "q_is_fully_addressable": bool(q.is_fully_addressable),
+            # what the trainer copies to the host for the rewards: this process's rows only
+            "local_rows": distributed.local_rows(glob["ids"], mesh).tolist(),
         }
     np.savez(os.path.join(args.out, f"logits_{info.process_id}.npz"), **result)
     with open(os.path.join(args.out, f"report_{info.process_id}.json"), "w") as f:

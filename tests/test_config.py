@@ -61,11 +61,27 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_unknown_key_and_bad_type_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"optim\.lrr"):
+    with pytest.raises(ValueError, match=r"unknown config key optim\.lrr \(did you mean optim\.lr\?\)"):
         load_yaml(Run, None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"unknown config key optimm \(did you mean optim\?\)"):
+        load_yaml(Run, None, ["optimm.lr=1"])
     with pytest.raises(ValueError, match=r"optim\.warmup"):
         load_yaml(Run, None, ["optim.warmup=abc"])
     with pytest.raises(ValueError, match="remat"):
         load_yaml(Run, None, ["model.remat=sometimes"])
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ValueError, match="config file .*nope.yaml does not exist"):
         load_yaml(Run, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML at line"):
+        load_yaml(Run, bad)
+
+
+def test_config_errors_are_usage_errors():
+    """A command prints a ConfigError as one `error:` line (cli.UsageError)."""
+    from socialr1_jax.cli import UsageError
+    from socialr1_jax.yaml_config import ConfigError
+
+    with pytest.raises(UsageError):
+        load_yaml(Run, None, ["optim.warmup=abc"])
+    assert issubclass(ConfigError, ValueError)

@@ -91,7 +91,7 @@ def test_heuristic_judge_interface():
 def test_unknown_kind_and_model_kind():
     with pytest.raises(JudgeConfigError, match=r"kind='htp'.*did you mean 'http'"):
         JudgeConfig(kind="htp")
-    with pytest.raises(JudgeConfigError, match="register_judge"):
+    with pytest.raises(JudgeConfigError, match="content_judge.checkpoint"):
         build_judge(JudgeConfig(kind="model"), "content")
     with pytest.raises(JudgeConfigError, match="role"):
         build_judge(JudgeConfig(), "answer")

@@ -96,6 +96,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_two_processes(argv: list, tmp_path, name: str, timeout: int = 400) -> list[str]:
+    """Run `python argv...` as processes 0 and 1 of a 2 x 4-device CPU "pod" (gloo on
+    127.0.0.1); returns their outputs after checking that both exited with 0."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               SOCIALR1_COORDINATOR=f"127.0.0.1:{port}", SOCIALR1_NUM_PROCESSES="2",
+               PYTHONPATH=os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p]))
+    procs, logs = [], []
+    try:
+        for pid in range(2):
+            log = open(tmp_path / f"{name}_{pid}.log", "w+")
+            logs.append(log)
+            procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO,
+                                          env=dict(env, SOCIALR1_PROCESS_ID=str(pid)),
+                                          stdout=log, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_hf, tmp_path):
     meshes = ["1x8x1", "2x2x2"]
@@ -106,37 +139,9 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
         mask[i, : 10 - n] = 0
     ids = np.where(mask == 1, ids, 0)
     np.savez(tmp_path / "batch.npz", ids=ids, mask=mask)
-
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               SOCIALR1_COORDINATOR=f"127.0.0.1:{port}", SOCIALR1_NUM_PROCESSES="2",
-               PYTHONPATH=os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p]))
-    procs, logs = [], []
-    try:
-        for pid in range(2):
-            log = open(tmp_path / f"worker_{pid}.log", "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.multihost_worker", "--checkpoint", tiny_hf,
-                 "--batch", str(tmp_path / "batch.npz"), "--meshes", ",".join(meshes),
-                 "--out", str(tmp_path)],
-                cwd=REPO, env=dict(env, SOCIALR1_PROCESS_ID=str(pid)),
-                stdout=log, stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=240)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-        outputs = []
-        for log in logs:
-            log.seek(0)
-            outputs.append(log.read()[-3000:])
-            log.close()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out
+    run_two_processes(["-m", "tests.multihost_worker", "--checkpoint", tiny_hf, "--batch",
+                       str(tmp_path / "batch.npz"), "--meshes", ",".join(meshes), "--out",
+                       str(tmp_path)], tmp_path, "worker", timeout=240)
 
     reports = [json.loads((tmp_path / f"report_{i}.json").read_text()) for i in range(2)]
     for i, r in enumerate(reports):
@@ -147,6 +152,7 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
             assert m["rows"] == [4 * i, 4 * i + 4]
             assert m["prompt_part"] == list(range(4 * i, 4 * i + 4))
             assert m["ids_global_shape"] == [8, 10]
+            assert m["local_rows"] == ids[4 * i:4 * i + 4].tolist()
             assert not m["q_is_fully_addressable"]
     assert reports[0]["meshes"]["1x8x1"]["q_local_shards"] == [[4, 16, 8]]
     assert reports[0]["meshes"]["2x2x2"]["q_local_shards"] == [[2, 16, 32]]
@@ -172,3 +178,45 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
             assert err <= 1e-5, (spec, pid, err)
             assert np.abs(two_process - reference)[real].max() <= 1e-5
         assert np.abs(one_process[real]).max() > 0.1
+
+
+@pytest.mark.slow
+def test_two_process_training_run_saves_a_checkpoint_that_restores_on_one_process(tmp_path):
+    """The real command on 2 processes x 4 devices (gloo) trains 2 steps and saves; only process
+    0 logs; the checkpoint restores onto 1 process x 8 devices (and onto another mesh) with the
+    parameters of the same run on one process."""
+    from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
+    from socialr1_jax.rl import train as train_mod
+    from socialr1_jax.rl import train_step as ts
+
+    args = ["run.steps=2", "run.progress=false", "run.samples_per_step=2"]
+    out = tmp_path / "run"
+    outputs = run_two_processes(["-m", "socialr1_jax.train", *args, f"run.out_dir={out}"],
+                                tmp_path, "train")
+    assert "devices: 8 x cpu over 2 process(es)" in outputs[0] and "step 1/2" in outputs[0]
+    assert "step 1/2" not in outputs[1] and "devices:" not in outputs[1]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1]  # written once, by process 0
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+
+    cfg = train_mod.parse_args(args + ["run.out_dir="])
+    single = train_mod.train(cfg, log=lambda s: None)
+    mesh = make_mesh(1, 8, 1)
+    mcfg = single.model_cfg
+    ck = TrainCheckpointer(str(out / "checkpoints"))
+    try:
+        assert ck.steps() == [2]
+        state, meta = ck.restore(ts.abstract_train_state(mcfg, cfg.optim, mesh,
+                                                         total_updates=cfg.total_updates))
+        other, _ = ck.restore(ts.abstract_train_state(mcfg, cfg.optim, make_mesh(2, 2, 2),
+                                                      total_updates=cfg.total_updates))
+    finally:
+        ck.close()
+    assert meta["updates"] == 2
+    one = jax.tree.map(np.asarray, single.state)
+    for a, b, c in zip(jax.tree.leaves(state), jax.tree.leaves(other), jax.tree.leaves(one)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # any mesh: the same bits
+        # vs one process: the same up to the order of float sums (gloo's all-reduce vs XLA's)
+        np.testing.assert_allclose(np.asarray(a), c, rtol=1e-3, atol=1e-6)
+    for i, m in enumerate(single.history):
+        assert json.loads(lines[i])["reward_mean"] == m["reward_mean"]

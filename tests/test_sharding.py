@@ -120,7 +120,7 @@ def test_rules_cover_every_parameter_and_hand_checked_shards():
     assert shard(mlp.gate_fd[...]) == (64, 16)            # [128, 64]
     assert shard(mlp.down_df[...]) == (16, 64)            # [64, 128]
     assert shard(model.final_norm.scale_d[...]) == (64,)  # small: replicated
-    assert len(PARAM_RULES) == 10
+    assert len(PARAM_RULES) == 11  # and the reward model's head (test_reward_model.py)
 
 
 def test_create_model_program_never_holds_a_full_copy(monkeypatch):

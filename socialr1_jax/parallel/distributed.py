@@ -253,3 +253,24 @@ def gather(x) -> np.ndarray:
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def local_rows(x, mesh: Mesh) -> np.ndarray:
+    """This process's rows (`process_rows`) of a global [batch, ...] array as numpy.
+
+    Only the shards this process's devices hold are copied to the host; no other host's data
+    moves. `x` is laid out with `batch_sharding` (batch over data x fsdp, the rest whole).
+    """
+    rows = process_rows(mesh, x.shape[0])
+    if x.is_fully_addressable and (rows.start, rows.stop) == (0, x.shape[0]):
+        return np.asarray(x)
+    blocks = {}
+    for shard in x.addressable_shards:
+        idx = shard.index[0]
+        blocks.setdefault(idx.start or 0, shard.data)
+    out = np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)])
+    if out.shape[0] != rows.stop - rows.start:
+        raise ValueError(f"process {jax.process_index()}: its shards of an array of shape "
+                         f"{list(x.shape)} hold {out.shape[0]} rows, expected "
+                         f"{rows.stop - rows.start}; lay it out with batch_sharding first")
+    return out

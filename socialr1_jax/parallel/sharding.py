@@ -29,6 +29,7 @@ BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel
 # Our weights keep HF's [out, in] layout (see hf_layout.py): `_vd` = [vocab, hidden] etc.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"embed_vd$", P("tensor", "fsdp")),
+    (r"score_cd$", P(None, "fsdp")),  # the reward model's scalar head [1, hidden]
     (r"lm_head_vd$", P("tensor", "fsdp")),
     (r"attn/q_nhd$", P("tensor", None, "fsdp")),
     (r"attn/k_khd$", P("tensor", None, "fsdp")),

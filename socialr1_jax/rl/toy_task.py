@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from socialr1_jax.rl.task import PromptBatch
+from socialr1_jax.rl.task import PromptBatch, Scores
 
 
 class ToyTask:
@@ -42,10 +42,11 @@ class ToyTask:
         return PromptBatch(ids=[list(self.pool[i]) for i in idx], meta=[int(i) for i in idx])
 
     def rewards(self, prompts: PromptBatch, completions: np.ndarray, mask: np.ndarray,
-                group_size: int) -> np.ndarray:
+                group_size: int) -> Scores:
+        """1.0 per completion whose first token is the target (its accuracy too)."""
         completions, mask = np.asarray(completions), np.asarray(mask)
         if completions.shape[0] != len(prompts.ids) * group_size:
             raise ValueError(f"{completions.shape[0]} completions for {len(prompts.ids)} prompts "
                              f"x group {group_size}")
-        hit = (completions[:, 0] == self.target_token) & (mask[:, 0] > 0)
-        return hit.astype(np.float32)
+        hit = ((completions[:, 0] == self.target_token) & (mask[:, 0] > 0)).astype(np.float32)
+        return Scores(rewards=hit, terms={"hit": hit}, accuracy=hit)

@@ -1,22 +1,23 @@
 """The GRPO training job: `python -m socialr1_jax.train [--config FILE.yaml] [key=value ...]`.
 
 Without arguments it runs the tiny CPU demo (the embedded `DEMO` config, the same as
-configs/tiny_cpu.yaml): a tiny random Qwen3 learns the toy task (reward 1 when the completion
-starts with token 7) in a few tens of GRPO steps, offline, in about a minute.
+configs/tiny_cpu.yaml). The paper's recipe:
+`--config configs/socialr1_qwen3_4b.yaml model.path=/path/to/Qwen3-4B`. On a pod, the same
+command on every host with `--coordinator/--num-processes/--process-id` (or SOCIALR1_*
+variables; see parallel/distributed.py). docs/training.md describes the run directory, resume,
+preemption and every config key.
 
-The paper's recipe: `--config configs/socialr1_qwen3_4b.yaml model.path=/path/to/Qwen3-4B`.
-Its task (ToMBench-Hard prompts, Social-R1 rewards) is not implemented yet and the job says so.
-
-One step: prompts from the task -> `sampler.sample` (group_size completions each) -> rewards
-from the task -> group advantages -> reference log-probs (a frozen copy of the initial weights,
-its own jitted forward) -> mini-batches x epochs of the jitted, donated train step.
+One step: prompts from the task -> the sampler (group_size completions each) -> rewards (each
+process scores its own rows on the host) -> group advantages (on device) -> reference log-probs
+(the frozen initial weights) -> mini-batches x epochs of the jitted, donated train step. Every
+`run.save_every` steps, at the end, and on SIGTERM / Ctrl-C the whole TrainState is checkpointed
+(asynchronously); `run.resume=true` continues a run from its latest checkpoint exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -27,15 +28,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from socialr1_jax.rl import grpo
+from socialr1_jax import cli
+from socialr1_jax.parallel import distributed
+from socialr1_jax.rl import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.yaml_config import to_dict
-from socialr1_jax.model.build import abstract_model, create_model
-from socialr1_jax.checkpoint.loading import load_model
-from socialr1_jax.parallel.sharding import batch_sharding, make_mesh
+from socialr1_jax.rl.console import Console
+from socialr1_jax.rl.preemption import StopSignals
+from socialr1_jax.rl.rollout import Programs, sample_rows, score_metrics
 from socialr1_jax.rl.task import Task
-from socialr1_jax.rl.toy_task import ToyTask
 from socialr1_jax.rl.train_config import TrainConfig, load_train_config
+from socialr1_jax.yaml_config import ConfigError
 
 # The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree).
 DEMO = {
@@ -51,12 +53,17 @@ DEMO = {
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run leaves: per-step metrics, the final state and why it ended."""
+    """What a run leaves: per-step metrics (this call's steps), the final state, why it ended,
+    the run directory and the exit code of the command."""
 
     history: list[dict]
     state: ts.TrainState
     status: str
     model_cfg: object
+    out_dir: str = ""
+    exit_code: int = 0
+    first_step: int = 0
+    evaluations: list = dataclasses.field(default_factory=list)  # [(steps done, metrics)]
 
     @property
     def start_reward(self) -> float:
@@ -69,15 +76,24 @@ class TrainResult:
 
 def build_mesh(cfg: TrainConfig):
     """The run's (data, fsdp, tensor) mesh over every visible device."""
+    from socialr1_jax.parallel.sharding import make_mesh
+
     m = cfg.mesh
+    m.check_devices(jax.device_count())
     return make_mesh(m.data, m.fsdp or None, m.tensor)
 
 
 def load_policy(cfg: TrainConfig, mesh):
     """The initial policy: a checkpoint (model.path) or a random preset, sharded on `mesh`."""
+    from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.model.build import abstract_model, create_model
+
     sec = cfg.model
     if sec.path:
-        model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
+        try:
+            model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
+        except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+            raise cli.UsageError(f"model.path={sec.path}: {e}") from None
         mcfg = model.cfg.replace(remat=sec.remat, **({"dtype": sec.dtype} if sec.dtype else {}))
         if mcfg != model.cfg:  # same parameters, different static settings
             model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
@@ -87,215 +103,327 @@ def load_policy(cfg: TrainConfig, mesh):
 
 def make_task(cfg: TrainConfig, vocab_size: int) -> Task:
     """The task named by run.task."""
-    if cfg.run.task == "toy":
-        t = cfg.toy
+    check_task(cfg)
+    from socialr1_jax.rl.toy_task import ToyTask
+
+    t = cfg.toy
+    try:
         return ToyTask(vocab_size, target_token=t.target_token, prompt_len=t.prompt_len,
                        eos_id=t.eos_id, num_prompts=t.num_prompts, seed=cfg.run.seed)
-    raise NotImplementedError(
-        f"run.task={cfg.run.task!r}: the Social-R1 task (ToMBench-Hard prompts and the "
-        "format/answer/structure/content/length rewards of SPEC.md) is not implemented yet; only "
-        "run.task=toy can train now. Pass a Task object to socialr1_jax.train.train() to train "
-        "on your own prompts and rewards.")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
-def _save(cfg: TrainConfig, step: int, state: ts.TrainState, model_cfg) -> str:
-    """A training checkpoint: params, and the optimizer state, master weights and counters as
-    one flat, numbered item (restored with the abstract TrainState's tree structure)."""
-    from socialr1_jax.checkpoint.orbax_io import save_checkpoint
-
-    rest = (state.master, state.opt_state, state.step, state.skipped, state.consecutive_skips)
-    leaves = jax.tree.leaves(rest)
-    flat = {f"{i:05d}": x for i, x in enumerate(leaves)}
-    meta = {"config": to_dict(cfg), "train_state_leaves": len(leaves)}
-    return save_checkpoint(os.path.join(cfg.run.out_dir, "checkpoints"), step, state.params,
-                           flat, meta, cfg=model_cfg)
+def check_task(cfg: TrainConfig) -> None:
+    """Refuse a task this build cannot train, before any model is loaded."""
+    if cfg.run.task != "toy":
+        raise ConfigError(
+            f"run.task={cfg.run.task!r}: the Social-R1 task (ToMBench-Hard prompts and the "
+            "format/answer/structure/content/length rewards) is not part of this build yet; "
+            "run.task=toy trains now, and socialr1_jax.train.train(cfg, task=...) takes your "
+            "own Task")
 
 
-def restore_train_state(root: str, template: ts.TrainState, model_cfg, mesh,
-                        step: Optional[int] = None) -> tuple[ts.TrainState, int]:
-    """(TrainState, step) from a checkpoint written by a run (`OUT/checkpoints`, latest step by
-    default), every array restored straight into the sharding of `template`'s matching leaf."""
-    from socialr1_jax.checkpoint.errors import CheckpointError
-    from socialr1_jax.checkpoint.orbax_io import restore_checkpoint
+def _broadcast_str(text: str) -> str:
+    """Process 0's `text` on every process."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
 
-    rest = (template.master, template.opt_state, template.step, template.skipped,
-            template.consecutive_skips)
-    leaves, treedef = jax.tree.flatten(rest)
-    abstract = {f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                for i, x in enumerate(leaves)}
-    r = restore_checkpoint(root, step, cfg=model_cfg, mesh=mesh, abstract_opt_state=abstract)
-    if (r.meta or {}).get("train_state_leaves") != len(leaves):
-        raise CheckpointError(f"{root} step {r.step}: its optimizer state has "
-                              f"{(r.meta or {}).get('train_state_leaves')} arrays, this run's "
-                              f"has {len(leaves)} (another optimizer or dtype setup?)")
-    rest = jax.tree.unflatten(treedef, [r.opt_state[k] for k in sorted(r.opt_state)])
-    return ts.TrainState(nnx.state(r.model), *rest), r.step
+    buf = np.zeros(4096, np.uint8)
+    raw = text.encode()[:4096]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(out[out != 0]).decode()
 
 
-def _resume_root(cfg: TrainConfig) -> str:
-    """out_dir/checkpoints when run.resume is set and it holds a finished step, else ''."""
-    root = os.path.join(cfg.run.out_dir, "checkpoints") if cfg.run.out_dir else ""
-    if not (cfg.run.resume and root and os.path.isdir(root)):
-        return ""
-    from socialr1_jax.checkpoint.orbax_io import list_steps
-    return root if list_steps(root) else ""
+@dataclasses.dataclass
+class Prepared:
+    """What `prepare` checked and resolved: the run directory, what to resume (None for a
+    fresh run: the stored config and the changes allowed), the periodic evaluation or None."""
+
+    out_dir: str
+    resume: Optional[dict]
+    evaluator: Optional[periodic_eval.PeriodicEval] = None
+    rows: Optional[list] = None       # run.task=social-r1: the training rows
+    rewards: object = None            # run.task=social-r1: the RewardSet, its judges checked
 
 
-def _mean_metrics(history: list[dict]) -> dict:
-    keys = history[0].keys()
-    host = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in host])) for k in keys}
+def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
+    """Every check that needs no model, before anything is built: the task, the evaluation data,
+    the mesh against the devices, model.path, the run directory (named here: '{time}' becomes
+    the start time, the same on every process)."""
+    rows = rewards = None
+    if not task_given and cfg.run.task == "social-r1":
+        rows, rewards = social_inputs(cfg)
+    try:
+        if not task_given:
+            check_task(cfg)
+        return _prepare_run(cfg, task_given, rows, rewards)
+    except BaseException:
+        if rewards is not None:
+            rewards.close()
+        raise
+
+
+def social_inputs(cfg: TrainConfig):
+    """The rows and the reward set of run.task=social-r1, checked before any model: the data
+    file and its columns, the reward functions, API-key variables, and every judge answering
+    (an unreachable judge stops here unless it has a fallback score)."""
+    from socialr1_jax.social.benchmarks import load_benchmark
+    from socialr1_jax.social.data import column_map
+    from socialr1_jax.social.judges import JudgeUnavailable
+    from socialr1_jax.social.reward_fns import RewardSet
+
+    d = cfg.data
+    try:
+        rows = load_benchmark(d.benchmark, d.path or None, limit=d.limit or None,
+                              split=d.split or None,
+                              columns=column_map(d.columns) if d.columns else None)
+    except cli.UsageError as e:
+        raise ConfigError(f"data.benchmark={d.benchmark} data.path={d.path}: {e}") from None
+    try:
+        rewards = RewardSet.from_config(cfg.reward)
+    except (ValueError, ImportError, AttributeError) as e:
+        raise ConfigError(f"reward: {e}") from None
+    try:
+        status = rewards.check()
+    except JudgeUnavailable as e:
+        rewards.close()
+        raise ConfigError(f"reward: {e} (give the judge a fallback score, e.g. "
+                          "reward.struct_judge.fallback=0, to train on without it)") from None
+    for role, state in status.items():
+        if state != "ok" and jax.process_index() == 0:
+            print(f"warning: the {role} judge is {state}", file=sys.stderr)
+    return rows, rewards
+
+
+def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
+    cfg.mesh.check_devices(jax.device_count())
+    if cfg.model.path and not os.path.exists(cfg.model.path):
+        raise ConfigError(f"model.path={cfg.model.path} does not exist")
+    out_dir = cfg.run.out_dir
+    if out_dir:
+        out_dir = _broadcast_str(run_dir.expand_out_dir(out_dir)
+                                 if jax.process_index() == 0 else "")
+    resume = run_dir.check_run_dir(cfg, out_dir)
+    evaluator = periodic_eval.make(cfg)
+    if evaluator is not None and not task_given and cfg.run.task == "toy" and \
+            not periodic_eval.has_tokenizer(cfg.model.path):
+        raise ConfigError("eval.every > 0 needs a tokenizer: model.path has no tokenizer files "
+                          "and run.task=toy has none")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("socialr1_jax run directory checked")
+    return Prepared(out_dir, resume, evaluator, rows, rewards)
+
+
+def _meta(cfg: TrainConfig, done: int, state: ts.TrainState, task) -> dict:
+    meta = {"steps_done": done, "updates": int(state.step), "skipped": int(state.skipped),
+            "seed": cfg.run.seed, "data": {"next_step": done,
+                                           "prompts_per_step": cfg.rollout.prompts_per_step},
+            "rng": "sampling key seed*1000003+step, mini-batch order seed*7919+step"}
+    if hasattr(task, "state_dict"):
+        meta["task_state"] = task.state_dict()
+    return meta
+
+
+def _mean_updates(updates: list[dict]) -> dict:
+    host = jax.device_get(updates)
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
 def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
-          log: Callable[[str], None] = print,
+          log: Optional[Callable[[str], None]] = None,
           on_step: Optional[Callable[[int, ts.TrainState, dict], None]] = None) -> TrainResult:
-    """Run GRPO for cfg.run.steps steps (or until too many non-finite updates in a row).
+    """Run GRPO for cfg.run.steps steps (or until too many non-finite updates in a row, or a
+    SIGTERM / Ctrl-C), writing the run directory cfg.run.out_dir ('' = nothing).
 
-    task: defaults to the one named by cfg.run.task; model: defaults to `load_policy(cfg)`.
-    on_step(step, state, metrics): called after each step's updates (evaluation hooks, tests);
-    the state is donated to the next step, so copy what you keep.
+    task: defaults to the one named by cfg.run.task; model: the initial policy (and reference),
+    defaults to `load_policy(cfg)`; log: where lines go (default: the console);
+    on_step(step, state, metrics): called after each step's updates (hooks, tests); the state
+    is donated to the next step, so copy what you keep.
     """
-    if task is None and cfg.run.task != "toy":
-        make_task(cfg, 0)  # raises before any model is loaded
+    prep = prepare(cfg, task_given=task is not None)
+    try:
+        return _train(cfg, prep, task, model, log, on_step)
+    finally:
+        if prep.rewards is not None:
+            prep.rewards.close()
+
+
+def _train(cfg: TrainConfig, prep: Prepared, task, model, log, on_step) -> TrainResult:
+    out_dir, resume, evaluator = prep.out_dir, prep.resume, prep.evaluator
+    primary = jax.process_index() == 0
     mesh = build_mesh(cfg)
     if model is None:
         model = load_policy(cfg, mesh)
     mcfg = model.cfg
     task = task or make_task(cfg, mcfg.vocab_size)
+    if evaluator is not None:
+        evaluator.attach(task)
     g, r = cfg.grpo, cfg.rollout
-
-    _, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
-    resume_from = _resume_root(cfg)
-    step_fn = ts.make_train_step(mcfg, cfg.optim, g, mesh, temperature=r.temperature,
-                                 micro_batch_size=cfg.micro_batch,
-                                 total_updates=cfg.total_updates)
-    logp_fn = ts.make_logprob_fn(mcfg, mesh, temperature=r.temperature, chunk=g.logprob_chunk,
-                                 micro_batch_size=cfg.micro_batch)
-    graphdef = nnx.graphdef(model)
+    graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
     del model
+    programs = Programs(cfg, mcfg, graphdef, mesh)
 
-    first = 0
-    if resume_from:
-        state, first = restore_train_state(resume_from, ts.abstract_train_state(
-            mcfg, cfg.optim, mesh, total_updates=cfg.total_updates), mcfg, mesh)
-        log(f"resumed from {resume_from} step {first} ({int(state.step)} updates)")
+    ckpt = None
+    if out_dir:
+        from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
+        ckpt = TrainCheckpointer(os.path.join(out_dir, run_dir.CHECKPOINTS), keep=cfg.run.keep,
+                                 async_save=cfg.run.async_save)
+    first, note = 0, ""
+    if resume is not None and ckpt is not None and ckpt.latest() is not None:
+        abstract = ts.abstract_train_state(mcfg, cfg.optim, mesh,
+                                           total_updates=cfg.total_updates)
+        state, meta = ckpt.restore(abstract)
+        first = int(meta["step"])
+        if "task_state" in meta and hasattr(task, "load_state_dict"):
+            task.load_state_dict(meta["task_state"])
+        note = f"resumed {out_dir} at step {first} ({int(state.step)} updates)"
     else:
         state = ts.init_train_state(ref_params, cfg.optim, mesh, total_updates=cfg.total_updates)
-    from socialr1_jax.rollout.sampler import sample
+        if resume is not None:
+            note = f"resumed {out_dir}: no checkpoint yet, starting at step 0"
+    if ckpt is not None:
+        ckpt.write_side_files(mcfg, source=cfg.model.path or None, task=task,
+                              eos_ids=task.eos_ids, pad_id=task.pad_id)
+    logs = run_dir.RunLogs(cfg, out_dir, first, primary=primary)
+    console = Console(cfg.run.steps, first, log_every=cfg.run.log_every,
+                      progress=cfg.run.progress, enabled=primary, log=log)
+    if note:
+        console.print(note)
+    for change in (resume or {}).get("changes", []):
+        console.print(f"warning: config changed since the run started: {change}")
 
-    out_dir = cfg.run.out_dir
-    metrics_file = None
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "a")
-    bar = None
-    if cfg.run.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.run.steps, initial=first, desc="GRPO", unit="step",
-                   file=sys.stderr)
-        log = bar.write
-    two = batch_sharding(mesh, 2)
+    def evaluate(done: int) -> None:
+        m = evaluator(graphdef, state.params, mesh, eos_ids=task.eos_ids, pad_id=task.pad_id)
+        evaluations.append((done, m))
+        logs.evaluation(done, m)
+        console.print(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
+                      f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
 
-
-    history, status = [], "done"
+    history, evaluations, status, exit_code, done = [], [], "done", 0, first
+    stop = StopSignals(notify=console.print if primary else None)
     try:
-        for step in range(first, cfg.run.steps):
-            prompts = task.prompts(step, r.prompts_per_step)
-            too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
-            if too_long:
-                raise ValueError(f"step {step}: prompt(s) {too_long[:5]} are longer than "
-                                 f"rollout.max_prompt_len={r.max_prompt_len}")
-            t0 = time.perf_counter()
-            out = sample(nnx.merge(graphdef, state.params), prompts.ids,
-                         max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                         top_k=r.top_k, top_p=r.top_p, num_samples=g.group_size,
-                         eos_ids=task.eos_ids, seed=cfg.run.seed * 1_000_003 + step, mesh=mesh,
-                         pad_id=task.pad_id)
-            tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
-            t1 = time.perf_counter()
-            rewards = np.asarray(task.rewards(prompts, tokens, mask, g.group_size), np.float32)
-            adv = np.asarray(grpo.advantages(rewards, g.group_size, normalize=g.normalize_adv))
-            seqs = [jax.device_put(np.asarray(x), two)
-                    for x in (out.prompt_ids, out.prompt_mask, tokens, mask)]
-            ref_logp = logp_fn(ref_params, *seqs)
-            old_logp = (logp_fn(state.params, *seqs) if g.recompute_old_logp
-                        else jax.device_put(np.asarray(out.logprobs), two))
-            jax.block_until_ready(ref_logp)
-            t2 = time.perf_counter()
-            batch = ts.TrainBatch(*seqs, old_logp, ref_logp, adv)
-            state, updates = ts.rollout_updates(
-                step_fn, state, batch, mini_batch_size=cfg.mini_batch, epochs=g.epochs,
-                shuffle=g.shuffle, seed=cfg.run.seed * 7919 + step, mesh=mesh)
-            m = _mean_metrics(updates)
-            t3 = time.perf_counter()
-            m.update(grpo.reward_stats(rewards, g.group_size))
-            m.update(step=step, response_len=float(mask.sum(1).mean()), rollout_s=t1 - t0,
-                     ref_s=t2 - t1, update_s=t3 - t2, updates=int(state.step),
-                     skipped_total=int(state.skipped))
-            history.append(m)
-            if metrics_file:
-                metrics_file.write(json.dumps(m) + "\n")
-                metrics_file.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.4f}")
-            if step % cfg.run.log_every == 0 or step == cfg.run.steps - 1:
-                log(f"step {step:4d} reward {m['reward_mean']:.3f} loss {m['loss']:+.4f} "
-                    f"pg {m['pg_loss']:+.4f} kl {m['kl']:.4f} clip(lo/hi) "
-                    f"{m['clip_frac_low']:.3f}/{m['clip_frac_high']:.3f} ent {m['entropy']:.3f} "
-                    f"|g| {m['grad_norm']:.3f} lr {m['lr']:.2e} len {m['response_len']:.1f} "
-                    f"t {m['rollout_s']:.2f}/{m['ref_s']:.2f}/{m['update_s']:.2f}s")
-            if on_step is not None:
-                on_step(step, state, m)
-            if int(state.consecutive_skips) >= g.max_consecutive_skips:
-                status = (f"stopped at step {step}: {int(state.consecutive_skips)} consecutive "
-                          f"updates with NaN/Inf loss or gradients (grpo.max_consecutive_skips="
-                          f"{g.max_consecutive_skips}); the state is the last good one")
-                log(status)
-                break
-            if out_dir and cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
-                _save(cfg, step + 1, state, mcfg)
-        if out_dir and history:
-            path = _save(cfg, first + len(history), state, mcfg)
-            log(f"checkpoint: {path}")
+        with stop:
+            if evaluator is not None and first == 0 and cfg.eval.at_start:
+                evaluate(0)
+            for step in range(first, cfg.run.steps):
+                t0 = time.perf_counter()
+                prompts = task.prompts(step, r.prompts_per_step)
+                too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
+                if too_long:
+                    raise ValueError(f"step {step}: prompt(s) {too_long[:5]} are longer than "
+                                     f"rollout.max_prompt_len={r.max_prompt_len}")
+                ro = programs.rollout(task, state, ref_params, prompts,
+                                      seed=cfg.run.seed * 1_000_003 + step)
+                t1 = time.perf_counter()
+                if stop.requested():  # the update has not started: the state is intact
+                    break
+                state, updates = ts.rollout_updates(
+                    programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
+                    epochs=g.epochs, shuffle=g.shuffle, seed=cfg.run.seed * 7919 + step,
+                    mesh=mesh)
+                m = _mean_updates(updates)
+                t2 = time.perf_counter()
+                m.update(score_metrics(ro, mesh, g.group_size))
+                gen = programs.generated_tokens(ro)
+                m.update(response_len=gen / ro.rewards.shape[0], rollout_s=t1 - t0,
+                         update_s=t2 - t1, tokens_per_s=gen / max(t2 - t0, 1e-9),
+                         updates=int(state.step), skipped_total=int(state.skipped))
+                done = step + 1
+                history.append(dict(m, step=step))
+                logs.step(step, m)
+                logs.samples(sample_rows(ro, prompts, step, cfg.run.samples_per_step,
+                                         g.group_size, mesh))
+                console.step(step, m)
+                if on_step is not None:
+                    on_step(step, state, m)
+                if int(state.consecutive_skips) >= g.max_consecutive_skips:
+                    status = (f"stopped at step {step}: {int(state.consecutive_skips)} "
+                              "consecutive updates with NaN/Inf loss or gradients "
+                              f"(grpo.max_consecutive_skips={g.max_consecutive_skips}); the "
+                              "state is the last good one")
+                    exit_code = 1
+                    console.print(status)
+                    break
+                if evaluator is not None and (evaluator.due(done) or done == cfg.run.steps):
+                    evaluate(done)  # before the save: a resume never skips an evaluation
+                if ckpt is not None and cfg.run.save_every and done % cfg.run.save_every == 0:
+                    ckpt.save(done, state, _meta(cfg, done, state, task))
+                if stop.requested():
+                    break
+            if stop.signum is not None:
+                status = f"stopped by {stop.name} after {done} steps"
+                exit_code = stop.exit_code
+        if ckpt is not None and done > 0:
+            ckpt.save(done, state, _meta(cfg, done, state, task))
+            ckpt.wait()
+            console.print(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
+        if stop.signum is not None and out_dir:
+            console.print(f"resume with: run.resume=true run.out_dir={out_dir}")
     finally:
-        if bar is not None:
-            bar.close()
-        if metrics_file:
-            metrics_file.close()
-    return TrainResult(history=history, state=state, status=status, model_cfg=mcfg)
+        console.close()
+        logs.close()
+        if ckpt is not None:
+            ckpt.close()
+    return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
+                       out_dir=out_dir, exit_code=exit_code, first_step=first,
+                       evaluations=evaluations)
 
 
 def summary(result: TrainResult) -> str:
-    """Start vs end mean reward, updates applied and skipped, why the run ended."""
+    """Start vs end mean reward, updates applied and skipped, why the run ended, where it is."""
     h = result.history
+    where = f"; run directory {result.out_dir}" if result.out_dir else ""
     if not h:
-        return "no step ran"
+        return f"no step ran ({result.status}){where}"
     tail = h[-min(5, len(h)):]
+    held_out = ""
+    if result.evaluations:
+        (a, ma), (b, mb) = result.evaluations[0], result.evaluations[-1]
+        held_out = (f"; held-out accuracy {ma['eval/accuracy']:.3f} after {a} steps -> "
+                    f"{mb['eval/accuracy']:.3f} after {b}")
     return (f"{len(h)} steps, {int(result.state.step)} updates ({int(result.state.skipped)} "
             f"skipped): mean reward {result.start_reward:.3f} at the first step -> "
             f"{result.end_reward:.3f} at the last (last {len(tail)} steps: "
-            f"{np.mean([m['reward_mean'] for m in tail]):.3f}); {result.status}")
+            f"{np.mean([m['reward_mean'] for m in tail]):.3f}){held_out}; {result.status}{where}")
+
+
+def parse_command(argv=None):
+    """(TrainConfig, parsed flags) from --config FILE.yaml plus key=value overrides and the
+    multi-host flags; no --config = the embedded tiny demo."""
+    p = cli.ArgumentParser(prog="python -m socialr1_jax.train", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (configs/*.yaml); default: the tiny CPU demo")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=1e-6 run.steps=10")
+    distributed.add_flags(p)
+    a = p.parse_args(argv)
+    cfg = load_train_config(a.config, a.overrides, defaults=None if a.config else DEMO)
+    return cfg, a
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """--config FILE.yaml plus key=value overrides; no --config = the embedded tiny demo."""
-    p = argparse.ArgumentParser(prog="python -m socialr1_jax.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (configs/*.yaml); default: the tiny CPU demo")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=1e-6 run.steps=10")
-    a = p.parse_args(argv)
-    return load_train_config(a.config, a.overrides, defaults=None if a.config else DEMO)
+    """The TrainConfig of a command line (see `parse_command`)."""
+    return parse_command(argv)[0]
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
-    print(f"devices: {jax.devices()}")
+    """The command: config -> multi-host setup -> train -> summary; returns the exit code."""
+    cfg, args = parse_command(argv)
+    try:
+        info = distributed.initialize_from_flags(args)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    if info.process_id == 0:
+        print(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
+              f"{info.num_processes} process(es)", flush=True)
     result = train(cfg)
-    print(summary(result))
-    return 0 if result.status == "done" else 1
+    if info.process_id == 0:
+        print(summary(result), flush=True)
+    return result.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

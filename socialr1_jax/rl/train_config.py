@@ -1,22 +1,35 @@
-"""Typed configuration of a GRPO run: model, optimizer, GRPO, rollout, mesh, run, toy task.
+"""Typed configuration of a GRPO run: model, optimizer, GRPO, rollout, mesh, run, eval, toy task.
 
 `load_train_config(path, overrides)` reads a YAML file (configs/*.yaml) with `key=value`
-overrides (`optim.lr=1e-6`, `model.path=/ckpt/Qwen3-4B`) through `config.load_yaml`, which refuses
-unknown keys and ill-typed values; `TrainConfig.__post_init__` then checks the values that only
-make sense together (group size vs normalisation, batch divisibility, ...).
+overrides (`optim.lr=1e-6`, `model.path=/ckpt/Qwen3-4B`) through `yaml_config.load_yaml`, which
+refuses unknown keys (with a did-you-mean) and ill-typed values; each section's `__post_init__`
+then checks its values and `TrainConfig.__post_init__` the ones that only make sense together
+(group size vs normalisation, batch divisibility, ...). Every mistake is a `ConfigError`: one
+`error:` line from the command. docs/training.md is the reference of every key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Optional
 
 from socialr1_jax.rl import grpo
-from socialr1_jax.model.config import ModelConfig, parse_dtype, preset
-from socialr1_jax.yaml_config import load_yaml
+from socialr1_jax.model.config import PRESETS, ModelConfig, parse_dtype, preset
+from socialr1_jax.social.prompts import PromptConfig
+from socialr1_jax.social.reward_fns import RewardSetConfig
+from socialr1_jax.yaml_config import ConfigError, did_you_mean, load_yaml
 
 TASKS = ("toy", "social-r1")
+
+# A model this small may start from random weights without model.random_init (tests, demos);
+# anything larger needs model.path, so a random 4B model is never trained by accident.
+RANDOM_INIT_MAX_PARAMS = 50_000_000
+
+# The default run directory: a new one per run (the time it started), so a command can be
+# repeated without touching the last run's files.
+DEFAULT_OUT_DIR = "runs/{time}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +49,35 @@ class ModelSection:
     remat: str = "none"
     vocab_size: int = 0
     seed: int = 0
+    random_init: bool = False
+
+    def __post_init__(self):
+        if self.remat not in ("none", "full", "dots"):
+            raise ConfigError(f"model.remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+        for key in ("param_dtype", "dtype"):
+            if getattr(self, key):
+                try:
+                    parse_dtype(getattr(self, key))
+                except ValueError:
+                    raise ConfigError(f"model.{key}={getattr(self, key)!r} is not a dtype "
+                                      "(bfloat16, float32, ...)") from None
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0 (0 = the preset's)")
+        if self.path:
+            if self.random_init:
+                raise ConfigError("model.random_init=true with model.path: the weights would be "
+                                  "loaded, not random; drop one of them")
+            return
+        if self.preset not in PRESETS:
+            raise ConfigError(f"model.preset={self.preset!r} is not a preset"
+                              f"{did_you_mean(self.preset, PRESETS)}; presets: "
+                              f"{', '.join(PRESETS)}")
+        n = self.preset_config().num_params()
+        if n > RANDOM_INIT_MAX_PARAMS and not self.random_init:
+            raise ConfigError(
+                f"model.path is required: model.preset={self.preset!r} has {n / 1e9:.2f}B "
+                "parameters and no weights were given (model.path=/path/to/checkpoint); set "
+                "model.random_init=true to train random weights on purpose (benchmarks)")
 
     def preset_config(self) -> ModelConfig:
         """The ModelConfig of the preset with this section's changes (no checkpoint involved)."""
@@ -72,12 +114,15 @@ class OptimConfig:
     master_dtype: str = "float32"
 
     def __post_init__(self):
+        for key in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "eps", "max_grad_norm"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"optim.{key}={getattr(self, key)} must be finite")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'")
+            raise ConfigError(f"optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'")
         if not self.lr > 0:
-            raise ValueError(f"optim.lr={self.lr} must be > 0")
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
         if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ValueError("optim.warmup_steps and optim.decay_steps must be >= 0")
+            raise ConfigError("optim.warmup_steps and optim.decay_steps must be >= 0")
         parse_dtype(self.master_dtype)
 
 
@@ -117,25 +162,25 @@ class GRPOConfig:
 
     def __post_init__(self):
         if self.kl not in grpo.KL_TYPES:
-            raise ValueError(f"grpo.kl={self.kl!r}; expected one of {grpo.KL_TYPES}")
+            raise ConfigError(f"grpo.kl={self.kl!r}; expected one of {grpo.KL_TYPES}")
         if self.agg not in grpo.AGG_MODES:
-            raise ValueError(f"grpo.agg={self.agg!r}; expected one of {grpo.AGG_MODES}")
+            raise ConfigError(f"grpo.agg={self.agg!r}; expected one of {grpo.AGG_MODES}")
         if self.group_size < 1:
-            raise ValueError(f"grpo.group_size={self.group_size} must be >= 1")
+            raise ConfigError(f"grpo.group_size={self.group_size} must be >= 1")
         if self.normalize_adv and self.group_size == 1:
-            raise ValueError("grpo.group_size=1 with grpo.normalize_adv=true: the std of a group "
+            raise ConfigError("grpo.group_size=1 with grpo.normalize_adv=true: the std of a group "
                              "of one is undefined; use group_size >= 2 or normalize_adv=false")
         if self.head_remat not in ("auto", "always", "never"):
-            raise ValueError(f"grpo.head_remat={self.head_remat!r}; expected 'auto', 'always' "
+            raise ConfigError(f"grpo.head_remat={self.head_remat!r}; expected 'auto', 'always' "
                              "or 'never'")
         if self.dual_clip and self.dual_clip <= 1.0:
-            raise ValueError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
+            raise ConfigError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
         for key in ("epochs", "max_consecutive_skips", "logprob_chunk"):
             if getattr(self, key) < 1:
-                raise ValueError(f"grpo.{key}={getattr(self, key)} must be >= 1")
+                raise ConfigError(f"grpo.{key}={getattr(self, key)} must be >= 1")
         for key in ("mini_batch_size", "micro_batch_size", "loss_scale_factor"):
             if getattr(self, key) < 0:
-                raise ValueError(f"grpo.{key}={getattr(self, key)} must be >= 0")
+                raise ConfigError(f"grpo.{key}={getattr(self, key)} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +195,15 @@ class RolloutConfig:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if self.prompts_per_step < 1 or self.max_prompt_len < 1 or self.max_new_tokens < 1:
-            raise ValueError("rollout.prompts_per_step, max_prompt_len, max_new_tokens must be >= 1")
+        for key in ("prompts_per_step", "max_prompt_len", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"rollout.{key}={getattr(self, key)} must be >= 1")
+        if self.top_k < 0:
+            raise ConfigError(f"rollout.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p={self.top_p} must be in (0, 1]")
         if not self.temperature > 0:
-            raise ValueError(f"rollout.temperature={self.temperature}: GRPO needs sampling (> 0)")
+            raise ConfigError(f"rollout.temperature={self.temperature}: GRPO needs sampling (> 0)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,29 +214,114 @@ class MeshConfig:
     fsdp: int = 0
     tensor: int = 1
 
+    def __post_init__(self):
+        for key in ("data", "tensor"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"mesh.{key}={getattr(self, key)} must be >= 1")
+        if self.fsdp < 0:
+            raise ConfigError(f"mesh.fsdp={self.fsdp} must be >= 0 (0 = every device left)")
+
+    def check_devices(self, n: int) -> None:
+        """Refuse a mesh that does not use exactly the `n` devices there are."""
+        if self.fsdp == 0:
+            if n % (self.data * self.tensor):
+                raise ConfigError(f"mesh.data={self.data} x mesh.tensor={self.tensor} does not "
+                                  f"divide the {n} devices")
+        elif self.data * self.fsdp * self.tensor != n:
+            raise ConfigError(f"mesh data={self.data} x fsdp={self.fsdp} x tensor={self.tensor} "
+                              f"= {self.data * self.fsdp * self.tensor} devices, but {n} are "
+                              "available (mesh.fsdp=0 takes every device left)")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """task: 'toy' (toy_task.py) or 'social-r1' (not implemented yet). out_dir: metrics.jsonl and
-    checkpoints (empty = write nothing). save_every: checkpoint period in steps (0 = only at the
-    end). resume: continue from the latest checkpoint in out_dir/checkpoints (params, master
-    weights, optimizer state, counters; the reference stays the initial model). progress: a tqdm
-    bar alongside the per-step lines."""
+    """The job: task, length, seed, and its run directory (docs/training.md).
+
+    task: 'toy' (toy_task.py) or 'social-r1'. out_dir: the run directory (checkpoints/,
+    metrics.jsonl, samples.jsonl, TensorBoard events, config.yaml); '{time}' in it becomes the
+    start time, so the default names a new directory per run; '' writes nothing (library use).
+    A directory that already holds a run is refused unless resume=true, which continues it
+    from its latest checkpoint (a config that differs in what matters is refused unless
+    allow_config_change=true). save_every: checkpoint period in steps (0 = only at the end and
+    on SIGTERM / Ctrl-C: a hard crash would lose the run); keep: checkpoints kept (the oldest are deleted); async_save: write
+    checkpoints in the background while training goes on. log_every: a console line every N
+    steps; progress: a progress bar when stderr is a terminal; samples_per_step: rollouts per
+    step written to samples.jsonl (prompt, completion, every reward term).
+    """
 
     task: str = "toy"
     steps: int = 600
     seed: int = 0
-    out_dir: str = ""
-    save_every: int = 0
+    out_dir: str = DEFAULT_OUT_DIR
+    save_every: int = 50
+    keep: int = 3
+    async_save: bool = True
     log_every: int = 1
     progress: bool = True
     resume: bool = False
+    allow_config_change: bool = False
+    samples_per_step: int = 4
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"run.task={self.task!r}; expected one of {TASKS}")
+            raise ConfigError(f"run.task={self.task!r}; expected one of {', '.join(TASKS)}")
         if self.steps < 1:
-            raise ValueError(f"run.steps={self.steps} must be >= 1")
+            raise ConfigError(f"run.steps={self.steps} must be >= 1")
+        if self.log_every < 1:
+            raise ConfigError(f"run.log_every={self.log_every} must be >= 1")
+        for key in ("save_every", "samples_per_step"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"run.{key}={getattr(self, key)} must be >= 0")
+        if self.keep < 1:
+            raise ConfigError(f"run.keep={self.keep} must be >= 1")
+        if self.resume and (not self.out_dir or "{time}" in self.out_dir):
+            raise ConfigError("run.resume=true needs the run directory to continue: "
+                              "run.out_dir=runs/NAME")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Held-out evaluation during training through `socialr1_jax.evaluate.run`: every `every`
+    steps (0 = off), before the first step (at_start) and after the last, on `data` read by
+    the evaluator's `benchmark` loader (tombench, tombench-hard, socialiqa, mcq, ...), at most
+    `limit` rows (0 = all), greedy, `max_new_tokens` per answer, `batch_size` questions per
+    sampler call. Results: RUN/eval.jsonl and TensorBoard `eval/*`."""
+
+    every: int = 0
+    data: str = ""
+    benchmark: str = "mcq"
+    limit: int = 0
+    max_new_tokens: int = 512
+    batch_size: int = 16
+    at_start: bool = True
+
+    def __post_init__(self):
+        for key in ("every", "limit"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 0")
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """The training rows of run.task=social-r1: `benchmark` names the loader (tombench-hard,
+    socialiqa, mcq, tombench, or any registered one; docs/data.md), `path` its file, folder or
+    hub name ('' = the benchmark's default), `split`, `columns` a column mapping of KEY=NAME
+    items for tables whose column names differ (story=, question=, options=A,B,C,D, gold=, ...),
+    `limit` the first N rows (0 = all); `prompt` how rows become chat prompts."""
+
+    benchmark: str = "tombench-hard"
+    path: str = ""
+    split: str = ""
+    columns: tuple[str, ...] = ()
+    limit: int = 0
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+
+    def __post_init__(self):
+        if self.limit < 0:
+            raise ConfigError(f"data.limit={self.limit} must be >= 0 (0 = all rows)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +336,9 @@ class ToyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; see configs/*.yaml."""
+    """Everything a run needs; see configs/*.yaml and docs/training.md. `data` and `reward` are
+    the Social-R1 task's rows and reward set (functions, weights, formula numbers, judges;
+    docs/data.md, docs/rewards.md)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -209,6 +346,9 @@ class TrainConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    reward: RewardSetConfig = dataclasses.field(default_factory=RewardSetConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
 
     @property
@@ -235,10 +375,10 @@ class TrainConfig:
     def __post_init__(self):
         n, mb, mu = self.rollout_size, self.mini_batch, self.micro_batch
         if n % mb:
-            raise ValueError(f"grpo.mini_batch_size={mb} does not divide the rollout of {n} "
-                             f"sequences (rollout.prompts_per_step x grpo.group_size)")
+            raise ConfigError(f"grpo.mini_batch_size={mb} does not divide the rollout of {n} "
+                              f"sequences (rollout.prompts_per_step x grpo.group_size)")
         if mb % mu:
-            raise ValueError(f"grpo.micro_batch_size={mu} does not divide the mini-batch of {mb}")
+            raise ConfigError(f"grpo.micro_batch_size={mu} does not divide the mini-batch of {mb}")
 
 
 def load_train_config(path: Optional[str | os.PathLike] = None, overrides=(), *,

@@ -9,8 +9,8 @@ One interface, three kinds, chosen in config (`JudgeConfig.kind`):
   paper's judge: the structure heuristic checks the SIP stage markers `SIP_MARKERS` (in order,
   not looping) and penalises options named before the inference; the content heuristic rewards
   reasoning that uses the story's words and mental-state verbs.
-- `model`: an in-process reward model on the mesh. Not built here: `register_judge("model",
-  factory)` fills the registry entry; until then building it says so.
+- `model`: an in-process reward model on the mesh (`rm_judge.py`): a Qwen3 backbone with a
+  scalar head, as transformers' `Qwen3ForSequenceClassification`, scoring R_cont.
 
 A judge scores `JudgeItem`s (story, question, options, reasoning) and returns a `JudgeResult`:
 one float per item, which items failed (they got the configured fallback), and counters for the
@@ -69,6 +69,12 @@ class JudgeConfig:
     system prompt (judge_prompts.py) with the text of this file.
     heuristic: `parasitism_penalty` / `loop_penalty` scale the structure score down when options
     are named before the inference / a stage marker repeats.
+    model (content only): `checkpoint` is the reward model (an HF Qwen3ForSequenceClassification
+    directory or our Orbax checkpoint), `tokenizer` its tokenizer directory ('' = beside the
+    checkpoint); items are scored `batch_size` at a time, each text cut to its last `max_length`
+    tokens; `prompt_template` lays out story / question / options / reasoning ('' = the default
+    of rm_prompt.py); `dtype` '' keeps the checkpoint's; `mesh` 'DATAxFSDPxTENSOR' ('' = every
+    device on fsdp); `pad_token_id` -1 = the checkpoint's (else the tokenizer's).
     """
 
     kind: str = "heuristic"
@@ -87,6 +93,14 @@ class JudgeConfig:
     system_prompt_file: str = ""
     parasitism_penalty: float = 0.5
     loop_penalty: float = 0.25
+    checkpoint: str = ""
+    tokenizer: str = ""
+    batch_size: int = 8
+    max_length: int = 4096
+    prompt_template: str = ""
+    dtype: str = ""
+    mesh: str = ""
+    pad_token_id: int = -1
 
     def __post_init__(self):
         if self.kind not in JUDGE_KINDS:
@@ -269,10 +283,8 @@ def _http_judge(cfg: JudgeConfig, role: str) -> Judge:
 
 
 def _model_judge(cfg: JudgeConfig, role: str) -> Judge:
-    raise JudgeConfigError(
-        "judge kind 'model' (an in-process reward model on the mesh) is not available yet: "
-        "register a factory with socialr1_jax.social.judges.register_judge('model', factory), "
-        "or use kind 'http' or 'heuristic'")
+    from socialr1_jax.social.rm_judge import ModelJudge  # jax and the model only when asked for
+    return ModelJudge(cfg, role)
 
 
 JudgeFactory = Callable[[JudgeConfig, str], Judge]

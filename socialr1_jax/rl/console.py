@@ -1,0 +1,100 @@
+"""What a run prints: a progress bar on a terminal, labelled step lines that fit 100 columns.
+
+The bar (tqdm, on stderr) shows step, reward, KL, accuracy and generated tokens/s; it is off when
+stderr is not a terminal (a log file, a pod's log collector), where only the step lines appear.
+On a pod only process 0 prints.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable, Optional
+
+WIDTH = 100
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return format(x, fmt)
+
+
+def step_line(step: int, steps: int, m: dict) -> str:
+    """One labelled line per step, at most WIDTH characters, e.g.
+
+    step 12/600 reward 0.512 acc 0.400 kl 0.0012 loss +0.0123 ent 1.23 |g| 0.45 len 312 1234 tok/s
+    """
+    w = len(str(steps))
+    parts = [f"step {step:>{w}}/{steps}",
+             f"reward {_num(m.get('reward_mean'), '.3f')}"]
+    if m.get("accuracy") is not None:
+        parts.append(f"acc {_num(m['accuracy'], '.3f')}")
+    parts += [f"kl {_num(m.get('kl'), '.4f')}",
+              f"loss {_num(m.get('loss'), '+.4f')}",
+              f"ent {_num(m.get('entropy'), '.2f')}",
+              f"|g| {_num(m.get('grad_norm'), '.3f')}",
+              f"len {_num(m.get('response_len'), '.0f')}",
+              f"{_num(m.get('tokens_per_s'), '.0f')} tok/s"]
+    if m.get("skipped"):
+        parts.append("SKIPPED")
+    line = " ".join(parts)
+    return line if len(line) <= WIDTH else line[:WIDTH - 1] + "~"
+
+
+class Console:
+    """Step lines every `log_every` steps and a progress bar when `stream` is a terminal.
+
+    `enabled=False` (processes other than 0) prints nothing.
+    """
+
+    def __init__(self, steps: int, first: int = 0, *, log_every: int = 1, progress: bool = True,
+                 enabled: bool = True, stream=None, log: Optional[Callable[[str], None]] = None):
+        self.steps, self.log_every, self.enabled = steps, log_every, enabled
+        self.stream = stream or sys.stderr
+        self._log = log
+        self.bar = None
+        if enabled and progress and _isatty(self.stream):
+            from tqdm import tqdm
+            self.bar = tqdm(total=steps, initial=first, desc="GRPO", unit="step",
+                            file=self.stream, dynamic_ncols=True, leave=False)
+
+    def print(self, text: str) -> None:
+        """A line above the bar (or plain, without one)."""
+        if not self.enabled:
+            return
+        if self._log is not None:
+            self._log(text)
+        elif self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=sys.stdout, flush=True)
+
+    def step(self, step: int, m: dict) -> None:
+        """Advance the bar; print the step line when due (and for the last step)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            post = {"reward": _num(m.get("reward_mean"), ".3f"), "kl": _num(m.get("kl"), ".4f")}
+            if m.get("accuracy") is not None:
+                post["acc"] = _num(m["accuracy"], ".3f")
+            post["tok/s"] = _num(m.get("tokens_per_s"), ".0f")
+            self.bar.set_postfix(post, refresh=False)
+        if step % self.log_every == 0 or step == self.steps - 1:
+            self.print(step_line(step, self.steps, m))
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,148 @@
+"""One GRPO step's data path: sample -> score on the host -> advantages -> a TrainBatch.
+
+The programs of a run are built once (`Programs`): the sampler (one compiled program per
+bucketed shape, `rollout.sampler`), the reference / old-policy log-prob forward and the train
+step. A rollout stays a set of global arrays laid out over the mesh's batch axes from sampling to
+the update; the only thing that goes to the host is what the rewards need: each process copies
+the completion tokens and masks of the rows its own devices hold (`distributed.local_rows`),
+scores those (whole prompt groups), and puts its scores back as its part of one global reward
+array. Advantages are computed on the devices from that array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from socialr1_jax.parallel import distributed
+from socialr1_jax.parallel.sharding import batch_sharding
+from socialr1_jax.rl import grpo
+from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.task import PromptBatch, Scores, as_scores
+from socialr1_jax.rl.train_config import TrainConfig
+from socialr1_jax.rollout.sampler import sample
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One step's scored rollout: global arrays [R, ...] (R = prompts x group) laid out with
+    `batch_sharding`, plus this process's scores and host copies of its own rows."""
+
+    batch: ts.TrainBatch        # what the update takes: sequences, old / ref log-probs, advantages
+    rewards: jax.Array          # [R] global
+    local: slice                # rows this process scored
+    scores: Scores              # of the local rows
+    local_tokens: np.ndarray
+    local_mask: np.ndarray
+
+
+class Programs:
+    """The long-lived programs of one run, built once: sampler, log-prob forward, train step."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg, graphdef, mesh):
+        g, r = cfg.grpo, cfg.rollout
+        self.cfg, self.mesh, self.graphdef = cfg, mesh, graphdef
+        self.train_step = ts.make_train_step(model_cfg, cfg.optim, g, mesh,
+                                             temperature=r.temperature,
+                                             micro_batch_size=cfg.micro_batch,
+                                             total_updates=cfg.total_updates)
+        self.logprobs = ts.make_logprob_fn(model_cfg, mesh, temperature=r.temperature,
+                                           chunk=g.logprob_chunk,
+                                           micro_batch_size=cfg.micro_batch)
+        two, one = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
+        # The sampler's outputs, re-laid out on the devices (no host round trip).
+        self._layout = jax.jit(lambda *xs: xs, out_shardings=(two,) * 5)
+        self._advantages = jax.jit(partial(grpo.advantages, group_size=g.group_size,
+                                           normalize=g.normalize_adv), out_shardings=one)
+        self._tokens = jax.jit(lambda m: jnp.sum(m, dtype=jnp.int32))
+
+    def sample(self, params, prompts: PromptBatch, *, seed: int, eos_ids, pad_id: int):
+        """The group_size completions of every prompt under the policy `params`."""
+        r, g = self.cfg.rollout, self.cfg.grpo
+        model = nnx.merge(self.graphdef, params)
+        out = sample(model, prompts.ids, max_new_tokens=r.max_new_tokens,
+                     temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                     num_samples=g.group_size, eos_ids=eos_ids, seed=seed, mesh=self.mesh,
+                     pad_id=pad_id)
+        return self._layout(out.prompt_ids, out.prompt_mask, out.tokens, out.mask, out.logprobs)
+
+    def rollout(self, task, state, ref_params, prompts: PromptBatch, *, seed: int) -> Rollout:
+        """Sample; start the reference (and, if asked, old-policy) log-prob forward; score this
+        process's rows on the host while the devices run it; advantages on the devices."""
+        g = self.cfg.grpo.group_size
+        pid, pm, tokens, mask, logps = self.sample(state.params, prompts, seed=seed,
+                                                   eos_ids=task.eos_ids, pad_id=task.pad_id)
+        seqs = (pid, pm, tokens, mask)
+        ref = self.logprobs(ref_params, *seqs)  # dispatched, not awaited: overlaps the rewards
+        old = self.logprobs(state.params, *seqs) if self.cfg.grpo.recompute_old_logp else logps
+        rows = tokens.shape[0]
+        local = distributed.process_rows(self.mesh, rows)
+        if local.start % g or local.stop % g:
+            raise ValueError(f"process {jax.process_index()} holds rollout rows {local.start}:"
+                             f"{local.stop}, which split a group of {g}; make "
+                             "rollout.prompts_per_step a multiple of the processes")
+        tok_h = distributed.local_rows(tokens, self.mesh)
+        mask_h = distributed.local_rows(mask, self.mesh)
+        mine = prompts.select(local.start // g, local.stop // g)
+        scores = as_scores(task.rewards(mine, tok_h, mask_h, g), tok_h.shape[0])
+        rewards = distributed.global_batch(scores.rewards, self.mesh, global_size=rows)
+        adv = self._advantages(rewards)
+        return Rollout(ts.TrainBatch(*seqs, old, ref, adv), rewards, local, scores, tok_h, mask_h)
+
+    def generated_tokens(self, ro: Rollout) -> int:
+        """Tokens generated in the whole rollout (every process)."""
+        return int(self._tokens(ro.batch.completion_mask))
+
+
+def gather_rows(local: np.ndarray, mesh, rows: int) -> np.ndarray:
+    """Every process's rows of a per-row host array, on every host (small arrays: metrics)."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return distributed.gather(distributed.global_batch(np.asarray(local), mesh, global_size=rows))
+
+
+def score_metrics(ro: Rollout, mesh, group_size: int) -> dict:
+    """Reward statistics over the whole rollout, the mean of every reward term, accuracy."""
+    rows = ro.rewards.shape[0]
+    rewards = distributed.gather(ro.rewards)
+    m = grpo.reward_stats(rewards, group_size)
+    for k, v in sorted(ro.scores.terms.items()):
+        m[f"reward/{k}"] = float(np.mean(gather_rows(v, mesh, rows)))
+    if ro.scores.accuracy is not None:
+        m["accuracy"] = float(np.mean(gather_rows(ro.scores.accuracy, mesh, rows)))
+    for k, v in ro.scores.metrics.items():
+        m[f"task/{k}"] = float(v)
+    return m
+
+
+def sample_rows(ro: Rollout, prompts: PromptBatch, step: int, n: int, group_size: int,
+                mesh) -> list:
+    """Up to `n` of this process's rollouts as JSON rows for samples.jsonl: prompt, completion,
+    reward, advantage and every reward term."""
+    if n <= 0:
+        return []
+    k = min(n, ro.local_tokens.shape[0])
+    adv = distributed.local_rows(ro.batch.advantages, mesh)[:k]
+    out = []
+    for i in range(k):
+        p = ro.local.start // group_size + i // group_size
+        length = int(ro.local_mask[i].sum())
+        row = {"step": step, "prompt_index": p, "sample_index": i % group_size}
+        row["prompt"] = (prompts.texts[p] if prompts.texts is not None else prompts.ids[p])
+        row["completion"] = (ro.scores.completions[i] if ro.scores.completions is not None
+                             else ro.local_tokens[i, :length].tolist())
+        row["completion_tokens"] = length
+        row["reward"] = float(ro.scores.rewards[i])
+        row["advantage"] = float(adv[i])
+        for t, v in ro.scores.terms.items():
+            row[t] = float(v[i])
+        if ro.scores.accuracy is not None:
+            row["accuracy"] = float(ro.scores.accuracy[i])
+        out.append(row)
+    return out
+

@@ -1,0 +1,234 @@
+"""A run's directory: its name, the checks before a run starts, and the logs process 0 writes.
+
+    RUN/config.yaml          the resolved config (judges keep only the NAME of a key's variable)
+    RUN/metrics.jsonl        one JSON object per step ("step" first), every metric
+    RUN/samples.jsonl        a few rollouts per step: prompt, completion, reward and every term
+    RUN/eval.jsonl           held-out evaluations ("step" = steps done when evaluated)
+    RUN/tensorboard/         TensorBoard event files (tensorboardX)
+    RUN/checkpoints/         see checkpoint/train_checkpoint.py
+
+A directory that already holds a run is refused unless run.resume=true; resuming from the
+checkpoint of step S cuts metrics.jsonl and samples.jsonl back to the steps before S (steps a
+killed run logged after its last checkpoint are run again, not logged twice) and tells
+TensorBoard to drop its events from step S on (`purge_step`). Every check runs before a model
+is built; on a pod every process runs them, and only process 0 creates or writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import yaml
+
+from socialr1_jax.rl.train_config import TrainConfig
+from socialr1_jax.yaml_config import ConfigError, to_dict
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
+EVAL = "eval.jsonl"
+TENSORBOARD = "tensorboard"
+CHECKPOINTS = "checkpoints"
+RUN_MARKERS = (CONFIG, METRICS, CHECKPOINTS)
+
+# Keys that may change between a run and its resumption without changing what is trained:
+# bookkeeping, evaluation, and layout / memory knobs (the math is the same on any mesh).
+RESUME_FREE = ("run.steps", "run.save_every", "run.keep", "run.async_save", "run.log_every",
+               "run.progress", "run.resume", "run.allow_config_change", "run.samples_per_step",
+               "run.out_dir", "mesh.", "eval.", "grpo.micro_batch_size", "grpo.head_remat",
+               "grpo.logprob_chunk", "model.remat")
+
+
+def expand_out_dir(pattern: str, now: Optional[float] = None) -> str:
+    """`pattern` with '{time}' replaced by the start time (YYYYmmdd-HHMMSS); when that
+    directory exists already (two runs in one second), '-2', '-3', ... is appended."""
+    if "{time}" not in pattern:
+        return pattern
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = pattern.replace("{time}", stamp)
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def holds_run(path: str) -> bool:
+    """Whether `path` has any of a run's files (config.yaml, metrics.jsonl, checkpoints/)."""
+    return any(os.path.exists(os.path.join(path, m)) for m in RUN_MARKERS)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key that differs and matters to what is trained.
+
+    run.steps matters only when it sets the length of a cosine schedule (optim.decay_steps=0).
+    """
+    a, b = flatten(old), flatten(new)
+    free = list(RESUME_FREE)
+    cosine_by_length = (b.get("optim.schedule") == "cosine" and not b.get("optim.decay_steps"))
+    if cosine_by_length:
+        free.remove("run.steps")
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in free):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def check_run_dir(cfg: TrainConfig, out_dir: str) -> Optional[dict]:
+    """Refuse a run directory the config may not use; returns the stored config of a run to
+    resume (None for a fresh run). Raises ConfigError, before anything is built."""
+    if not out_dir:
+        return None
+    exists = os.path.exists(out_dir)
+    if exists and not os.path.isdir(out_dir):
+        raise ConfigError(f"run.out_dir={out_dir} is a file, not a directory")
+    if not cfg.run.resume:
+        if exists and holds_run(out_dir):
+            raise ConfigError(f"run.out_dir={out_dir} already holds a run; continue it with "
+                              "run.resume=true, or choose another run.out_dir")
+        _check_writable(out_dir)
+        return None
+    if not exists:
+        raise ConfigError(f"run.resume=true but run.out_dir={out_dir} does not exist")
+    stored = os.path.join(out_dir, CONFIG)
+    if not os.path.isfile(stored):
+        raise ConfigError(f"run.resume=true but {out_dir} holds no run ({CONFIG} is missing)")
+    try:
+        with open(stored) as f:
+            old = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{stored}: cannot be read ({e})") from None
+    changes = config_changes(old, to_dict(cfg))
+    if changes and not cfg.run.allow_config_change:
+        raise ConfigError(f"run.resume=true with a config that differs from {stored} in "
+                          f"{'; '.join(changes)}; resume with the same values, or set "
+                          "run.allow_config_change=true to continue anyway")
+    _check_writable(out_dir)
+    return {"config": old, "changes": changes}
+
+
+def _check_writable(out_dir: str) -> None:
+    parent = out_dir if os.path.isdir(out_dir) else os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.out_dir={out_dir}: {parent} is not writable")
+
+
+def _cut_jsonl(path: str, first: int) -> int:
+    """Keep the lines of a JSONL log whose "step" is < `first` (a torn last line, from a run
+    killed mid-write, goes too); atomic. Returns the lines dropped. (Pass first + 1 for
+    eval.jsonl, whose steps count steps done: an evaluation at `first` is of the state the
+    run resumes from.)"""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                keep = line.endswith("\n") and int(row["step"]) < first
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return dropped
+
+
+def _public_config(cfg: TrainConfig) -> dict:
+    """The config as written to config.yaml. Secrets never are: configs hold only the names of
+    the environment variables that carry API keys, and anything named like a key is refused."""
+    data = to_dict(cfg)
+    for key, value in flatten(data).items():
+        leaf = key.rsplit(".", 1)[-1].lower()
+        if leaf in ("api_key", "key", "token", "password", "secret") and value:
+            raise ConfigError(f"{key}: a secret in the config would be written to {CONFIG}; "
+                              "give the name of the environment variable that holds it instead")
+    return data
+
+
+class RunLogs:
+    """metrics.jsonl, samples.jsonl, TensorBoard and config.yaml of one run (process 0 only;
+    on other processes every method does nothing)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, first_step: int, *, primary: bool = True):
+        self.out_dir, self.active = out_dir, bool(out_dir) and primary
+        self._metrics = self._samples = self._eval = self._tb = None
+        if not self.active:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        data = _public_config(cfg)
+        tmp = os.path.join(out_dir, f"{CONFIG}.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+        os.replace(tmp, os.path.join(out_dir, CONFIG))
+        for name in (METRICS, SAMPLES):
+            _cut_jsonl(os.path.join(out_dir, name), first_step)
+        _cut_jsonl(os.path.join(out_dir, EVAL), first_step + 1)
+        self._metrics = open(os.path.join(out_dir, METRICS), "a")
+        self._samples = open(os.path.join(out_dir, SAMPLES), "a")
+        self._eval = open(os.path.join(out_dir, EVAL), "a")
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(out_dir, TENSORBOARD),
+                                 purge_step=first_step if first_step else None)
+
+    def _write(self, f, step: int, metrics: dict) -> None:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+        f.flush()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def step(self, step: int, metrics: dict) -> None:
+        """Append one step's metrics (JSON line and TensorBoard scalars)."""
+        if self.active:
+            self._write(self._metrics, step, metrics)
+
+    def evaluation(self, done: int, metrics: dict) -> None:
+        """Append one held-out evaluation after `done` steps (eval.jsonl and TensorBoard)."""
+        if self.active:
+            self._write(self._eval, done, metrics)
+
+    def samples(self, rows: list[dict]) -> None:
+        """Append rollouts (each a dict with at least "step")."""
+        if not self.active or not rows:
+            return
+        for r in rows:
+            self._samples.write(json.dumps(r) + "\n")
+        self._samples.flush()
+
+    def close(self) -> None:
+        """Flush and close every file."""
+        for f in (self._metrics, self._samples, self._eval):
+            if f is not None:
+                f.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._metrics = self._samples = self._eval = self._tb = None
