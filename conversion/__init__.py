@@ -236,11 +236,11 @@ def run_cli(convert_fn, out: str) -> int:
     `error: ...` line and exit code 2 from `cli.run`."""
     try:
         summary = convert_fn()
+    except cli.UsageError:
+        raise
     except OSError as e:
         raise cli.UsageError(_os_error_line(e, out)) from None
     except ValueError as e:
-        if isinstance(e, cli.UsageError):
-            raise
         reason = _storage_error(e)
         if reason is None:
             raise

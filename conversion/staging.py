@@ -31,6 +31,10 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _HOST = socket.gethostname().replace(os.sep, "_") or "localhost"
 
 
+class OutputExistsError(UsageError, FileExistsError):
+    """--out exists and --overwrite was not given (one `error:` line; also a FileExistsError)."""
+
+
 def _inside(path: str, parent: str) -> bool:
     return os.path.commonpath([path, parent]) == parent and path != parent
 
@@ -73,7 +77,7 @@ def check_out(out: str, inputs: dict[str, str], *, overwrite: bool) -> str:
     if os.path.isdir(out_abs) and not os.path.islink(out_abs) and not os.listdir(out_abs):
         return out_abs  # an empty folder: nothing to lose
     if not overwrite:
-        raise UsageError(f"--out {out} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"--out {out} already exists; pass --overwrite to replace it")
     if os.path.islink(out_abs) or not os.path.isdir(out_abs):
         raise UsageError(f"--out {out} is {'a symlink' if os.path.islink(out_abs) else 'a file'}, "
                          "not a checkpoint folder; --overwrite replaces only checkpoints")
@@ -201,16 +205,19 @@ def sweep_stale(out: str, log=None) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_dir(out: str, *, fsync: bool = False):
+def staged_dir(out: str, *, overwrite: bool | None = None, fsync: bool = False):
     """Yield a fresh `OUT.tmp-*` directory; on success it replaces `out`, on failure it is removed.
 
-    The caller has validated `out` with `check_out`. fsync: flush the whole new tree to disk
-    before the swap (and the directory after), so a power loss cannot leave a complete-looking
-    `out` with unwritten data. Off by default, like `cp`.
+    overwrite: if given, `out` is checked here with `check_out(out, {}, overwrite=...)` (no
+    inputs to compare with); callers that ran `check_out` themselves leave it None. fsync: flush
+    the whole new tree to disk before the swap (and the directory after), so a power loss cannot
+    leave a complete-looking `out` with unwritten data. Off by default, like `cp`.
     """
     from conversion import fsync_tree
 
     out = os.path.abspath(os.fspath(out))
+    if overwrite is not None:
+        check_out(out, {}, overwrite=overwrite)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
@@ -223,4 +230,3 @@ def staged_dir(out: str, *, fsync: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
