@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.checkpoint import finite, hf_layout
 from socialr1_jax.model.config import from_hf_config, ModelConfig
 from socialr1_jax.model.build import abstract_state
 from socialr1_jax.model.qwen3 import Qwen3
@@ -94,11 +94,14 @@ def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
         st.close()
 
 
-def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None) -> Qwen3:
+def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
+               allow_nonfinite: bool = False) -> Qwen3:
     """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
 
     dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
     mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
+    A parameter holding a NaN or Inf is refused (finite.NonFiniteError naming the tensor and the
+    element) unless allow_nonfinite (for debugging).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -106,7 +109,12 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None)
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
     if checkpoint.is_orbax_checkpoint(path):
-        return checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
-    if os.path.exists(os.path.join(path, "config.json")):
-        return load_hf(path, dtype=dtype, mesh=mesh)
-    raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json) nor an Orbax checkpoint")
+        model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
+    elif os.path.exists(os.path.join(path, "config.json")):
+        model = load_hf(path, dtype=dtype, mesh=mesh)
+    else:
+        raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json) nor an Orbax "
+                                "checkpoint")
+    if not allow_nonfinite:
+        finite.check_model(model, where=path)
+    return model

@@ -230,6 +230,10 @@ def from_hf_config(hf: dict | str | os.PathLike, *, where: str | None = None,
     missing = [k for k in required if k not in hf]
     if missing:
         raise ValueError(f"{where}: missing fields {missing}")
+    for key in required + ["num_key_value_heads", "head_dim", "max_position_embeddings"]:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{where}: {key}={v!r} must be a positive integer")
     heads = int(hf["num_attention_heads"])
     weights_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
     pdt = param_dtype or ("bfloat16" if weights_dtype == "bfloat16" else "float32")

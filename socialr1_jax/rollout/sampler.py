@@ -31,7 +31,6 @@ as verl does with vLLM's log-probs. Greedy decoding (T = 0) reports log softmax(
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import Optional, Sequence
 
@@ -42,6 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.qwen3 import KVCache
+from socialr1_jax.rollout.checks import as_int, check_against_model, check_sampling, token_lists
 from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_LBKSH, constrain,
                                             param_shardings, TOKENS_BT)
 
@@ -328,38 +328,6 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
 
 # -- public entry point ------------------------------------------------------------------------
 
-def _validate(prompts, vocab, max_len, max_new_tokens, temperature, top_k, top_p, num_samples,
-              eos_ids, pad_id):
-    if max_new_tokens is None or int(max_new_tokens) <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k={top_k!r} must be an integer >= 0 (0 = off)")
-    if not (0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
-    for e in eos_ids:
-        if not (0 <= int(e) < vocab):
-            raise ValueError(f"eos id {e!r} is outside the vocabulary [0, {vocab})")
-    if not (0 <= int(pad_id) < vocab):
-        raise ValueError(f"pad_id={pad_id!r} is outside the vocabulary [0, {vocab})")
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: nothing to sample")
-    for i, pr in enumerate(prompts):
-        if len(pr) == 0:
-            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        bad = [t for t in pr if not (0 <= int(t) < vocab)]
-        if bad:
-            raise ValueError(f"prompt {i} has token id(s) {bad[:5]} outside the vocabulary "
-                             f"[0, {vocab})")
-        if len(pr) + max_new_tokens > max_len:
-            raise ValueError(f"prompt {i} has {len(pr)} tokens; with max_new_tokens="
-                             f"{max_new_tokens} that needs {len(pr) + max_new_tokens} positions, "
-                             f"more than the cache allows ({max_len})")
-
-
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
            eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
@@ -387,10 +355,12 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     """
     cfg = model.cfg
     max_len = int(max_cache_len or cfg.max_position_embeddings)
-    prompts = [list(map(int, p)) for p in prompts]
-    eos_ids = tuple(int(e) for e in eos_ids)
-    _validate(prompts, cfg.vocab_size, max_len, max_new_tokens, temperature, top_k, top_p,
-              num_samples, eos_ids, pad_id)
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
+    prompts = token_lists(prompts)
+    eos_ids = tuple(as_int("eos id", e) for e in eos_ids)
+    check_against_model(prompts, vocab=cfg.vocab_size, max_len=max_len,
+                        max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
     n_new = int(max_new_tokens)
     longest = max(len(p) for p in prompts)
     if bucket_shapes:
