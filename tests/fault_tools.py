@@ -154,8 +154,11 @@ def ckpt_tensors(ckpt: str) -> dict:
     from socialr1_jax.checkpoint.stream import open_param_stores
 
     stores = open_param_stores(os.path.join(ckpt, "0", "params"))
-    return {e.hf_name: np.asarray(stores[e.path][0].read().result()).tobytes()
-            for e in hf_layout.layout(read_config(ckpt))}
+    def read(e):  # a stacked parameter's layer is one HF tensor
+        store = stores[e.path][0]
+        return np.asarray((store[e.index] if e.index else store).read().result()).tobytes()
+
+    return {e.hf_name: read(e) for e in hf_layout.layout(read_config(ckpt))}
 
 
 def siblings(out: str) -> list[str]:

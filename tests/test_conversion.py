@@ -485,7 +485,7 @@ def test_load_model_refuses_nonfinite_weights(tmp_path):
         fh.seek(offset + (1 * 64 + 2) * 4)
         fh.write(np.array([np.inf], np.float32).tobytes())
     with pytest.raises(CheckpointError, match=re.escape(
-            "tensor model.layers.0.self_attn.k_proj.weight (layers/0/attn/k_khd) has an Inf at "
+            "tensor model.layers.0.self_attn.k_proj.weight (layers/k_lkhd[0]) has an Inf at "
             "[0, 1, 2]")):
         load_model(str(hf))
     model = load_model(str(hf), allow_nonfinite=True)

@@ -149,6 +149,12 @@ def check_model(model, *, where: str) -> None:
     first = jax.jit(lambda a: jnp.argmin(jnp.isfinite(a).reshape(-1)))(x)
     index = int(jax.device_get(first))
     value = float(jax.device_get(jax.jit(lambda a, i: a.reshape(-1)[i].astype(jnp.float32))(x, first)))
-    entry = hf_layout.by_path(model.cfg).get(path)
-    name = f"{entry.hf_name} ({path})" if entry is not None else path
-    raise NonFiniteError(_message(where, name, tuple(x.shape), index, value != value))
+    shape, name = tuple(x.shape), path
+    param = hf_layout.params(model.cfg).get(path)
+    if param is not None:  # name the HF tensor; a stacked parameter's layer is one HF tensor
+        per = int(np.prod(param.entries[0].shape))
+        entry = param.entries[index // per]
+        index, shape = index % per, tuple(entry.shape)
+        layer = f"[{entry.layer}]" if entry.layer is not None else ""
+        name = f"{entry.hf_name} ({path}{layer})"
+    raise NonFiniteError(_message(where, name, shape, index, value != value))
