@@ -136,8 +136,12 @@ def run_child(task: str, src: str, dst: str, *, cold: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
-    """A random bf16 HF checkpoint of cfg's shapes in two shards; returns its tensor bytes."""
+def make_source(cfg, hf_dir: str, seed: int = 0, norm_value: float | None = None) -> int:
+    """A random bf16 HF checkpoint of cfg's shapes in two shards; returns its tensor bytes.
+
+    Every tensor is N(0, 0.02) values; with `norm_value`, the RMSNorm scales are that constant
+    instead (as a freshly initialised transformers model has them: 1).
+    """
     import ml_dtypes
     import numpy as np
     from tqdm import tqdm
@@ -168,6 +172,11 @@ def make_source(cfg, hf_dir: str, seed: int = 0) -> int:
         for e in entries:
             n = int(np.prod(e.hf_shape))
             out = np.empty(n, bf16)
+            if norm_value is not None and "norm" in e.hf_name:
+                out[:] = norm_value
+                bar.update(n * 2)
+                yield out.reshape(e.hf_shape)
+                continue
             for start in range(0, n, 1 << 24):
                 k = min(1 << 24, n - start)
                 off = int(rng.integers(0, pool.size - k + 1))
@@ -223,8 +232,10 @@ def main(argv=None) -> int:
         child(*a.child)
         return 0
 
+    from bench_common import git_commit
     from socialr1_jax.model.config import preset
 
+    load_start = os.getloadavg()[0]
     cfg = preset(a.preset, param_dtype="bfloat16", dtype="bfloat16")
     work = os.path.abspath(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -272,13 +283,16 @@ def main(argv=None) -> int:
                      "peak_rss_above_baseline_gb": round(rss[k] / 1e9, 3),
                      "throughput_gb_s": round(nbytes / med[k] / 1e9, 3),
                      "meets_time": k == "copy" or ratio <= TIME_RATIO_TARGET,
+                     "meets_time_with_fsync": (k == "copy"
+                                               or dur[k] / dur["copy"] <= TIME_RATIO_TARGET),
                      "meets_rss": rss[k] / 1e9 <= RSS_TARGET_GB})
     head = (f"| task | wall s (median of {a.repeats}) | x copy | wall + fsync of output s | x copy "
-            "| peak RSS above baseline (GB) | GB/s | targets met |")
+            "| peak RSS above baseline (GB) | GB/s | targets met (wall / with fsync) |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ok = "-" if row["task"] == "copy" else (
-            "yes" if row["meets_time"] and row["meets_rss"] else "NO")
+        ok = "-" if row["task"] == "copy" else " / ".join(
+            "yes" if t and row["meets_rss"] else "NO"
+            for t in (row["meets_time"], row["meets_time_with_fsync"]))
         lines.append(f"| {row['task']} | {row['wall_s_median']:.2f} | {row['ratio_vs_copy']:.2f} | "
                      f"{row['with_fsync_s_median']:.2f} | {row['with_fsync_ratio_vs_copy']:.2f} | "
                      f"{row['peak_rss_above_baseline_gb']:.3f} | {row['throughput_gb_s']:.2f} | {ok} |")
@@ -289,7 +303,9 @@ def main(argv=None) -> int:
               "warm (input cached in 2 MB folios, see warm())",
               "repeats": a.repeats, "round_trip_bitwise_tensors": checked, "rows": rows,
               "targets": {"time_ratio_vs_copy": TIME_RATIO_TARGET, "peak_rss_gb": RSS_TARGET_GB},
-              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+              "commit": git_commit(), "load_avg_start": load_start,
+              "load_avg_end": os.getloadavg()[0]}
     stem = "convert_bench" if a.preset == "qwen3-4b" else f"convert_bench.{a.preset}"
     stem += ".cold" if a.cold else ""
     res_dir = os.path.join(ROOT, "benchmarks", "results")
@@ -307,7 +323,9 @@ def main(argv=None) -> int:
                 f"peak RSS = VmHWM minus "
                 f"RSS after imports; 'wall + fsync' also waits until the output files are on disk. "
                 f"Round trip verified bitwise on {checked} tensors.\n"
-                f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB.\n\n"
+                f"Targets: <= {TIME_RATIO_TARGET}x copy, <= {RSS_TARGET_GB} GB. Load average "
+                f"(1 min) {load_start:.2f} at start, {result['load_avg_end']:.2f} at end; "
+                f"commit {result['commit']}.\n\n"
                 f"{table}\n\nCommand: `python benchmarks/convert_bench.py --preset {a.preset} "
                 f"--repeats {a.repeats}{' --cold' if a.cold else ''}`\n")
     return 0

@@ -24,7 +24,6 @@ import platform
 import random
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,6 +32,7 @@ from socialr1_jax.social.judges import (SIP_STAGES, JudgeItem, content_heuristic
                                         structure_heuristic)
 from socialr1_jax.social.reward_fns import RewardSet, RewardSetConfig  # noqa: E402
 from socialr1_jax.social.rewards import parse_completion, social_r1_score  # noqa: E402
+from bench_common import median_time  # noqa: E402
 
 TARGET_S = 1.0
 NAMES = ["Sally", "Anne", "Tom", "Mia", "Omar", "Li", "Ravi", "Zoe"]
@@ -73,13 +73,8 @@ def make_rows_and_completions(n: int, seed: int):
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up (regex compilation, caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    """(median, all) seconds after a warm-up call (regex compilation, caches)."""
+    return median_time(fn, repeats, warmup=True)
 
 
 def main(argv=None) -> int:

@@ -118,11 +118,9 @@ def main(argv=None):
                     help="first wait (up to --wait-s) until the 1-min load average is below this")
     ap.add_argument("--wait-s", type=float, default=1800)
     args = ap.parse_args(argv)
-    if args.quiet_load is not None:
-        deadline = time.time() + args.wait_s
-        while os.getloadavg()[0] >= args.quiet_load and time.time() < deadline:
-            time.sleep(15)
-        print(f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    from bench_common import git_commit, wait_for_quiet
+
+    wait_for_quiet(args.quiet_load, args.wait_s)
 
     import jax
     import numpy as np
@@ -208,7 +206,8 @@ def main(argv=None):
         "weight_bytes": weight_bytes, "prompt_len": args.prompt_len, "new_tokens": new,
         "repeats": args.repeats, "bandwidth": bw, "rows": rows,
         "torch_threads": torch.get_num_threads(), "jax_devices": str(jax.devices()),
-        "cpu_count": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "cpu_count": os.cpu_count(), "commit": git_commit(), "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
         "targets": {"speedup_b8": TARGET_B8, "speedup_b1": TARGET_B1,
                     "step_over_floor": TARGET_FLOOR},
     }
@@ -236,7 +235,7 @@ def render(r: dict) -> str:
         f"of {r['repeats']} alternating runs after warm-up. CPU: {r['cpu_count']} cores, torch "
         f"threads {r['torch_threads']}, JAX devices {r['jax_devices']}. Load average (1 min) at "
         f"start {r['loadavg_start'][0]:.2f}, at end {r['loadavg_end'][0]:.2f} (other jobs "
-        "share this machine).",
+        f"share this machine). Commit {r.get('commit', 'unknown')}.",
         "",
         "| B | transformers tok/s | ours tok/s | ours / transformers | target | ours ms/step "
         "| floor ms/step | step / floor (target <= {0}) | greedy rows identical to transformers "

@@ -6,24 +6,28 @@
     (both also take --fsync: flush the output to disk before it is renamed into place)
 
 Both stream one tensor at a time (tensor bytes copied file to file by the kernel when no cast is
-needed) and build their output in `OUT.tmp-*`, renamed to OUT only when complete, so an
-interrupted run never leaves a directory that looks like a checkpoint. This module holds what both
-share: the staged output directory, sizes, reads, the safetensors writer and the summary.
+needed) and build their output in `OUT.tmp-*`, swapped with OUT only when complete, so an
+interrupted run never leaves a directory that looks like a checkpoint and never loses the old
+one (`staging`). Every tensor written is checked for NaN/Inf (`--allow-nonfinite` skips it).
+A user's mistake (a flag, a bad input file, an unwritable or full --out) ends in one
+`error: ...` line and exit code 2. This module holds what both share: sizes, reads, the
+safetensors writer, the finite-checking thread, the command-line runner and the summary.
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import dataclasses
+import errno
 import os
 import re
-import secrets
-import shutil
 import struct
-import sys
+import threading
 
 import numpy as np
 
+from conversion.staging import check_out, staged_dir  # noqa: F401  (re-exported)
+from socialr1_jax import cli
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.checkpoint.safetensors_io import _header_bytes, SafetensorsDir
 
@@ -58,43 +62,6 @@ def fsync_tree(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def staged_dir(out: str, *, overwrite: bool, fsync: bool = False):
-    """Yield a fresh `OUT.tmp-*` directory; on success it becomes `out`, on failure it is removed.
-
-    An existing `out` is refused unless `overwrite`; it is replaced only after the new one is whole.
-    fsync: flush the whole new tree to disk before the rename (and the rename after), so a power
-    loss cannot leave a complete-looking `out` with unwritten data. Off by default, like `cp`.
-    """
-    out = os.path.abspath(os.fspath(out))
-    if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if fsync:
-        fsync_tree(tmp)
-    old = None
-    if os.path.lexists(out):
-        old = f"{out}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if fsync:
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
 
 
 def read_tensor(st: SafetensorsDir, name: str) -> np.ndarray:
@@ -143,8 +110,8 @@ def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None 
                       on_tensor=None) -> int:
     """Stream tensors into a safetensors file via `path.tmp`; returns the data bytes written.
 
-    Each source (in `specs` order) is either an array, or a list of (file, nbytes) whose bytes,
-    concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
+    Each source (in `specs` order) is either an array, or a list of (file, offset, nbytes) whose
+    bytes, concatenated, are the tensor: those are copied by the kernel (sendfile), never loaded.
     The data section starts at a multiple of DATA_ALIGN (see `aligned_header`).
     """
     from socialr1_jax.checkpoint import stream as checkpoint_stream
@@ -164,11 +131,11 @@ def write_safetensors(path: str, specs: list, sources, *, metadata: dict | None 
                                           f"expected {shape} {dtype}")
                 _write_fully(f, np.ascontiguousarray(src).reshape(-1).view(np.uint8).data)
             else:
-                if sum(n for _, n in src) != want:
+                if sum(n for _, _, n in src) != want:
                     raise CheckpointError(f"{path}: tensor {name}: source files hold "
-                                          f"{sum(n for _, n in src)} bytes, expected {want}")
-                for file, n in src:
-                    checkpoint_stream.copy_range(file, 0, n, f.fileno())
+                                          f"{sum(n for _, _, n in src)} bytes, expected {want}")
+                for file, offset, n in src:
+                    checkpoint_stream.copy_range(file, offset, n, f.fileno())
             total += want
             if on_tensor is not None:
                 on_tensor(name, want)
@@ -193,21 +160,90 @@ class Summary:
 
 
 def add_output_args(p, dtype_help: str) -> None:
-    """The options both converters take: --dtype, --overwrite, --fsync, --no-progress."""
+    """The options both converters take: --dtype, --overwrite, --fsync, --allow-nonfinite,
+    --no-progress."""
     p.add_argument("--dtype", choices=["bf16", "fp32", "bfloat16", "float32"], default=None,
                    help=dtype_help)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (only a checkpoint: HF or ours)")
     p.add_argument("--fsync", action="store_true",
-                   help="flush the output to disk before it is renamed into place")
+                   help="flush the output to disk before it is swapped into place")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="write NaN/Inf weights instead of refusing them (debugging only)")
     p.add_argument("--no-progress", action="store_true")
 
 
-def run_cli(convert_fn) -> int:
-    """Run one conversion: print its summary line, or `error: ...` on stderr and return 1."""
+class FiniteChecker:
+    """Checks tensors for NaN/Inf in one background thread while the main thread writes.
+
+    `add(fn)` queues a check (a callable raising NonFiniteError); `wait()` re-raises the first
+    failure once all queued checks are done. Used as a context manager, an error in the writer
+    stops the pending checks instead of waiting for them.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="finite")
+        self._futures: list[concurrent.futures.Future] = []
+
+    def add(self, fn, *args, **kwargs) -> None:
+        if self.enabled:
+            self._futures.append(self._pool.submit(fn, *args, stop=self.stop, **kwargs))
+
+    def wait(self) -> None:
+        for f in self._futures:
+            f.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.stop.set()
+            for f in self._futures:
+                f.cancel()
+        self._pool.shutdown(wait=True)
+        return False
+
+
+def _os_error_line(e: OSError, out: str) -> str:
+    """One line for an OSError: the flag it concerns when it happened under --out."""
+    names = [n for n in (e.filename, e.filename2) if n]
+    what = e.strerror or str(e)
+    if names and os.path.abspath(str(names[0])).startswith(os.path.abspath(out)):
+        return f"--out {out}: {what} (writing {names[0]})"
+    if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG):
+        return f"--out {out}: {what}" + (f" ({names[0]})" if names else "")
+    return f"{names[0]}: {what}" if names else what
+
+
+def _storage_error(e: BaseException) -> str | None:
+    """The OS error inside a TensorStore write failure (a ValueError whose text carries
+    `[os_error_code='28']` or `[OS error 28: ...]`), as its strerror; None for anything else."""
+    m = re.search(r"os_error_code='(\d+)'|OS error (\d+)", str(e))
+    if m is None:
+        return None
+    code = int(m.group(1) or m.group(2))
+    if code not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM):
+        return None
+    return os.strerror(code)
+
+
+def run_cli(convert_fn, out: str) -> int:
+    """Run one conversion: print its summary line. A user's mistake, a bad input file, or an
+    output that cannot be written (read-only, full, no permission) raises UsageError: one
+    `error: ...` line and exit code 2 from `cli.run`."""
     try:
         summary = convert_fn()
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.UsageError:
+        raise
+    except OSError as e:
+        raise cli.UsageError(_os_error_line(e, out)) from None
+    except ValueError as e:
+        reason = _storage_error(e)
+        if reason is None:
+            raise
+        raise cli.UsageError(f"--out {out}: {reason}") from None
     print(summary.line())
     return 0

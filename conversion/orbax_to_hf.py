@@ -1,7 +1,8 @@
 """Orbax checkpoint (converted or training) -> HF safetensors directory, one tensor at a time.
 
     python -m conversion.orbax_to_hf --ckpt CKPT [--step N] --out DIR [--max-shard-size 5GB]
-                                     [--dtype bf16|fp32] [--overwrite]
+                                     [--dtype bf16|fp32] [--overwrite] [--fsync]
+                                     [--allow-nonfinite] [--no-progress]
 
 Only the `params` item of the step is read (a training checkpoint's optimizer state is left on
 disk). Arrays stored as raw zarr chunks in the exported dtype (what hf_to_orbax writes) are
@@ -14,12 +15,12 @@ a tensor larger than that alone in its own, `model-0000K-of-0000N.safetensors` w
 Inside a file the data starts page-aligned and whole-page tensors come before the small norm
 vectors (any order is valid safetensors), which keeps the kernel's copies page-aligned.
 config.json (torch_dtype = the exported dtype), generation_config.json and the tokenizer files
-are copied from the checkpoint root.
+are copied from the checkpoint root. Every tensor is checked for NaN/Inf as it is written (the
+kernel-copied ones by a background thread reading the same chunk files).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,9 +28,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from conversion import (DATA_ALIGN, Summary, add_output_args, parse_size, run_cli,
-                        staged_dir, write_safetensors)
-from socialr1_jax.checkpoint import hf_layout
+from conversion import (DATA_ALIGN, FiniteChecker, Summary, add_output_args, check_out,
+                        parse_size, run_cli, staged_dir, write_safetensors)
+from socialr1_jax import cli
+from socialr1_jax.checkpoint import finite, hf_layout
 from socialr1_jax.checkpoint.orbax_io import (check_params, copy_side_files, PARAMS, read_config,
                                               resolve, write_json_atomic)
 from socialr1_jax.model.config import parse_dtype
@@ -61,40 +63,51 @@ def shard_names(n: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 
-def _sources(stores, raw, entries, target):
+def _sources(stores, raw, entries, target, check: bool = True, where: str = ""):
     """Yield each tensor's source: its raw chunk files, or the array read through TensorStore
-    (the next such read already under way)."""
-    reads = [i for i, e in enumerate(entries) if raw[e.path] is None]
+    (the next such read already under way), checked for NaN/Inf when `check`."""
+    reads = [i for i, e in enumerate(entries) if raw[e.hf_name] is None]
     pending = {}
 
     def start(k):
         if k < len(reads):
-            pending[reads[k]] = stores[entries[reads[k]].path][0].read()
+            e = entries[reads[k]]
+            store = stores[e.path][0]
+            pending[reads[k]] = (store[e.index] if e.index else store).read()
 
     start(0)
     k = 0
     for i, e in enumerate(entries):
-        if raw[e.path] is not None:
-            yield raw[e.path]
+        if raw[e.hf_name] is not None:
+            yield raw[e.hf_name]
             continue
         k += 1
         start(k)
         arr = np.asarray(pending.pop(i).result()).reshape(e.hf_shape)
-        yield arr if arr.dtype == target else arr.astype(target)
+        arr = arr if arr.dtype == target else arr.astype(target)
+        if check:
+            finite.check_array(arr, e.hf_name, where)
+        yield arr
 
 
 def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str | int = "5GB",
            dtype: str | None = None, overwrite: bool = False, progress: bool = True,
-           fsync: bool = False) -> Summary:
-    """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary."""
-    from socialr1_jax.checkpoint.stream import open_param_stores, raw_chunk_files
+           fsync: bool = False, allow_nonfinite: bool = False) -> Summary:
+    """Write the params of `ckpt` (step None = latest) as an HF directory `out`; returns the summary.
+
+    A tensor with a NaN or Inf is refused (finite.NonFiniteError naming it) unless allow_nonfinite.
+    """
+    from socialr1_jax.checkpoint.stream import byte_ranges, open_param_stores, raw_chunk_files
 
     t0 = time.perf_counter()
-    out = os.path.abspath(out)
-    limit = parse_size(max_shard_size)
-    if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    try:
+        limit = parse_size(max_shard_size)
+    except ValueError as e:
+        raise cli.UsageError(f"--max-shard-size: {e}") from None
+    if not os.path.exists(ckpt):
+        raise CheckpointError(f"--ckpt {ckpt}: no such checkpoint directory")
     root, step = resolve(ckpt, step)
+    out = check_out(out, {"--ckpt": root}, overwrite=overwrite)
     cfg = read_config(root)
     item_dir = os.path.join(root, str(step), PARAMS)
     stores = open_param_stores(item_dir)
@@ -125,11 +138,20 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
         bar.update(nbytes)
 
     ordered = [by_name[n] for g in groups for n in g]
-    raw = {e.path: raw_chunk_files(item_dir, stores[e.path][1].name, e.shape, target)
-           for e in table}
-    tensors = _sources(stores, raw, ordered, target)
+    raw = {}  # HF name -> [(file, offset, nbytes)] holding its bytes, or None
+    for path, param in hf_layout.params(cfg).items():
+        chunks = raw_chunk_files(item_dir, stores[path][1].name, param.shape, target)
+        part = int(np.prod(param.entries[0].shape)) * target.itemsize
+        for k, e in enumerate(param.entries):
+            raw[e.hf_name] = None if chunks is None else byte_ranges(chunks, k * part, part)
+    tensors = _sources(stores, raw, ordered, target, check=not allow_nonfinite, where=item_dir)
+    checker = FiniteChecker(enabled=not allow_nonfinite)
+    for e in ordered:  # the kernel-copied ones never pass through here: read them alongside
+        if raw[e.hf_name] is not None:
+            checker.add(finite.check_files, raw[e.hf_name], e.hf_shape, target, e.hf_name,
+                        where=os.path.join(item_dir, stores[e.path][1].name))
     try:
-        with staged_dir(out, overwrite=overwrite, fsync=fsync) as tmp:
+        with checker, staged_dir(out, fsync=fsync) as tmp:
             for fname, group in zip(files, groups):
                 specs = [(n, by_name[n].hf_shape, target) for n in group]
                 write_safetensors(os.path.join(tmp, fname), specs, tensors,
@@ -139,6 +161,7 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
                     "metadata": {"total_size": total, "total_parameters": cfg.num_params()},
                     "weight_map": {n: f for f, g in zip(files, groups) for n in g},
                 })
+            checker.wait()
             copy_side_files(root, tmp, dtype=target)
     finally:
         tensors.close()
@@ -147,7 +170,9 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The command line (see the module docstring); errors as one `error:` line via cli.run."""
+    p = cli.ArgumentParser(prog="python -m conversion.orbax_to_hf",
+                           description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="Orbax checkpoint root (or one step directory)")
     p.add_argument("--step", type=int, default=None, help="step to export (default: the latest)")
     p.add_argument("--out", required=True, help="HF directory to create")
@@ -156,8 +181,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     return run_cli(lambda: export(a.ckpt, a.out, step=a.step, max_shard_size=a.max_shard_size,
                                   dtype=a.dtype, overwrite=a.overwrite,
-                                  progress=not a.no_progress, fsync=a.fsync))
+                                  progress=not a.no_progress, fsync=a.fsync,
+                                  allow_nonfinite=a.allow_nonfinite), a.out)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

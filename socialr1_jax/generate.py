@@ -2,9 +2,9 @@
 
 import sys
 
+from socialr1_jax import cli
 from socialr1_jax.rollout.generate import *  # noqa: F401,F403  (the library entry points)
 from socialr1_jax.rollout.generate import main
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(cli.run(main))

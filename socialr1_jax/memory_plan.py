@@ -2,8 +2,9 @@
 
 import sys
 
+from socialr1_jax import cli
 from socialr1_jax.rl.memory_plan import *  # noqa: F401,F403  (the library entry points)
 from socialr1_jax.rl.memory_plan import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

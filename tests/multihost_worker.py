@@ -49,7 +49,7 @@ def main() -> int:
             logits = jax.jit(lambda st, i, m: nnx.merge(graphdef, st)(i, m))(
                 state, glob["ids"], glob["mask"])
         result[spec] = distributed.gather(logits)
-        q = model.layers[0].attn.q_nhd[...]
+        q = model.layers.q_lnhd[...]
         report["meshes"][spec] = {
             "rows": [rows.start, rows.stop],
             "prompt_part": distributed.process_part(list(range(batch["ids"].shape[0])), mesh),

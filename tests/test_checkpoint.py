@@ -77,8 +77,8 @@ def test_restore_onto_another_mesh_with_optimizer_state(train_root):
     _assert_same(nnx.state(r.model), nnx.state(model))
     _assert_same(r.opt_state, nnx.state(opt))
     # Every parameter and moment lands in the new mesh's shardings, not the writer's.
-    q = r.model.layers[0].attn.q_nhd[...]
-    assert q.sharding.mesh.shape == mesh2.shape and q.sharding.shard_shape(q.shape) == (2, 16, 32)
+    q = r.model.layers.q_lnhd[...]
+    assert q.sharding.mesh.shape == mesh2.shape and q.sharding.shard_shape(q.shape) == (2, 2, 16, 32)
     for (p, got), (_, want) in zip(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(r.opt_state)),
                                    jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(fresh_opt)))):
         assert got.sharding == want.sharding, path_str(p)
@@ -105,7 +105,7 @@ def test_training_root_loads_and_exports_params_only(train_root, tmp_path):
     flat = _flat(nnx.state(model))
     assert sorted(st.keys()) == sorted(e.hf_name for e in layout(CFG))
     for e in layout(CFG):
-        want = np.asarray(flat[e.path]).reshape(e.hf_shape)
+        want = np.asarray(flat[e.path])[e.index].reshape(e.hf_shape)
         assert st.get(e.hf_name).tobytes() == want.tobytes(), e.hf_name
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float32"
     # ... and the export converts back into a checkpoint with the same params.
@@ -139,18 +139,22 @@ def test_restore_refusals_name_the_problem(tmp_path):
         restore_checkpoint(str(root), 4, cfg=CFG)
     with pytest.raises(CheckpointError, match="has no opt_state"):
         restore_checkpoint(str(root), cfg=CFG, abstract_opt_state={"x": jnp.zeros(2)})
-    with pytest.raises(CheckpointError, match=r"lacks parameter\(s\) \['layers/2/"):
+    with pytest.raises(CheckpointError, match=r"parameter layers/input_norm_ld \(model\.layers\."
+                                              r"\{0\.\.2\}\.input_layernorm\.weight\) has shape "
+                                              r"\[2, 64\], the given config needs \[3, 64\]"):
         restore_checkpoint(str(root), cfg=CFG.replace(num_layers=3))
-    with pytest.raises(CheckpointError, match=r"parameter layers/0/mlp/gate_fd "
-                                              r"\(model\.layers\.0\.mlp\.gate_proj\.weight\) has shape "
-                                              r"\[128, 64\], the given config needs \[96, 64\]"):
+    with pytest.raises(CheckpointError, match=r"parameter layers/gate_lfd "
+                                              r"\(model\.layers\.\{0\.\.1\}\.mlp\.gate_proj\.weight\) "
+                                              r"has shape \[2, 128, 64\], the given config needs "
+                                              r"\[2, 96, 64\]"):
         restore_checkpoint(str(root), cfg=CFG.replace(intermediate_size=96))
     with pytest.raises(CheckpointError, match=r"\['lm_head_vd'\] are not part of a dense Qwen3"):
         restore_checkpoint(str(root), cfg=CFG.replace(tie_word_embeddings=True))
     # Without cfg the root's config.json is the reference, and the message says so.
     cfg_json = json.loads((root / "config.json").read_text())
     (root / "config.json").write_text(json.dumps({**cfg_json, "num_hidden_layers": 1}))
-    with pytest.raises(CheckpointError, match=r"parameter\(s\) \['layers/1/.*config\.json"):
+    with pytest.raises(CheckpointError, match=r"parameter layers/input_norm_ld .* has shape \[2, 64\], "
+                                              r".*config\.json needs \[1, 64\]"):
         load_model(str(root))
 
 

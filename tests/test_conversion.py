@@ -2,16 +2,20 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from conversion import hf_to_orbax, orbax_to_hf, parse_size
-from socialr1_jax import load_model
+from socialr1_jax import cli, load_model
+from socialr1_jax.cli import UsageError
 from socialr1_jax.checkpoint import stream as checkpoint_stream
 from socialr1_jax.checkpoint import hf_layout
 from socialr1_jax.checkpoint.orbax_io import (is_orbax_checkpoint, list_steps, load_model_from_orbax,
@@ -140,10 +144,10 @@ def test_load_model_from_orbax_on_mesh(tmp_path):
     a, b = load_model(str(hf), mesh=mesh), load_model(str(ckpt), mesh=mesh)
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 8)))
     np.testing.assert_array_equal(np.asarray(b(ids)), np.asarray(a(ids)))
-    # Shards as the rules say: q [N,H,D] split N over tensor=2 and D over fsdp=4, etc.
-    q, o, e = b.layers[0].attn.q_nhd[...], b.layers[1].attn.o_dnh[...], b.embed_vd[...]
-    assert q.sharding.shard_shape(q.shape) == (2, 16, 16)
-    assert o.sharding.shard_shape(o.shape) == (16, 2, 16)
+    # Shards as the rules say: q [L,N,H,D] split N over tensor=2 and D over fsdp=4, etc.
+    q, o, e = b.layers.q_lnhd[...], b.layers.o_ldnh[...], b.embed_vd[...]
+    assert q.sharding.shard_shape(q.shape) == (2, 2, 16, 16)
+    assert o.sharding.shard_shape(o.shape) == (2, 16, 2, 16)
     assert e.sharding.shard_shape(e.shape) == (128, 16)
     assert b.lm_head_vd[...].sharding.shard_shape((256, 64)) == (128, 16)
     # No mesh: one device, same numbers as the unsharded HF load.
@@ -230,26 +234,60 @@ def test_truncated_file_is_named(sharded_hf, tmp_path):
         hf_to_orbax.convert(str(sharded_hf), str(tmp_path / "c"), progress=False)
 
 
-def test_existing_output_refused_unless_overwrite(sharded_hf, tmp_path):
+def test_existing_output_refused_unless_overwrite(sharded_hf, tmp_path, capsys):
     ckpt, out = tmp_path / "c", tmp_path / "o"
     for d in (ckpt, out):
         d.mkdir()
         (d / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UsageError, match="already exists; pass --overwrite"):
         hf_to_orbax.convert(str(sharded_hf), str(ckpt), progress=False)
+    # A folder that is not a checkpoint is never replaced, --overwrite or not.
+    argv = ["--hf-dir", str(sharded_hf), "--out", str(ckpt), "--no-progress"]
+    assert cli.run(hf_to_orbax.main, argv) == 2
+    assert cli.run(hf_to_orbax.main, argv + ["--overwrite"]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
     assert os.listdir(ckpt) == ["keep.txt"]
-    # The command line says so and fails.
-    assert hf_to_orbax.main(["--hf-dir", str(sharded_hf), "--out", str(ckpt), "--no-progress"]) == 1
-    assert hf_to_orbax.main(["--hf-dir", str(sharded_hf), "--out", str(ckpt), "--no-progress",
-                             "--overwrite"]) == 0
-    assert is_orbax_checkpoint(str(ckpt)) and not os.path.exists(ckpt / "keep.txt")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    os.remove(ckpt / "keep.txt")  # an empty folder: nothing to lose, no --overwrite needed
+    assert cli.run(hf_to_orbax.main, argv) == 0
+    assert is_orbax_checkpoint(str(ckpt))
+    # A checkpoint of ours is replaced with --overwrite (here by a bf16 conversion).
+    assert cli.run(hf_to_orbax.main, argv + ["--dtype", "bf16"]) == 2
+    assert cli.run(hf_to_orbax.main, argv + ["--dtype", "bf16", "--overwrite"]) == 0
+    assert json.loads((ckpt / "config.json").read_text())["dtype"] == "bfloat16"
+    (out / "keep.txt").unlink()
+    orbax_to_hf.export(str(ckpt), str(out), dtype="fp32", progress=False)
+    with pytest.raises(UsageError, match="--overwrite"):
         orbax_to_hf.export(str(ckpt), str(out), progress=False)
-    assert orbax_to_hf.main(["--ckpt", str(ckpt), "--out", str(out), "--overwrite",
-                             "--no-progress"]) == 0
-    assert not os.path.exists(out / "keep.txt") and os.path.exists(out / INDEX_NAME) is False
-    assert _tensors(out) == _tensors(sharded_hf)
+    # An HF checkpoint is replaced with --overwrite.
+    assert cli.run(orbax_to_hf.main, ["--ckpt", str(ckpt), "--out", str(out), "--overwrite",
+                                      "--no-progress", "--dtype", "fp32"]) == 0
+    src = SafetensorsDir(str(sharded_hf))
+    got = SafetensorsDir(str(out))
+    for n in src.keys():  # fp32 -> bf16 -> fp32: the bf16 rounding of the source
+        np.testing.assert_array_equal(got.get(n), src.get(n).astype(jnp.bfloat16).astype(np.float32))
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "contains", "symlink"])
+def test_out_overlapping_the_input_is_refused(sharded_hf, tmp_path, where):
+    """--out equal to, inside, or containing the input is refused even with --overwrite, and the
+    input is left exactly as it was (the bug: --overwrite deleted the source)."""
+    before = _tensors(sharded_hf)
+    out = {"same": sharded_hf, "inside": sharded_hf / "sub", "contains": tmp_path,
+           "symlink": tmp_path / "link"}[where]
+    if where == "symlink":
+        os.symlink(sharded_hf, out)
+    with pytest.raises(UsageError, match={"same": "is the input", "inside": "is inside the input",
+                                          "contains": "contains the input",
+                                          "symlink": "is the input"}[where]):
+        hf_to_orbax.convert(str(sharded_hf), str(out), overwrite=True, progress=False)
+    assert _tensors(sharded_hf) == before and not os.path.exists(sharded_hf / "sub")
+    ckpt = tmp_path / "c"
+    hf_to_orbax.convert(str(sharded_hf), str(ckpt), progress=False)
+    for bad in (ckpt, ckpt / "0", ckpt / "export", tmp_path):
+        with pytest.raises(UsageError, match="--out"):
+            orbax_to_hf.export(str(ckpt), str(bad), overwrite=True, progress=False)
+    assert list_steps(str(ckpt)) == [0] and not os.path.exists(ckpt / "export")
 
 
 def test_missing_step_is_named(sharded_hf, tmp_path, capsys):
@@ -257,7 +295,8 @@ def test_missing_step_is_named(sharded_hf, tmp_path, capsys):
     hf_to_orbax.convert(str(sharded_hf), str(ckpt), progress=False)
     with pytest.raises(CheckpointError, match=r"step 7 does not exist; steps present: \[0\]"):
         orbax_to_hf.export(str(ckpt), str(tmp_path / "o"), step=7, progress=False)
-    assert orbax_to_hf.main(["--ckpt", str(ckpt), "--step", "3", "--out", str(tmp_path / "o")]) == 1
+    assert cli.run(orbax_to_hf.main, ["--ckpt", str(ckpt), "--step", "3", "--out",
+                                      str(tmp_path / "o")]) == 2
     assert "step 3 does not exist" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="step 2 does not exist"):
         load_model_from_orbax(str(ckpt), step=2)
@@ -307,8 +346,8 @@ def test_interrupted_conversions_leave_nothing_complete(sharded_hf, tmp_path, mo
     monkeypatch.undo()
     real_sources = orbax_to_hf._sources
 
-    def failing_sources(*args):
-        for i, src in enumerate(real_sources(*args)):
+    def failing_sources(*args, **kwargs):
+        for i, src in enumerate(real_sources(*args, **kwargs)):
             if i == 7:
                 raise OSError("simulated read failure")
             yield src
@@ -351,9 +390,9 @@ def test_converted_checkpoint_restores_with_plain_orbax(tmp_path, raw):
 
     def check(tree):
         flat = checkpoint_stream.flatten(tree)
-        assert sorted(flat) == sorted(e.path for e in table)
+        assert sorted(flat) == sorted({e.path for e in table})
         for e in table:
-            got, ref = np.asarray(flat[e.path]), src.get(e.hf_name)
+            got, ref = np.asarray(flat[e.path])[e.index], src.get(e.hf_name)
             assert got.dtype == ref.dtype and got.reshape(e.hf_shape).tobytes() == ref.tobytes()
 
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -361,3 +400,94 @@ def test_converted_checkpoint_restores_with_plain_orbax(tmp_path, raw):
     with ocp.CheckpointManager(str(ckpt)) as mgr:
         assert mgr.all_steps() == [0]
         check(mgr.restore(0, args=ocp.args.Composite(params=ocp.args.PyTreeRestore()))["params"])
+
+
+def test_stacked_parameters_are_copied_layer_by_layer(tmp_path, monkeypatch):
+    """A stacked parameter's raw chunks never straddle two layers: with 4 KB chunks each layer's
+    [128, 64] fp32 gate is 8 chunk files, whose bytes are exactly that layer's HF tensor; the
+    export copies them back (kernel-copied byte ranges) bitwise."""
+    monkeypatch.setattr(checkpoint_stream, "CHUNK_BYTES", 4096)
+    hf, ckpt, out = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "out"
+    _make(hf, seed=5)
+    hf_to_orbax.convert(str(hf), str(ckpt), progress=False)
+    params = ckpt / "0" / "params"
+    stores = checkpoint_stream.open_param_stores(str(params))
+    src = SafetensorsDir(str(hf))
+    cfg = read_config(str(ckpt))
+    for path in ("layers/gate_lfd", "layers/input_norm_ld"):
+        param = hf_layout.params(cfg)[path]
+        files = checkpoint_stream.raw_chunk_files(str(params), stores[path][1].name, param.shape,
+                                                  np.float32)
+        per_layer = {"layers/gate_lfd": 8, "layers/input_norm_ld": 1}[path]
+        assert files is not None and len(files) == cfg.num_layers * per_layer, path
+        part = 4 * int(np.prod(param.entries[0].shape))
+        for i, e in enumerate(param.entries):
+            ranges = checkpoint_stream.byte_ranges(files, i * part, part)
+            assert len(ranges) == per_layer and all(off == 0 for _, off, _ in ranges)
+            data = b"".join(open(f, "rb").read()[o:o + n] for f, o, n in ranges)
+            assert data == src.get(e.hf_name).tobytes(), e.hf_name
+    orbax_to_hf.export(str(ckpt), str(out), max_shard_size="40KB", progress=False)
+    assert _tensors(out) == _tensors(hf)
+
+
+def test_byte_ranges_cross_chunk_files():
+    """A range over concatenated files is cut at file boundaries (offsets inside the files)."""
+    files = [("a", 10), ("b", 10), ("c", 5)]
+    assert checkpoint_stream.byte_ranges(files, 0, 25) == [("a", 0, 10), ("b", 0, 10), ("c", 0, 5)]
+    assert checkpoint_stream.byte_ranges(files, 7, 6) == [("a", 7, 3), ("b", 0, 3)]
+    assert checkpoint_stream.byte_ranges(files, 20, 5) == [("c", 0, 5)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_finite_checks_name_the_first_bad_element(tmp_path, monkeypatch, dtype):
+    """NaN and Inf are found in every float width, across block boundaries (tiny blocks here),
+    in arrays, file ranges and chunked files, at the index np.isfinite gives; finite passes."""
+    from socialr1_jax.checkpoint import finite
+
+    monkeypatch.setattr(finite, "BLOCK_BYTES", 64)
+    dt = np.dtype(jnp.dtype(dtype))
+    x = np.random.default_rng(0).standard_normal((13, 17)).astype(dt)
+    finite.check_array(x, "w", "here")
+    path = tmp_path / "t.bin"
+    for bad, at, word in [(np.nan, (12, 16), "a NaN"), (np.inf, (5, 3), "an Inf"),
+                          (-np.inf, (0, 0), "an Inf"), (np.nan, (7, 15), "a NaN")]:
+        y = x.copy()
+        y[at] = bad
+        y[12, 16] = np.nan if at != (12, 16) else y[12, 16]  # a later bad element: not reported
+        want = list(np.argwhere(~np.isfinite(y.astype(np.float64)))[0])
+        assert want == list(at)
+        msg = f"here: tensor w has {word} at {list(at)}"
+        with pytest.raises(finite.NonFiniteError, match=re.escape(msg)):
+            finite.check_array(y, "w", "here")
+        path.write_bytes(b"HEAD" + y.tobytes())
+        with pytest.raises(finite.NonFiniteError, match=re.escape(msg)):
+            finite.check_file_range(str(path), 4, y.size, dt, "w", shape=y.shape, where="here")
+        # the same bytes as 3 row chunks in 3 files (a raw zarr array)
+        rows = [y[:5], y[5:9], y[9:]]
+        parts = []
+        for i, r in enumerate(rows):
+            (tmp_path / f"c{i}").write_bytes(r.tobytes())
+            parts.append((str(tmp_path / f"c{i}"), 0, r.nbytes))
+        with pytest.raises(finite.NonFiniteError, match=re.escape(msg)):
+            finite.check_files(parts, y.shape, dt, "w", where="here")
+    path.write_bytes(x.tobytes())
+    finite.check_file_range(str(path), 0, x.size, dt, "w", shape=x.shape)
+
+
+def test_load_model_refuses_nonfinite_weights(tmp_path):
+    hf = tmp_path / "hf"
+    _make(hf, seed=13)
+    st = SafetensorsDir(str(hf))
+    f = st.files[st.weight_map["model.layers.0.self_attn.k_proj.weight"]]
+    offset = f.data_start + f.header["model.layers.0.self_attn.k_proj.weight"]["data_offsets"][0]
+    st.close()
+    with open(f.path, "r+b") as fh:  # element [1, 2] of a [32, 64] fp32 tensor
+        fh.seek(offset + (1 * 64 + 2) * 4)
+        fh.write(np.array([np.inf], np.float32).tobytes())
+    with pytest.raises(CheckpointError, match=re.escape(
+            "tensor model.layers.0.self_attn.k_proj.weight (layers/k_lkhd[0]) has an Inf at "
+            "[0, 1, 2]")):
+        load_model(str(hf))
+    model = load_model(str(hf), allow_nonfinite=True)
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert sum(int(np.isinf(np.asarray(x)).sum()) for x in leaves) == 1

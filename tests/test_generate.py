@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from socialr1_jax import load_model
+from socialr1_jax.cli import UsageError
 from socialr1_jax.rollout import generate
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.rollout.sampler import sample
@@ -77,7 +78,8 @@ def test_generate_writes_jsonl_matching_sample(tmp_path, chat_ckpt, capsys):
 def test_generate_bad_prompts_file(tmp_path, chat_ckpt):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object with a \"prompt\""):
+    with pytest.raises(UsageError, match=r"--prompts-file \S+bad.jsonl:2: expected an object with "
+                                         r"a \"prompt\""):
         generate.main(["--model", chat_ckpt, "--prompts-file", str(bad)])
 
 

@@ -154,8 +154,8 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
             assert m["ids_global_shape"] == [8, 10]
             assert m["local_rows"] == ids[4 * i:4 * i + 4].tolist()
             assert not m["q_is_fully_addressable"]
-    assert reports[0]["meshes"]["1x8x1"]["q_local_shards"] == [[4, 16, 8]]
-    assert reports[0]["meshes"]["2x2x2"]["q_local_shards"] == [[2, 16, 32]]
+    assert reports[0]["meshes"]["1x8x1"]["q_local_shards"] == [[2, 4, 16, 8]]  # [L, N, H, D/8]
+    assert reports[0]["meshes"]["2x2x2"]["q_local_shards"] == [[2, 2, 16, 32]]
     assert reports[0]["meshes"]["2x2x2"]["ids_local_shards"] == [[2, 10]]
 
     single = load_model(tiny_hf)

@@ -55,7 +55,7 @@ def _expected_shard_shape(rule: P, shape, mesh_sizes: dict) -> tuple:
 @pytest.fixture(scope="module")
 def single_device_logits(tiny_hf):
     model = load_model(tiny_hf)
-    leaf = model.layers[0].attn.q_nhd[...]
+    leaf = model.layers.q_lnhd[...]
     assert len(leaf.sharding.device_set) == 1
     return np.asarray(_forward(model, jnp.asarray(BATCH[0]), jnp.asarray(BATCH[1])))
 
@@ -80,14 +80,14 @@ def test_sharded_logits_equal_single_device(tiny_hf, single_device_logits, mesh_
         for shard in leaf.addressable_shards:
             assert shard.data.shape == want, (name, shard.data.shape, want)
             np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
-        if leaf.ndim >= 2:
-            # Large weights: the number of distinct pieces is fsdp x tensor, i.e. nothing that the
+        if len(rule):
+            # Weight matrices (the norms' vectors are replicated): the number of distinct pieces is fsdp x tensor, i.e. nothing that the
             # mesh could split is held whole.
             pieces = {tuple((s.start, s.stop) for s in sh.index) for sh in leaf.addressable_shards}
             assert len(pieces) == sizes["fsdp"] * sizes["tensor"], name
             assert math.prod(want) * sizes["fsdp"] * sizes["tensor"] == leaf.size, name
             n_split += 1
-    assert n_split == 1 + 7 * 2  # embed + 7 matrices per layer x 2 layers (tied head)
+    assert n_split == 1 + 7  # embed and the 7 stacked layer matrices (tied head)
 
     ids = jax.device_put(BATCH[0], batch_sharding(mesh, 2))
     mask = jax.device_put(BATCH[1], batch_sharding(mesh, 2))
@@ -108,19 +108,21 @@ def test_rules_cover_every_parameter_and_hand_checked_shards():
     cfg = preset("tiny", tie_word_embeddings=False)
     mesh = make_mesh(1, 4, 2)
     model = create_model(cfg, mesh=mesh, seed=0)
-    for e in hf_layout.layout(cfg):
-        spec_for(e.path, len(e.shape))  # raises KeyError if a parameter has no rule
+    for param in hf_layout.params(cfg).values():
+        spec_for(param.path, len(param.shape))  # raises KeyError if a parameter has no rule
     shard = lambda x: x.sharding.shard_shape(x.shape)  # noqa: E731
-    attn, mlp = model.layers[1].attn, model.layers[1].mlp
+    w = model.layers
     assert shard(model.embed_vd[...]) == (128, 16)        # [256, 64]: vocab/2, hidden/4
     assert shard(model.lm_head_vd[...]) == (128, 16)
-    assert shard(attn.q_nhd[...]) == (2, 16, 16)          # [4, 16, 64]: heads/2, hidden/4
-    assert shard(attn.k_khd[...]) == (1, 16, 16)          # [2, 16, 64]
-    assert shard(attn.o_dnh[...]) == (16, 2, 16)          # [64, 4, 16]
-    assert shard(mlp.gate_fd[...]) == (64, 16)            # [128, 64]
-    assert shard(mlp.down_df[...]) == (16, 64)            # [64, 128]
-    assert shard(model.final_norm.scale_d[...]) == (64,)  # small: replicated
-    assert len(PARAM_RULES) == 11  # and the reward model's head (test_reward_model.py)
+    # Stacked layer weights: the leading layer axis (2) is never split.
+    assert shard(w.q_lnhd[...]) == (2, 2, 16, 16)         # [2, 4, 16, 64]: heads/2, hidden/4
+    assert shard(w.k_lkhd[...]) == (2, 1, 16, 16)         # [2, 2, 16, 64]
+    assert shard(w.o_ldnh[...]) == (2, 16, 2, 16)         # [2, 64, 4, 16]
+    assert shard(w.gate_lfd[...]) == (2, 64, 16)          # [2, 128, 64]
+    assert shard(w.down_ldf[...]) == (2, 16, 64)          # [2, 64, 128]
+    assert shard(w.input_norm_ld[...]) == (2, 64)         # small: replicated
+    assert shard(model.final_norm_d[...]) == (64,)
+    assert len(PARAM_RULES) == 9  # and the reward model's head (test_reward_model.py)
 
 
 def test_create_model_program_never_holds_a_full_copy(monkeypatch):
@@ -178,12 +180,18 @@ def test_loader_reads_only_each_devices_slices(tiny_hf):
             return piece
 
     mesh = make_mesh(1, 4, 2)
-    model = assemble_state(cfg, mesh, lambda e: Recording(e.path, st.get(e.hf_name).reshape(e.shape)),
+    model = assemble_state(cfg, mesh,
+                           lambda e: Recording(e.hf_name, st.get(e.hf_name).reshape(e.shape)),
                            where=tiny_hf)
     st.close()
+    params = hf_layout.params(cfg)
     for e in hf_layout.layout(cfg):
-        want = _expected_shard_shape(spec_for(e.path, len(e.shape)), e.shape, dict(mesh.shape))
-        assert requested[e.path] == {want}, (e.path, requested[e.path])
+        full = params[e.path].shape
+        want = _expected_shard_shape(spec_for(e.path, len(full)), full, dict(mesh.shape))
+        # A stacked parameter's shard holds whole layers: each layer's tensor is read in pieces
+        # of the shard's shape without its layer axis.
+        want = want[1:] if e.layer is not None else want
+        assert requested[e.hf_name] == {want}, (e.hf_name, requested[e.hf_name])
     assert model.embed_vd[...].sharding.shard_shape((256, 64)) == (128, 16)
 
 
@@ -215,7 +223,7 @@ def test_kv_cache_created_sharded_and_prefill_matches():
     cfg = preset("tiny")
     mesh = make_mesh(2, 2, 2)
     cache = create_cache(cfg, batch=8, slots=16, mesh=mesh)
-    assert {s.data.shape for s in cache.k[0].addressable_shards} == {(2, 1, 16, 16)}
+    assert {s.data.shape for s in cache.k_lbksh.addressable_shards} == {(2, 2, 1, 16, 16)}
     assert {s.data.shape for s in cache.valid_bs.addressable_shards} == {(2, 16)}
     assert cache.index.sharding.spec == P()
     mem = jax.jit(lambda: cache, out_shardings=cache_shardings(cache, mesh))  # shardings build
@@ -235,7 +243,7 @@ def test_kv_cache_created_sharded_and_prefill_matches():
         h_sharded, new_cache = jax.jit(prefill, donate_argnums=1)(
             state, cache, jax.device_put(ids, batch_sharding(mesh)),
             jax.device_put(mask, batch_sharding(mesh)))
-    assert {s.data.shape for s in new_cache.k[1].addressable_shards} == {(2, 1, 16, 16)}
+    assert {s.data.shape for s in new_cache.v_lbksh.addressable_shards} == {(2, 2, 1, 16, 16)}
     single = jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), jax.devices()[0]), state)
     h_single, _ = jax.jit(prefill)(single, create_cache(cfg, 8, 16), ids, mask)
     real = mask == 1

@@ -59,7 +59,7 @@ def test_gradient_matches_finite_differences(model):
     names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     directions = {"gradient": [g / jnp.linalg.norm(jnp.concatenate(
         [x.ravel() for x in gflat])) for g in gflat]}
-    for target in ("layers/0/attn/q_nhd", "layers/1/mlp/down_df", "embed_vd"):
+    for target in ("layers/q_lnhd", "layers/down_ldf", "embed_vd"):
         vs = [jnp.zeros_like(x) for x in flat]
         i = names.index(target)
         # half gradient, half random: a generic direction with a measurable slope

@@ -15,9 +15,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from socialr1_jax.checkpoint import hf_layout
+from socialr1_jax.checkpoint import finite, hf_layout
 from socialr1_jax.model.config import from_hf_config, ModelConfig
-from socialr1_jax.model.build import shardings_for
+from socialr1_jax.model.build import abstract_state
 from socialr1_jax.model.qwen3 import Qwen3
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir
@@ -26,33 +26,42 @@ from socialr1_jax.parallel.sharding import path_str
 
 def assemble_state(cfg: ModelConfig, mesh: Mesh | None,
                    read: Callable[[hf_layout.Entry], np.ndarray], *, where: str) -> Qwen3:
-    """Build a model whose parameter `entry.path` is `read(entry)` (a host array in our layout).
+    """Build a model whose parameters hold `read(entry)` (a host array in our layout) for every
+    HF tensor, each at its place (`entry.index`: a layer slice of a stacked parameter, or whole).
 
-    `read` may return a memory map: only the slices this process's devices own are touched.
-    Every tensor is checked (presence, shape) before the model is returned, so a bad checkpoint
-    never yields a half-loaded model.
+    `read` may return a memory map: only the slices this process's devices own are touched (of a
+    stacked parameter, only the layers and the part of each layer a device holds). Every tensor
+    is checked (presence, shape) before any array is built, so a bad checkpoint never yields a
+    half-loaded model.
     """
-    graphdef, abstract, shardings = shardings_for(cfg, mesh)
-    table = hf_layout.by_path(cfg)
-    flat_abs = jax.tree_util.tree_leaves_with_path(abstract)
-    flat_shard = jax.tree_util.tree_leaves(shardings) if shardings is not None else [None] * len(flat_abs)
-    arrays = []
+    graphdef, abstract = abstract_state(cfg, mesh)
+    table = hf_layout.params(cfg)
+    hosts = {}
+    for param in table.values():
+        for e in param.entries:
+            host = read(e)
+            if tuple(host.shape) != e.shape:
+                raise CheckpointError(f"{where}: tensor {e.hf_name} has shape "
+                                      f"{list(host.shape)}, the config needs {list(e.hf_shape)}")
+            hosts[e.hf_name] = host
     device = jax.local_devices()[0]
-    for (path, leaf), sharding in zip(flat_abs, flat_shard):
-        entry = table[path_str(path)]
-        host = read(entry)
-        if tuple(host.shape) != tuple(leaf.shape):
-            raise CheckpointError(f"{where}: tensor {entry.hf_name} has shape {list(host.shape)}, "
-                                  f"the config needs {list(entry.hf_shape)}")
-        sharding = sharding or SingleDeviceSharding(device)
+
+    def build(path, leaf):
+        param = table[path_str(path)]
+        sources = [hosts[e.hf_name] for e in param.entries]
         dtype = leaf.dtype
+        sharding = getattr(leaf, "sharding", None) or SingleDeviceSharding(device)
 
-        def cb(index, host=host, dtype=dtype):
-            return np.asarray(host[index]).astype(dtype, copy=False)
+        def cb(index):
+            if not param.stacked:
+                return np.asarray(sources[0][index]).astype(dtype, copy=False)
+            layers = range(*index[0].indices(len(sources)))
+            return np.stack([np.asarray(sources[i][index[1:]]) for i in layers]).astype(
+                dtype, copy=False)
 
-        arrays.append(jax.make_array_from_callback(leaf.shape, sharding, cb))
-    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), arrays)
-    return nnx.merge(graphdef, state)
+        return jax.make_array_from_callback(leaf.shape, sharding, cb)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(build, abstract))
 
 
 def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
@@ -85,11 +94,14 @@ def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
         st.close()
 
 
-def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None) -> Qwen3:
+def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
+               allow_nonfinite: bool = False) -> Qwen3:
     """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
 
     dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
     mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
+    A parameter holding a NaN or Inf is refused (finite.NonFiniteError naming the tensor and the
+    element) unless allow_nonfinite (for debugging).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -97,7 +109,12 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None)
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
     if checkpoint.is_orbax_checkpoint(path):
-        return checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
-    if os.path.exists(os.path.join(path, "config.json")):
-        return load_hf(path, dtype=dtype, mesh=mesh)
-    raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json) nor an Orbax checkpoint")
+        model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
+    elif os.path.exists(os.path.join(path, "config.json")):
+        model = load_hf(path, dtype=dtype, mesh=mesh)
+    else:
+        raise FileNotFoundError(f"{path}: neither an HF checkpoint (config.json) nor an Orbax "
+                                "checkpoint")
+    if not allow_nonfinite:
+        finite.check_model(model, where=path)
+    return model

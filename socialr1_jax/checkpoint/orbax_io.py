@@ -35,7 +35,7 @@ API for the trainer:
     restore_checkpoint(root, step=None, *, cfg=None, mesh=None, dtype=None,
                        abstract_opt_state=None) -> Restored(step, cfg, model, opt_state, meta)
         step None = the latest. Params are read straight into their shardings on `mesh` (from
-        loading.shardings_for), whatever mesh wrote them; mesh None = one device. cfg defaults to
+        build.abstract_state), whatever mesh wrote them; mesh None = one device. cfg defaults to
         CKPT/config.json. opt_state is restored only if `abstract_opt_state` is given: a pytree of
         jax.ShapeDtypeStruct (with .sharding, e.g. from jax.eval_shape + the param shardings) or of
         arrays whose shardings are the targets.
@@ -227,7 +227,7 @@ def check_params(cfg: ModelConfig, item_dir: str, metas: dict, *, what: str = "c
 
     metas: {path: anything with .shape}; `what` names where cfg came from in the errors.
     """
-    table = hf_layout.by_path(cfg)
+    table = hf_layout.params(cfg)
     missing = [p for p in table if p not in metas]
     if missing:
         raise CheckpointError(f"{item_dir}: lacks parameter(s) {missing[:5]}"
@@ -236,11 +236,11 @@ def check_params(cfg: ModelConfig, item_dir: str, metas: dict, *, what: str = "c
     if extra:
         raise CheckpointError(f"{item_dir}: parameter(s) {extra[:5]} are not part of a dense Qwen3 "
                               f"with {what}")
-    for path, e in table.items():
+    for path, param in table.items():
         shape = tuple(metas[path].shape)
-        if shape != e.shape:
-            raise CheckpointError(f"{item_dir}: parameter {path} ({e.hf_name}) has shape "
-                                  f"{list(shape)}, {what} needs {list(e.shape)}")
+        if shape != param.shape:
+            raise CheckpointError(f"{item_dir}: parameter {path} ({param.describe()}) has shape "
+                                  f"{list(shape)}, {what} needs {list(param.shape)}")
 
 
 @dataclasses.dataclass
@@ -278,7 +278,7 @@ def restore_checkpoint(root: str, step: int | None = None, *, cfg: ModelConfig |
     import orbax.checkpoint as ocp
 
     from socialr1_jax.checkpoint.stream import item_metadata
-    from socialr1_jax.model.build import shardings_for
+    from socialr1_jax.model.build import abstract_state
 
     root, step = resolve(root, step)
     step_dir = os.path.join(root, str(step))
@@ -291,10 +291,7 @@ def restore_checkpoint(root: str, step: int | None = None, *, cfg: ModelConfig |
     metas, _ = item_metadata(os.path.join(step_dir, PARAMS))
     check_params(cfg, os.path.join(step_dir, PARAMS), metas, what=what)
 
-    graphdef, abstract, shardings = shardings_for(cfg, mesh)
-    if shardings is not None:
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract, shardings)
+    graphdef, abstract = abstract_state(cfg, mesh)
     target = nnx.to_pure_dict(abstract)
     items = {PARAMS: ocp.args.PyTreeRestore(
         item=target, restore_args=_restore_args_for(target, mesh, PARAMS))}

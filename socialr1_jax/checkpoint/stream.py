@@ -7,15 +7,22 @@ the data and, when the bytes already sit in a file in C order (a safetensors ten
 each leaf through Orbax's own TensorStore spec, so the item is the format `PyTreeCheckpointHandler`
 restores (also as sharded jax.Arrays onto any mesh):
 
-- raw path (the converters' default: a zarr item without OCDBT, uncompressed, same dtype):
-  TensorStore creates the array (its `.zarray`), chunked along axis 0 only, so every chunk file is
-  one contiguous byte range of the tensor, copied file to file by the kernel (`os.sendfile`, as
-  `shutil.copyfile` does). No tensor data passes through this process.
-- array path (dtype casts, OCDBT or compressed items): `produce()` in a worker thread, then
-  `TensorStore.write`, concurrently, with at most `max_inflight_bytes` produced but unwritten.
+A leaf is written in parts, one HF tensor each: the whole array, or (a stacked parameter, see
+hf_layout.py) each of its slices [i] along the layer axis, so no more than one HF tensor's worth
+is ever produced at a time.
 
-`open_param_stores(item_dir)` and `raw_chunk_files(...)` are the reverse, for the exporter: every
-saved parameter opened lazily, and, where the item is raw zarr, the chunk files to copy.
+- raw path (the converters' default: a zarr item without OCDBT, uncompressed, same dtype):
+  TensorStore creates the array (its `.zarray`), chunked along its leading axes only (a stacked
+  parameter: one layer per chunk along axis 0, then rows), so every chunk file is one contiguous
+  byte range of one part, copied file to file by the kernel (`os.sendfile`, as
+  `shutil.copyfile` does). No tensor data passes through this process.
+- array path (dtype casts, OCDBT or compressed items): each part's `produce()` in a worker
+  thread, then `TensorStore.write` of its slice, concurrently, with at most
+  `max_inflight_bytes` produced but unwritten.
+
+`open_param_stores(item_dir)`, `raw_chunk_files(...)` and `byte_ranges(...)` are the reverse, for
+the exporter: every saved parameter opened lazily, and, where the item is raw zarr, the file
+byte ranges holding each part to copy.
 """
 
 from __future__ import annotations
@@ -42,21 +49,45 @@ from socialr1_jax.parallel.sharding import path_str
 CHUNK_BYTES = 64 * 2**20
 
 
-class StreamedTensor:
-    """A checkpoint leaf whose data `produce()` returns only when Orbax writes it.
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One HF tensor's worth of a leaf: `produce()` returns it (in the leaf's dtype and the part's
+    shape); raw: (file, byte offset) where its bytes lie in C order and in that dtype, if they
+    do."""
 
-    raw: (file, byte offset) where the tensor's bytes lie in C order and in `dtype`, if they do.
+    name: str
+    produce: Callable[[], np.ndarray]
+    raw: tuple[str, int] | None = None
+
+
+class StreamedTensor:
+    """A checkpoint leaf whose data is produced, part by part, only when Orbax writes it.
+
+    Whole: `produce` (and `raw`, see Part) give the array. Stacked: `layers`, one Part per index
+    of axis 0, each giving the slice [i]. on_written(part name, nbytes) follows every part.
     """
 
-    def __init__(self, shape, dtype, produce: Callable[[], np.ndarray], *, name: str = "",
-                 raw: tuple[str, int] | None = None,
-                 on_written: Callable[[str, int], None] | None = None):
+    def __init__(self, shape, dtype, produce: Callable[[], np.ndarray] | None = None, *,
+                 name: str = "", raw: tuple[str, int] | None = None,
+                 on_written: Callable[[str, int], None] | None = None,
+                 layers: list[Part] | None = None):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
-        self.produce = produce
-        self.name = name
-        self.raw = raw
+        self.stacked = layers is not None
+        self.parts = list(layers) if self.stacked else [Part(name, produce, raw)]
+        if self.stacked and (not self.shape or len(self.parts) != self.shape[0]):
+            raise ValueError(f"{name}: {len(self.parts)} layer parts for shape {self.shape}")
+        self.name = name or self.parts[0].name
         self.on_written = on_written
+
+    @property
+    def raw(self) -> bool:
+        """Whether every part's bytes lie in a file (the raw path can copy them)."""
+        return all(p.raw is not None for p in self.parts)
+
+    @property
+    def part_shape(self) -> tuple:
+        return self.shape[1:] if self.stacked else self.shape
 
     @property
     def size(self) -> int:
@@ -65,6 +96,10 @@ class StreamedTensor:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+    @property
+    def part_nbytes(self) -> int:
+        return self.nbytes // len(self.parts)
 
     def __repr__(self):
         return f"StreamedTensor({self.name!r}, {self.shape}, {self.dtype})"
@@ -100,8 +135,22 @@ def row_chunks(shape: tuple, itemsize: int, target: int = CHUNK_BYTES) -> list[i
     return [best, *shape[1:]]
 
 
-def _chunk_key(i: int, rank: int) -> str:
-    return ".".join([str(i)] + ["0"] * (rank - 1)) if rank else "0"
+def leaf_chunks(leaf: StreamedTensor, target: int | None = None) -> list[int]:
+    """The raw path's chunk shape: `row_chunks`, below one layer for a stacked leaf."""
+    target = CHUNK_BYTES if target is None else target
+    if leaf.stacked:
+        return [1, *row_chunks(leaf.part_shape, leaf.dtype.itemsize, target)]
+    return row_chunks(leaf.shape, leaf.dtype.itemsize, target)
+
+
+def _chunk_grid(shape: tuple, chunks: tuple) -> list[tuple[int, ...]]:
+    """The chunk indices of a chunking that splits only the leading axes, in C order."""
+    counts = [n // c for n, c in zip(shape, chunks)]
+    return [tuple(int(i) for i in idx) for idx in np.ndindex(*counts)] if shape else [()]
+
+
+def _chunk_key(idx: tuple[int, ...]) -> str:
+    return ".".join(map(str, idx)) if idx else "0"
 
 
 def _raw_spec(spec: dict) -> bool:
@@ -112,17 +161,21 @@ def _raw_spec(spec: dict) -> bool:
 
 
 def _write_raw(directory: str, leaf: StreamedTensor, chunks: list[int]) -> None:
-    src, offset = leaf.raw
-    rank = len(leaf.shape)
-    nchunks = leaf.shape[0] // chunks[0] if rank else 1
-    chunk_bytes = leaf.nbytes // nchunks
-    for i in range(nchunks):
-        fd = os.open(os.path.join(directory, _chunk_key(i, rank)),
+    """Every chunk file copied from its part's bytes (chunks never straddle two parts)."""
+    grid = _chunk_grid(leaf.shape, tuple(chunks))
+    chunk_bytes = leaf.nbytes // len(grid)
+    per_part = len(grid) // len(leaf.parts)
+    for k, idx in enumerate(grid):
+        part = leaf.parts[k // per_part]
+        src, offset = part.raw
+        fd = os.open(os.path.join(directory, _chunk_key(idx)),
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            copy_range(src, offset + i * chunk_bytes, chunk_bytes, fd)
+            copy_range(src, offset + (k % per_part) * chunk_bytes, chunk_bytes, fd)
         finally:
             os.close(fd)
+        if (k + 1) % per_part == 0 and leaf.on_written is not None:
+            leaf.on_written(part.name, leaf.part_nbytes)
 
 
 class _ByteBudget:
@@ -179,16 +232,15 @@ class StreamingHandler(ocp_types.NumpyHandler):
         return [ocp_future.CommitFutureAwaitingContractedSignals(
             self._write_all(values, infos, args), name="socialr1_streamed_params")]
 
-    async def _write_one(self, spec, context, arr, leaf, budget):
+    async def _write_one(self, opened, i, arr, leaf, part, budget):
         try:
-            # Opening with create=True commits the array's metadata: done here, concurrently
-            # with other tensors, so OCDBT batches the commits instead of serialising them.
-            store = await ts.open(ts.Spec(spec), create=True, open=True, context=context)
-            await store.write(arr, can_reference_source_data_indefinitely=True)
+            store = await opened
+            target = store[i] if leaf.stacked else store
+            await target.write(arr, can_reference_source_data_indefinitely=True)
         finally:
-            await budget.release(leaf.nbytes)
+            await budget.release(leaf.part_nbytes)
         if leaf.on_written is not None:
-            leaf.on_written(leaf.name, leaf.nbytes)
+            leaf.on_written(part.name, leaf.part_nbytes)
 
     async def _write_all(self, values, infos, args):
         budget = _ByteBudget(self._max_inflight)
@@ -204,29 +256,35 @@ class StreamingHandler(ocp_types.NumpyHandler):
                     info, use_ocdbt=ocdbt, global_shape=leaf.shape, local_shape=leaf.shape,
                     dtype=leaf.dtype, process_index=0 if ocdbt else None, arg=arg)
                 context = self._nosync_context(info)
-                if leaf.raw is not None and _raw_spec(spec):
-                    chunks = row_chunks(leaf.shape, leaf.dtype.itemsize)
+                if leaf.raw and _raw_spec(spec):
+                    chunks = leaf_chunks(leaf)
                     spec = {**spec, "metadata": {**spec["metadata"], "chunks": chunks}}
                     await ts.open(ts.Spec(spec), create=True, open=True, context=context)
                     await asyncio.to_thread(_write_raw, spec["kvstore"]["path"], leaf, chunks)
-                    if leaf.on_written is not None:
-                        leaf.on_written(leaf.name, leaf.nbytes)
                     continue
-                await budget.acquire(leaf.nbytes)
-                try:
-                    arr = await asyncio.to_thread(leaf.produce)
-                except BaseException:
-                    await budget.release(leaf.nbytes)
-                    raise
-                if tuple(arr.shape) != leaf.shape or arr.dtype != leaf.dtype:
-                    await budget.release(leaf.nbytes)
-                    raise CheckpointError(f"tensor {leaf.name}: produced {list(arr.shape)} "
-                                          f"{arr.dtype}, expected {list(leaf.shape)} {leaf.dtype}")
-                pending.add(asyncio.ensure_future(self._write_one(spec, context, arr, leaf, budget)))
-                del arr
-                for done in [p for p in pending if p.done()]:
-                    pending.discard(done)
-                    done.result()  # re-raise a failed write now, not at the end
+                # Opening with create=True commits the array's metadata: started now, awaited by
+                # the part writes, so OCDBT batches the commits of many tensors.
+                opened = asyncio.ensure_future(
+                    ts.open(ts.Spec(spec), create=True, open=True, context=context))
+                pending.add(opened)
+                for i, part in enumerate(leaf.parts):
+                    await budget.acquire(leaf.part_nbytes)
+                    try:
+                        arr = await asyncio.to_thread(part.produce)
+                    except BaseException:
+                        await budget.release(leaf.part_nbytes)
+                        raise
+                    if tuple(arr.shape) != leaf.part_shape or arr.dtype != leaf.dtype:
+                        await budget.release(leaf.part_nbytes)
+                        raise CheckpointError(
+                            f"tensor {part.name}: produced {list(arr.shape)} {arr.dtype}, "
+                            f"expected {list(leaf.part_shape)} {leaf.dtype}")
+                    pending.add(asyncio.ensure_future(
+                        self._write_one(opened, i, arr, leaf, part, budget)))
+                    del arr
+                    for done in [p for p in pending if p.done()]:
+                        pending.discard(done)
+                        done.result()  # re-raise a failed write now, not at the end
             await asyncio.gather(*pending)
         except BaseException:
             # Let the writes already started finish (at most the byte budget) before the error
@@ -244,7 +302,7 @@ def streaming_registry(max_inflight_bytes: int = 1 << 30):
 
 
 def nest(flat: dict[str, object]) -> dict:
-    """{'layers/0/attn/q_nhd': x} -> {'layers': {0: {'attn': {'q_nhd': x}}}} (nnx pure-dict form)."""
+    """{'layers/q_lnhd': x} -> {'layers': {'q_lnhd': x}} (nnx pure-dict form; digit keys -> int)."""
     out: dict = {}
     for path, value in flat.items():
         keys = [int(k) if k.isdigit() else k for k in path.split("/")]
@@ -256,7 +314,7 @@ def nest(flat: dict[str, object]) -> dict:
 
 
 def flatten(tree) -> dict[str, object]:
-    """The inverse of `nest`: leaves keyed by 'layers/0/attn/q_nhd'."""
+    """The inverse of `nest`: leaves keyed by 'layers/q_lnhd'."""
     return {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -294,8 +352,9 @@ def open_param_stores(item_dir: str) -> dict[str, tuple[ts.TensorStore, object]]
 def raw_chunk_files(item_dir: str, name: str, shape: tuple, dtype) -> list[tuple[str, int]] | None:
     """[(chunk file, nbytes)] whose concatenation is the array's C-order bytes, or None.
 
-    Only for a raw zarr v2 array (no OCDBT, no compressor or filters, C order, chunks splitting
-    axis 0 only, every chunk file present and whole); anything else is read through TensorStore.
+    Only for a raw zarr v2 array (no OCDBT, no compressor or filters, C order, every chunk a
+    contiguous byte range: chunks of 1 along the leading axes, then one axis split evenly, then
+    whole; every chunk file present and whole); anything else is read through TensorStore.
     """
     array_dir = os.path.join(item_dir, name)
     try:
@@ -312,11 +371,30 @@ def raw_chunk_files(item_dir: str, name: str, shape: tuple, dtype) -> list[tuple
     if (z.get("zarr_format") != 2 or z.get("compressor") is not None or z.get("filters")
             or z.get("order") != "C" or z.get("dimension_separator", ".") != "."
             or tuple(z.get("shape", ())) != shape or stored != np.dtype(dtype)
-            or len(chunks) != rank or (rank and (chunks[1:] != shape[1:] or shape[0] % chunks[0]))):
+            or len(chunks) != rank or not _contiguous_chunks(shape, chunks)):
         return None
-    nchunks = shape[0] // chunks[0] if rank else 1
     nbytes = math.prod(chunks) * stored.itemsize
-    files = [(os.path.join(array_dir, _chunk_key(i, rank)), nbytes) for i in range(nchunks)]
+    files = [(os.path.join(array_dir, _chunk_key(idx)), nbytes)
+             for idx in _chunk_grid(shape, chunks)]
     if not all(os.path.isfile(p) and os.path.getsize(p) == nbytes for p, _ in files):
         return None
     return files
+
+
+def _contiguous_chunks(shape: tuple, chunks: tuple) -> bool:
+    """Chunks [1, .., 1, c, whole, ..] with c dividing its axis: each one contiguous bytes."""
+    k = next((a for a, c in enumerate(chunks) if c != 1), len(chunks))
+    return (all(c > 0 for c in chunks) and (k == len(shape) or shape[k] % chunks[k] == 0)
+            and tuple(chunks[k + 1:]) == tuple(shape[k + 1:]))
+
+
+def byte_ranges(files: list[tuple[str, int]], start: int, nbytes: int) -> list[tuple[str, int, int]]:
+    """[(file, offset, nbytes)] holding bytes [start, start + nbytes) of the concatenation of
+    `files` ([(file, size)], e.g. `raw_chunk_files`): one layer of a stacked parameter."""
+    out, pos = [], 0
+    for path, size in files:
+        lo, hi = max(start, pos), min(start + nbytes, pos + size)
+        if lo < hi:
+            out.append((path, lo - pos, hi - lo))
+        pos += size
+    return out

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 DTYPES = {
@@ -34,6 +35,9 @@ def dtype_name(dtype: Any) -> str:
     return jnp.dtype(dtype).name
 
 
+MATMUL_PRECISIONS = ("", "default", "high", "highest")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a dense Qwen3 decoder.
@@ -41,6 +45,10 @@ class ModelConfig:
     `param_dtype` is how weights are stored, `dtype` what matmuls run in: bf16/bf16 on accelerators,
     fp32/fp32 on CPU. `remat` is the per-layer rematerialisation policy used in training
     ('none', 'full': recompute the whole layer, 'dots': keep matmul outputs, recompute the rest).
+    `matmul_precision` is the precision of every matmul of the model ('default', 'high',
+    'highest', as `jax.lax.Precision`); '' picks by `dtype`: 'highest' for float32 (otherwise
+    GPUs and TPUs multiply fp32 operands in reduced precision, and fp32 logits differ from
+    torch's by ~1e-2), 'default' for bf16 / fp16 (their operands are exact either way).
     """
 
     vocab_size: int = 151936
@@ -58,6 +66,7 @@ class ModelConfig:
     dtype: str = "float32"
     remat: str = "none"
     init_std: float = 0.02
+    matmul_precision: str = ""
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -67,6 +76,9 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision={self.matmul_precision!r}; expected one of "
+                             f"{MATMUL_PRECISIONS} ('' = by dtype)")
         parse_dtype(self.param_dtype)
         parse_dtype(self.dtype)
 
@@ -77,6 +89,18 @@ class ModelConfig:
     @property
     def jnp_param_dtype(self):
         return parse_dtype(self.param_dtype)
+
+    @property
+    def resolved_matmul_precision(self) -> str:
+        """`matmul_precision`, or the default of the compute dtype when it is ''."""
+        if self.matmul_precision:
+            return self.matmul_precision
+        return "highest" if jnp.dtype(self.jnp_dtype) == jnp.float32 else "default"
+
+    @property
+    def precision(self) -> jax.lax.Precision:
+        """The `precision=` every matmul of the model passes."""
+        return jax.lax.Precision(self.resolved_matmul_precision)
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated again)."""
@@ -206,6 +230,10 @@ def from_hf_config(hf: dict | str | os.PathLike, *, where: str | None = None,
     missing = [k for k in required if k not in hf]
     if missing:
         raise ValueError(f"{where}: missing fields {missing}")
+    for key in required + ["num_key_value_heads", "head_dim", "max_position_embeddings"]:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{where}: {key}={v!r} must be a positive integer")
     heads = int(hf["num_attention_heads"])
     weights_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
     pdt = param_dtype or ("bfloat16" if weights_dtype == "bfloat16" else "float32")

@@ -19,12 +19,13 @@ def sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
 
 
 def head_logprobs(hidden_btd, w_vd, targets_bt, *, temperature: float = 1.0, chunk: int = 256,
-                  with_entropy: bool = False, remat: bool = True):
+                  with_entropy: bool = False, remat: bool = True, precision=None):
     """log softmax(h W^T / T)[target] per position, chunked over time.
 
     Returns logp [B, T] in fp32 (and the entropy of the same distribution when asked; it is a
     metric and carries no gradient). remat=False keeps each chunk's logits for the backward pass
-    instead of recomputing them: one head matmul less, [B, T, V] fp32 more memory.
+    instead of recomputing them: one head matmul less, [B, T, V] fp32 more memory. precision:
+    the head matmul's (the model's `cfg.precision`).
     """
     b, t, d = hidden_btd.shape
     chunk = max(1, min(chunk, t))
@@ -38,7 +39,7 @@ def head_logprobs(hidden_btd, w_vd, targets_bt, *, temperature: float = 1.0, chu
 
     def one(args):
         h_bcd, y_bc = args
-        logits = jnp.einsum("bcd,vd->bcv", h_bcd, w_vd.astype(h_bcd.dtype),
+        logits = jnp.einsum("bcd,vd->bcv", h_bcd, w_vd.astype(h_bcd.dtype), precision=precision,
                             preferred_element_type=jnp.float32) / temperature
         # One exp pass serves the log-sum-exp, its gradient (softmax = e / s) and the entropy.
         m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
@@ -75,4 +76,4 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     h_completion = hidden[:, p - 1:-1]
     return head_logprobs(h_completion, model.lm_head_weight(), completion_ids,
                          temperature=temperature, chunk=chunk, with_entropy=with_entropy,
-                         remat=remat)
+                         remat=remat, precision=model.cfg.precision)

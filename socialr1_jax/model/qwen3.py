@@ -1,11 +1,20 @@
-"""The Qwen3 dense decoder in Flax NNX.
+"""The Qwen3 dense decoder in Flax NNX, its layers stacked and scanned.
 
 Weights keep Hugging Face's [out, in] layout, only reshaped (never transposed) so heads are an
-axis: q_proj [N*H, D] is stored as `q_nhd` [N, H, D]. Conversion to and from safetensors is then
-a rename plus a free reshape (hf_layout.py), and XLA contracts the trailing `d` directly.
+axis, and every layer's copy of a weight is stacked on a leading layer axis: q_proj [N*H, D] of
+layer i is `layers.q_lnhd[i]` [N, H, D]. Conversion to and from safetensors is then a rename, a
+free reshape and a layer index (`checkpoint/hf_layout.py` is the one table), and XLA contracts
+the trailing `d` directly.
 
-Shape letters: b batch, t query time, s key slot, d hidden, n query heads, k KV heads,
-g query heads per KV head, h head_dim, f MLP hidden, v vocabulary.
+The forward pass is one `lax.scan` over the stacked weights (MaxText's `scan_layers`): the
+traced and compiled program holds one layer whatever the depth, so model creation and compile
+time stay flat in the number of layers. The backward pass rematerialises per layer
+(`ModelConfig.remat`), and the KV cache is stacked too ([L, B, K, S, H]) and carried through the
+scan, each layer writing its new keys in place.
+
+Shape letters: l layer, b batch, t query time, s key slot, d hidden, n query heads, k KV heads,
+g query heads per KV head, h head_dim, j heads x head_dim flattened (N*H or K*H), f MLP hidden,
+v vocabulary.
 
 Positions are explicit so left-padded batches get the same RoPE phases as unpadded ones, and a
 KV cache (`KVCache`) lets the sampler prefill once and decode one token per step.
@@ -14,7 +23,8 @@ KV cache (`KVCache`) lets the sampler prefill once and decode one token per step
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from functools import partial
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.config import ModelConfig
-from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, LOGITS_BTV,
+from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_LBKSH, LOGITS_BTV,
                                             cache_shardings, check_model_fits_mesh, constrain)
 
 # Finite stand-in for -inf: a query whose keys are all masked (a left-pad position) gets a
@@ -35,15 +45,14 @@ _MASKED = -1e30
 class KVCache:
     """Keys and values of every layer for `S` slots, and which slots hold real tokens.
 
-    k, v: one [B, K, S, H] array per layer (heads before slots, so a decode step's attention
-    reads each head's keys contiguously instead of transposing the whole cache every step).
-    `valid_bs` marks slots written with a non-pad token; `index` is the next slot to write (all
-    rows advance together); `next_pos_b` is each row's next RoPE position (its count of real
-    tokens so far).
+    k_lbksh, v_lbksh: [L, B, K, S, H], heads before slots so a decode step's attention reads each
+    head's keys contiguously. `valid_bs` marks slots written with a non-pad token; `index` is the
+    next slot to write (all rows advance together); `next_pos_b` is each row's next RoPE
+    position (its count of real tokens so far).
     """
 
-    k: list[jax.Array]
-    v: list[jax.Array]
+    k_lbksh: jax.Array
+    v_lbksh: jax.Array
     valid_bs: jax.Array
     index: jax.Array
     next_pos_b: jax.Array
@@ -52,33 +61,25 @@ class KVCache:
     def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
         """An empty cache; under jit with out_shardings it is created already sharded."""
         dtype = dtype or cfg.jnp_dtype
-        shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-        return cls(
-            k=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-            v=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-            valid_bs=jnp.zeros((batch, slots), jnp.bool_),
-            index=jnp.zeros((), jnp.int32),
-            next_pos_b=jnp.zeros((batch,), jnp.int32),
-        )
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
+        return cls(k_lbksh=jnp.zeros(shape, dtype), v_lbksh=jnp.zeros(shape, dtype),
+                   valid_bs=jnp.zeros((batch, slots), jnp.bool_),
+                   index=jnp.zeros((), jnp.int32), next_pos_b=jnp.zeros((batch,), jnp.int32))
 
     @property
     def slots(self) -> int:
         return self.valid_bs.shape[1]
 
-
-class RMSNorm(nnx.Module):
-    """RMSNorm computed in fp32 and cast back, as transformers' Qwen3RMSNorm does."""
-
-    def __init__(self, dim: int, eps: float, param_dtype):
-        self.eps = eps
-        self.scale_d = nnx.Param(jnp.ones((dim,), param_dtype))
-
-    def __call__(self, x):
-        return rms_norm(x, self.scale_d[...], self.eps)
+    def repeat_rows(self, n: int) -> "KVCache":
+        """Every row n times (rows i*n .. i*n+n-1 copy row i); the shared index is kept."""
+        rep = partial(jnp.repeat, repeats=n)
+        return KVCache(k_lbksh=rep(self.k_lbksh, axis=1), v_lbksh=rep(self.v_lbksh, axis=1),
+                       valid_bs=rep(self.valid_bs, axis=0), index=self.index,
+                       next_pos_b=rep(self.next_pos_b, axis=0))
 
 
 def rms_norm(x, scale, eps):
-    """x / rms(x) * scale over the last axis, statistics in fp32."""
+    """x / rms(x) * scale over the last axis, statistics in fp32 (as transformers' Qwen3RMSNorm)."""
     dtype = x.dtype
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
@@ -101,55 +102,56 @@ def _normal(rngs: nnx.Rngs, shape, std, dtype):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
-class Attention(nnx.Module):
-    """Grouped-query attention with QK-norm (RMSNorm over head_dim before RoPE)."""
+# The stacked weights of a layer, in the order a layer uses them.
+LAYER_WEIGHTS = ("input_norm_ld", "q_lnhd", "k_lkhd", "v_lkhd", "q_norm_lh", "k_norm_lh",
+                 "o_ldnh", "post_norm_ld", "gate_lfd", "up_lfd", "down_ldf")
+
+
+class Layers(nnx.Module):
+    """The weights of every decoder layer, each stacked on a leading layer axis `l`.
+
+    One random draw per stacked weight: model creation costs a handful of ops whatever the depth.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        n_l, d, n, k, h, f = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                              cfg.head_dim, cfg.intermediate_size)
         pd, std = cfg.jnp_param_dtype, cfg.init_std
-        self.q_nhd = nnx.Param(_normal(rngs, (n, h, d), std, pd))
-        self.k_khd = nnx.Param(_normal(rngs, (k, h, d), std, pd))
-        self.v_khd = nnx.Param(_normal(rngs, (k, h, d), std, pd))
-        self.o_dnh = nnx.Param(_normal(rngs, (d, n, h), std, pd))
-        self.q_norm_scale_h = nnx.Param(jnp.ones((h,), pd))
-        self.k_norm_scale_h = nnx.Param(jnp.ones((h,), pd))
 
-    def __call__(self, x_btd, positions_bt, mask_bts, kv=None, index=None):
-        """Attend; with `kv` = (k_bksh, v_bksh) the new keys are written at slot `index` first.
+        def normal(*shape):
+            return nnx.Param(_normal(rngs, (n_l, *shape), std, pd))
 
-        mask_bts: True where query t may attend key slot s. Returns (out_btd, (k_bksh, v_bksh)).
-        """
-        cfg, dt = self.cfg, x_btd.dtype
-        q = _heads_proj(x_btd, self.q_nhd[...].astype(dt))
-        k = _heads_proj(x_btd, self.k_khd[...].astype(dt))
-        v = _heads_proj(x_btd, self.v_khd[...].astype(dt))
-        q = rms_norm(q, self.q_norm_scale_h[...], cfg.rms_norm_eps)
-        k = rms_norm(k, self.k_norm_scale_h[...], cfg.rms_norm_eps)
-        q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
-        k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
-        v = constrain(v, ACT_BTNH)
-        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
-        if kv is not None:
-            k_cache, v_cache = kv
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
-            k, v = constrain(k, CACHE_BKSH), constrain(v, CACHE_BKSH)
-        b, t, n, h = q.shape
-        g = n // cfg.num_kv_heads
-        q_btkgh = q.reshape(b, t, cfg.num_kv_heads, g, h)
-        if t == 1:
-            out = _decode_attention(q_btkgh[:, 0], k, v, mask_bts[:, 0]).astype(dt)
-            out = out.reshape(b, 1, n * h)
-        else:
-            scores = jnp.einsum("btkgh,bksh->bkgts", q_btkgh, k.astype(dt),
-                                preferred_element_type=jnp.float32) * (h ** -0.5)
-            scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASKED)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("bkgts,bksh->btkgh", probs, v.astype(dt)).reshape(b, t, n * h)
-        o_df = self.o_dnh[...].astype(dt).reshape(-1, n * h)  # free reshape, see _heads_proj
-        out = jnp.einsum("btf,df->btd", out, o_df)
-        return out, (k, v)
+        def ones(dim):
+            return nnx.Param(jnp.ones((n_l, dim), pd))
+
+        self.input_norm_ld = ones(d)
+        self.q_lnhd = normal(n, h, d)
+        self.k_lkhd = normal(k, h, d)
+        self.v_lkhd = normal(k, h, d)
+        self.q_norm_lh = ones(h)
+        self.k_norm_lh = ones(h)
+        self.o_ldnh = normal(d, n, h)
+        self.post_norm_ld = ones(d)
+        self.gate_lfd = normal(f, d)
+        self.up_lfd = normal(f, d)
+        self.down_ldf = normal(d, f)
+
+    def stacked(self) -> dict[str, jax.Array]:
+        """{name: [L, ...] array} of every layer weight (what the scan slices layer by layer)."""
+        return {name: getattr(self, name)[...] for name in LAYER_WEIGHTS}
+
+
+def _heads_proj(x_btd, w_nhd, precision):
+    """x @ w per head: [B, T, D] x [N, H, D] -> [B, T, N, H].
+
+    Written as one 2-D matmul against the free reshape [N*H, D]: with the 3-D weight, XLA's CPU
+    backend transposed every projection weight on every call (inside the sampler's decode loop
+    too), which cost as much as the matmuls themselves.
+    """
+    n, h, d = w_nhd.shape
+    b, t, _ = x_btd.shape
+    out_btj = jnp.einsum("btd,jd->btj", x_btd, w_nhd.reshape(n * h, d), precision=precision)
+    return out_btj.reshape(b, t, n, h)
 
 
 def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
@@ -158,7 +160,8 @@ def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
     Written as fused multiply-reduces rather than einsums: per (row, KV head) the products are
     [G, H] x [H, S], far too small for a matmul kernel, and XLA:CPU ran them as batched dots at
     half the speed (measured 0.26 -> 0.13 ms per layer at B=8, S=128). Accelerators fuse the
-    same reduces; a decode step's attention is bound by reading the cache either way.
+    same reduces; a decode step's attention is bound by reading the cache either way. Products
+    are in fp32, so no matmul precision applies.
     """
     f32 = jnp.float32
     h = q_bkgh.shape[-1]
@@ -169,20 +172,25 @@ def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
     return jnp.sum(probs_bkgs[..., None] * v_bksh.astype(f32)[:, :, None], axis=-2)
 
 
-def _heads_proj(x_btd, w_nhd):
-    """x @ w per head: [B, T, D] x [N, H, D] -> [B, T, N, H].
+def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision):
+    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]."""
+    b, t, n, h = q_btnh.shape
+    kv_heads = k_bksh.shape[1]
+    dt = q_btnh.dtype
+    q_btkgh = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h)
+    if t == 1:
+        out = _decode_attention(q_btkgh[:, 0], k_bksh, v_bksh, mask_bts[:, 0]).astype(dt)
+        return out.reshape(b, 1, n * h)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q_btkgh, k_bksh.astype(dt), precision=precision,
+                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_bksh.astype(dt), precision=precision)
+    return out.reshape(b, t, n * h)
 
-    Written as one 2-D matmul against the free reshape [N*H, D]: with the 3-D weight, XLA's CPU
-    backend transposed every projection weight on every call (inside the sampler's decode loop
-    too), which cost as much as the matmuls themselves.
-    """
-    n, h, d = w_nhd.shape
-    b, t, _ = x_btd.shape
-    return jnp.einsum("btd,fd->btf", x_btd, w_nhd.reshape(n * h, d)).reshape(b, t, n, h)
 
-
-@jax.custom_vjp
-def swiglu_mlp(x_btd, gate_fd, up_fd, down_df):
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def swiglu_mlp(x_btd, gate_fd, up_fd, down_df, precision=None):
     """down(silu(gate x) * up x), with a hand-written backward pass.
 
     Left to autodiff, XLA:CPU fused the silu derivative into the transposed copy that each weight
@@ -190,69 +198,77 @@ def swiglu_mlp(x_btd, gate_fd, up_fd, down_df):
     (29 ms against 0.75 ms for [1024, 1536] fp32). The backward below forms each weight gradient
     as x^T d (activations in their natural layout) and transposes the small [D, F] result: the
     bench model's gradient went from 2.50 to 2.23 s. tests/test_model.py checks it against torch
-    autograd.
+    autograd. `precision` is the matmul precision of every product, forward and backward.
     """
-    return _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df)[0]
+    return _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df, precision)[0]
 
 
-def _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df):
-    gate = jnp.einsum("btd,fd->btf", x_btd, gate_fd)
-    up = jnp.einsum("btd,fd->btf", x_btd, up_fd)
+def _swiglu_mlp_fwd(x_btd, gate_fd, up_fd, down_df, precision):
+    mm = partial(jnp.einsum, precision=precision)
+    gate = mm("btd,fd->btf", x_btd, gate_fd)
+    up = mm("btd,fd->btf", x_btd, up_fd)
     h_btf = constrain(jax.nn.silu(gate) * up, ACT_BTF)
-    return jnp.einsum("btf,df->btd", h_btf, down_df), (x_btd, gate_fd, up_fd, down_df, gate, up)
+    return mm("btf,df->btd", h_btf, down_df), (x_btd, gate_fd, up_fd, down_df, gate, up)
 
 
-def _swiglu_mlp_bwd(res, g_btd):
+def _swiglu_mlp_bwd(precision, res, g_btd):
+    mm = partial(jnp.einsum, precision=precision)
     x, gate_fd, up_fd, down_df, gate, up = res
     s = jax.nn.sigmoid(gate)
     silu = gate * s
     h = silu * up
-    d_h = jnp.einsum("btd,df->btf", g_btd, down_df)
+    d_h = mm("btd,df->btf", g_btd, down_df)
     d_gate = constrain(d_h * up * (s + silu * (1 - s)), ACT_BTF)  # d silu = s + x s (1 - s)
     d_up = constrain(d_h * silu, ACT_BTF)
     # Weight gradients as x^T @ d (the activation-sized operand stays in its natural layout),
     # then a transpose of the small [D, F] result.
-    d_down = jnp.einsum("btf,btd->fd", h, g_btd).T
-    d_gate_fd = jnp.einsum("btd,btf->df", x, d_gate).T
-    d_up_fd = jnp.einsum("btd,btf->df", x, d_up).T
-    d_x = jnp.einsum("btf,fd->btd", d_gate, gate_fd) + jnp.einsum("btf,fd->btd", d_up, up_fd)
+    d_down = mm("btf,btd->fd", h, g_btd).T
+    d_gate_fd = mm("btd,btf->df", x, d_gate).T
+    d_up_fd = mm("btd,btf->df", x, d_up).T
+    d_x = mm("btf,fd->btd", d_gate, gate_fd) + mm("btf,fd->btd", d_up, up_fd)
     return d_x, d_gate_fd, d_up_fd, d_down
 
 
 swiglu_mlp.defvjp(_swiglu_mlp_fwd, _swiglu_mlp_bwd)
 
 
-class MLP(nnx.Module):
-    """SwiGLU: down(silu(gate x) * up x)."""
+def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=None, *,
+                  layer=None, index=None):
+    """One pre-norm decoder layer: x + attn(norm x), then + mlp(norm x).
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        pd, std = cfg.jnp_param_dtype, cfg.init_std
-        self.gate_fd = nnx.Param(_normal(rngs, (f, d), std, pd))
-        self.up_fd = nnx.Param(_normal(rngs, (f, d), std, pd))
-        self.down_df = nnx.Param(_normal(rngs, (d, f), std, pd))
-
-    def __call__(self, x_btd):
-        dt = x_btd.dtype
-        return swiglu_mlp(x_btd, self.gate_fd[...].astype(dt), self.up_fd[...].astype(dt),
-                          self.down_df[...].astype(dt))
-
-
-class Block(nnx.Module):
-    """Pre-norm decoder layer: x + attn(norm x), then + mlp(norm x)."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        pd = cfg.jnp_param_dtype
-        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
-        self.attn = Attention(cfg, rngs=rngs)
-        self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
-        self.mlp = MLP(cfg, rngs=rngs)
-
-    def __call__(self, x_btd, positions_bt, mask_bts, kv=None, index=None):
-        attn_out, kv = self.attn(self.input_norm(x_btd), positions_bt, mask_bts, kv, index)
-        x_btd = x_btd + attn_out
-        x_btd = x_btd + self.mlp(self.post_norm(x_btd))
-        return constrain(x_btd, ACT_BTD), kv
+    w: this layer's weights ({name: array} of `Layers.stacked()` sliced at the layer).
+    mask_bts: True where query t may attend key slot s. With `kv` = (k_lbksh, v_lbksh), the whole
+    cache, the chunk's keys and values are first written in place at [layer, :, :, index:]
+    and attention reads that layer's slots. Returns (x_btd, kv).
+    """
+    dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
+    with jax.named_scope("attention"):
+        h_btd = rms_norm(x_btd, w["input_norm_ld"], eps)
+        q = rms_norm(_heads_proj(h_btd, w["q_lnhd"].astype(dt), prec), w["q_norm_lh"], eps)
+        k = rms_norm(_heads_proj(h_btd, w["k_lkhd"].astype(dt), prec), w["k_norm_lh"], eps)
+        v = constrain(_heads_proj(h_btd, w["v_lkhd"].astype(dt), prec), ACT_BTNH)
+        q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
+        k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
+        k_bksh, v_bksh = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
+        if kv is not None:
+            k_all, v_all = kv
+            at = (layer, 0, 0, index, 0)
+            k_all = constrain(jax.lax.dynamic_update_slice(
+                k_all, k_bksh[None].astype(k_all.dtype), at), CACHE_LBKSH)
+            v_all = constrain(jax.lax.dynamic_update_slice(
+                v_all, v_bksh[None].astype(v_all.dtype), at), CACHE_LBKSH)
+            k_bksh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            v_bksh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            kv = (k_all, v_all)
+        out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec)
+        o_dnh = w["o_ldnh"].astype(dt)
+        o_dj = o_dnh.reshape(o_dnh.shape[0], -1)  # free reshape, see _heads_proj
+        x_btd = x_btd + jnp.einsum("btj,dj->btd", out_btj, o_dj, precision=prec)
+    with jax.named_scope("mlp"):
+        h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
+        x_btd = x_btd + swiglu_mlp(h_btd, w["gate_lfd"].astype(dt), w["up_lfd"].astype(dt),
+                                   w["down_ldf"].astype(dt), prec)
+    return constrain(x_btd, ACT_BTD), kv
 
 
 _REMAT_POLICIES = {
@@ -267,9 +283,10 @@ class Qwen3(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
-        self.embed_vd = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
-        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+        self.embed_vd = nnx.Param(
+            _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
+        self.layers = Layers(cfg, rngs=rngs)
+        self.final_norm_d = nnx.Param(jnp.ones((cfg.hidden_size,), pd))
         if not cfg.tie_word_embeddings:
             self.lm_head_vd = nnx.Param(
                 _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
@@ -282,12 +299,17 @@ class Qwen3(nnx.Module):
         return self.logits(hidden)
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None,
-                      cache: Optional[KVCache] = None):
+                      cache: Optional[KVCache] = None, *,
+                      layer_weights: Optional[Sequence[dict]] = None):
         """Final-norm hidden states [B, T, D], and the updated cache (None without one).
 
         attention_mask [B, T] (1 = token, 0 = pad); positions [B, T] default to the running count
         of real tokens (so left padding does not shift RoPE). With a cache, the chunk is written
         at slots [cache.index, cache.index + T) and attends to every valid slot before it.
+        layer_weights: `unstacked_layers()` taken once outside a loop that calls this many
+        times (the sampler's decode): the layers then run as straight-line code on those
+        arrays instead of a scan that slices the stacked weights on every call (see
+        `unstacked_layers`). With a cache only.
         """
         cfg = self.cfg
         b, t = input_ids.shape
@@ -297,50 +319,67 @@ class Qwen3(nnx.Module):
         if positions is None:
             positions = start_b[:, None] + jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
 
+        x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
+        x = constrain(x, ACT_BTD)
+        weights = self.layers.stacked() if layer_weights is None else None
         if cache is None:
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
-            index = None
-        else:
-            index = cache.index
-            valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
-            slot_s = jnp.arange(cache.slots)
-            query_slot_t = index + jnp.arange(t)
-            mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
-        x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
-        x = constrain(x, ACT_BTD)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            if cache is None and cfg.remat != "none":
-                x, kv = nnx.remat(_call_block, policy=_REMAT_POLICIES[cfg.remat])(
-                    layer, x, positions, mask_bts)
-            else:
-                x, kv = layer(x, positions, mask_bts, kv, index)
-            new_k.append(kv[0])
-            new_v.append(kv[1])
-        hidden = self.final_norm(x)
-        if cache is None:
-            return hidden, None
-        new_cache = KVCache(k=new_k, v=new_v, valid_bs=valid_bs, index=index + t,
+            def body(x, w):
+                return decoder_layer(cfg, w, x, positions, mask_bts)[0], None
+
+            if cfg.remat != "none":
+                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            x, _ = jax.lax.scan(body, x, weights)
+            return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), None
+
+        index = cache.index
+        valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
+        slot_s = jnp.arange(cache.slots)
+        query_slot_t = index + jnp.arange(t)
+        mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
+
+        kv = (cache.k_lbksh, cache.v_lbksh)
+        if layer_weights is not None:
+            for layer, w in enumerate(layer_weights):
+                x, kv = decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
+                                      index=index)
+        else:
+            def cached_body(carry, xs):
+                x, kv = carry
+                w, layer = xs
+                return decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
+                                     index=index), None
+
+            (x, kv), _ = jax.lax.scan(cached_body, (x, kv),
+                                      (weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+        k_all, v_all = kv
+        new_cache = KVCache(k_lbksh=k_all, v_lbksh=v_all, valid_bs=valid_bs, index=index + t,
                             next_pos_b=start_b + mask_bt.sum(axis=1).astype(jnp.int32))
-        return hidden, new_cache
+        return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
+
+    def unstacked_layers(self) -> list[dict]:
+        """Each layer's weights as arrays of their own ({name: array}, one dict per layer).
+
+        Slicing a layer out of a stacked weight is a copy on XLA:CPU (and on GPU unless the
+        slice fuses into the matmul): a scan over the stacked weights inside the sampler's
+        decode loop would copy every weight on every step. Taken once before the loop, the
+        slices cost one copy of the layers' weights, held while the loop runs.
+        """
+        stacked = self.layers.stacked()
+        return [{name: w[i] for name, w in stacked.items()} for i in range(self.cfg.num_layers)]
 
     def logits(self, hidden_btd):
         """LM head on hidden states (tied: the embedding matrix)."""
-        w_vd = self.embed_vd if self.cfg.tie_word_embeddings else self.lm_head_vd
-        out = jnp.einsum("btd,vd->btv", hidden_btd, w_vd[...].astype(hidden_btd.dtype))
+        w_vd = self.lm_head_weight().astype(hidden_btd.dtype)
+        out = jnp.einsum("btd,vd->btv", hidden_btd, w_vd, precision=self.cfg.precision)
         return constrain(out, LOGITS_BTV)
 
     def lm_head_weight(self):
         """The [V, D] matrix the head multiplies by (for chunked log-prob computations)."""
         w = self.embed_vd if self.cfg.tie_word_embeddings else self.lm_head_vd
         return w[...]
-
-
-def _call_block(layer, x, positions, mask_bts):
-    return layer(x, positions, mask_bts)
 
 
 def create_cache(cfg, batch: int, slots: int, mesh: Mesh | None = None, dtype=None):

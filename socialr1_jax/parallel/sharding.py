@@ -25,20 +25,20 @@ log = logging.getLogger(__name__)
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
 
-# One rule per parameter, matched on the parameter's path ("layers/3/attn/q_nhd").
-# Our weights keep HF's [out, in] layout (see hf_layout.py): `_vd` = [vocab, hidden] etc.
+# One rule per parameter, matched on the parameter's path ("layers/q_lnhd"). Our weights keep
+# HF's [out, in] layout (see hf_layout.py): `_vd` = [vocab, hidden] etc. Every layer's weights
+# are stacked on a leading layer axis `l` (the model scans over it): never split, so each step of
+# the scan slices one layer locally and FSDP gathers just that layer.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"embed_vd$", P("tensor", "fsdp")),
     (r"score_cd$", P(None, "fsdp")),  # the reward model's scalar head [1, hidden]
     (r"lm_head_vd$", P("tensor", "fsdp")),
-    (r"attn/q_nhd$", P("tensor", None, "fsdp")),
-    (r"attn/k_khd$", P("tensor", None, "fsdp")),
-    (r"attn/v_khd$", P("tensor", None, "fsdp")),
-    (r"attn/o_dnh$", P("fsdp", "tensor", None)),
-    (r"mlp/gate_fd$", P("tensor", "fsdp")),
-    (r"mlp/up_fd$", P("tensor", "fsdp")),
-    (r"mlp/down_df$", P("fsdp", "tensor")),
-    (r"norm/scale_d$|norm_scale_h$", P()),  # small vectors: replicated
+    (r"layers/q_lnhd$", P(None, "tensor", None, "fsdp")),
+    (r"layers/[kv]_lkhd$", P(None, "tensor", None, "fsdp")),
+    (r"layers/o_ldnh$", P(None, "fsdp", "tensor", None)),
+    (r"layers/(gate|up)_lfd$", P(None, "tensor", "fsdp")),
+    (r"layers/down_ldf$", P(None, "fsdp", "tensor")),
+    (r"norm_l?[dh]$", P()),  # small vectors: replicated
 )
 
 # Activations at layer boundaries and the KV cache.
@@ -47,7 +47,7 @@ ACT_BTNH = P(BATCH, None, "tensor", None)   # per-head q / k / v
 ACT_BTF = P(BATCH, None, "tensor")    # MLP hidden
 LOGITS_BTV = P(BATCH, None, "tensor")
 TOKENS_BT = P(BATCH, None)
-CACHE_BKSH = P(BATCH, "tensor", None, None)
+CACHE_LBKSH = P(None, BATCH, "tensor", None, None)  # every layer's (KVCache.k_lbksh)
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1, *,
@@ -102,7 +102,7 @@ def check_model_fits_mesh(cfg, mesh: Mesh) -> None:
 
 
 def path_str(path) -> str:
-    """'layers/3/attn/q_nhd' from a jax/nnx key path (nnx's trailing `.value` dropped)."""
+    """'layers/q_lnhd' from a jax/nnx key path (nnx's trailing `.value` dropped)."""
     if path and getattr(path[-1], "name", None) == "value":
         path = path[:-1]
     parts = []
@@ -169,7 +169,7 @@ def param_shardings(state, mesh: Mesh):
 def tree_shardings(tree, mesh: Mesh):
     """Shardings for a tree holding parameter-shaped leaves, e.g. an optax/nnx optimizer state.
 
-    A leaf whose path ends in a parameter path (".../mu/layers/3/attn/q_nhd") gets that
+    A leaf whose path ends in a parameter path (".../mu/layers/q_lnhd") gets that
     parameter's rule, so AdamW's moments are split exactly like the weights they follow. Scalars
     (step counts) are replicated. Any other non-scalar leaf is an error: a silently replicated
     4B-sized moment would not fit.
@@ -194,7 +194,7 @@ def cache_shardings(cache, mesh: Mesh):
 
     def one(path, leaf):
         field = path_str(path).split("/")[0]
-        spec = {"k": CACHE_BKSH, "v": CACHE_BKSH, "valid_bs": P(BATCH, None),
+        spec = {"k_lbksh": CACHE_LBKSH, "v_lbksh": CACHE_LBKSH, "valid_bs": P(BATCH, None),
                 "next_pos_b": P(BATCH), "index": P()}[field]
         return NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh))
     return jax.tree_util.tree_map_with_path(one, cache)

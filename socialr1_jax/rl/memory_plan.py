@@ -22,9 +22,11 @@ max(train step + reference weights, reference forward + train state).
 
 The numbers come from XLA's CPU compiler (with its memory-optimised scheduler, see
 MEMORY_SCHEDULER_FLAG), whose choices differ from the TPU/GPU compilers': it keeps fp32 copies
-of bf16 matmul operands, reduces gradients with full-size all-reduces (no reduce-scatter), and
-without a micro-batch loop it still schedules rematerialised layers early. Its temporaries are
-therefore upper estimates for an accelerator; arguments (the sharded state) are exact.
+of bf16 matmul operands (of a device's whole stacked weight shard, converted before the layer
+scan) and reduces gradients with full-size all-reduces (no reduce-scatter). Its temporaries are
+therefore upper estimates for an accelerator; arguments (the sharded state) are exact. The
+layers are one scan (docs/model.md), so a plan compiles in seconds to tens of seconds whatever
+the depth; `compile_s` is lowering plus compiling.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
 
     from socialr1_jax.rl import train_step as ts
     from socialr1_jax.model.config import preset as get_preset
-    from socialr1_jax.model.build import shardings_for
+    from socialr1_jax.model.build import abstract_state
     from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
     from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
 
@@ -145,9 +147,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
 
     state = ts.abstract_train_state(cfg, optim, m)
     abatch = ts.abstract_batch(batch, prompt_len, completion_len, m)
-    _, abstract_params, pshard = shardings_for(cfg, m)
-    ref_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_params, pshard)
+    _, ref_params = abstract_state(cfg, m)
 
     state_bytes = tree_bytes_per_device(state)
     ref_bytes = tree_bytes_per_device(ref_params)
@@ -248,7 +248,9 @@ def topology_devices(topology: str) -> list:
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except Exception as e:  # libtpu missing or the name unknown: say which
-        raise SystemExit(f"--topology {topology!r}: cannot build the TPU topology ({e}); "
+        from socialr1_jax.cli import UsageError
+
+        raise UsageError(f"--topology {topology!r}: cannot build the TPU topology ({e}); "
                          "install libtpu matching jax (jax[tpu]) to compile for TPU") from None
 
 
@@ -265,33 +267,31 @@ def _setup_devices(n: int, extra_flags: str = "") -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"{flag} {text!r}: expected integers separated by commas") from None
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, every value checked before anything compiles (UsageError naming the
+    flag). --mesh, --remat and --micro-batch take comma-separated lists."""
+    from socialr1_jax import cli
+    from socialr1_jax.model.config import parse_dtype, preset
 
-
-def main(argv=None) -> int:
-    """CLI entry point; see the module docstring. --mesh, --remat and --micro-batch take
-    comma-separated lists: every combination is compiled."""
-    ap = argparse.ArgumentParser(prog="python -m socialr1_jax.memory_plan",
-                                 description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m socialr1_jax.memory_plan",
+                            description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=RECIPE["preset"])
     ap.add_argument("--mesh", default="1x8x1", help="DATAxFSDPxTENSOR[,...]")
-    ap.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
-    ap.add_argument("--prompts", type=int, default=RECIPE["prompts"])
-    ap.add_argument("--group", type=int, default=RECIPE["group"])
-    ap.add_argument("--prompt-len", type=int, default=RECIPE["prompt_len"])
-    ap.add_argument("--completion-len", type=int, default=RECIPE["completion_len"])
+    ap.add_argument("--devices", type=cli.positive_int, default=8, help="simulated CPU devices")
+    ap.add_argument("--prompts", type=cli.positive_int, default=RECIPE["prompts"])
+    ap.add_argument("--group", type=cli.positive_int, default=RECIPE["group"])
+    ap.add_argument("--prompt-len", type=cli.positive_int, default=RECIPE["prompt_len"])
+    ap.add_argument("--completion-len", type=cli.positive_int, default=RECIPE["completion_len"])
     ap.add_argument("--micro-batch", default="0", help="sequences per forward/backward[,...]; "
                     "0 = the whole batch")
-    ap.add_argument("--ref-micro-batch", type=int, default=None, help="default: --micro-batch")
+    ap.add_argument("--ref-micro-batch", type=cli.nonnegative_int, default=None,
+                    help="default: --micro-batch")
     ap.add_argument("--remat", default="none", help="none|full|dots[,...]")
     ap.add_argument("--param-dtype", default=RECIPE["param_dtype"])
     ap.add_argument("--master-dtype", default=RECIPE["master_dtype"])
-    ap.add_argument("--logprob-chunk", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=0, help="override the layer count (quick looks)")
+    ap.add_argument("--logprob-chunk", type=cli.positive_int, default=256)
+    ap.add_argument("--layers", type=cli.nonnegative_int, default=0,
+                    help="override the layer count (quick looks)")
     ap.add_argument("--topology", default=None,
                     help="compile for a TPU slice, e.g. v5e:2x4, with libtpu's AOT compiler")
     ap.add_argument("--xla-flags", default="",
@@ -301,10 +301,57 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None,
                     help="write OUT.json and OUT.md, e.g. benchmarks/results/memory_plan")
     args = ap.parse_args(argv)
-    remats = args.remat.split(",")
-    bad = [r for r in remats if r not in ("none", "full", "dots")]
+    args.remats = args.remat.split(",")
+    bad = [r for r in args.remats if r not in ("none", "full", "dots")]
     if bad:
-        raise SystemExit(f"--remat {bad[0]!r}: expected none, full or dots")
+        raise cli.UsageError(f"--remat {bad[0]!r}: expected none, full or dots")
+    args.micro_batches = cli.int_list("--micro-batch", args.micro_batch, minimum=0)
+    args.meshes = args.mesh.split(",")
+    cfg = cli.checked("--preset", args.preset, preset)
+    if args.layers:
+        cfg = cfg.replace(num_layers=args.layers)
+    cli.checked("--param-dtype", args.param_dtype, parse_dtype)
+    cli.checked("--master-dtype", args.master_dtype, parse_dtype)
+    if not args.sweep:
+        for m in args.meshes:
+            _check_setting(cli, cfg, args, m)
+    if args.topology and ":" not in args.topology:
+        raise cli.UsageError(f"--topology {args.topology!r}: expected CHIP:SHAPE, e.g. v5e:2x4")
+    if args.out:  # checked now, not after minutes of compiling
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        except OSError as e:
+            raise cli.os_error("--out", args.out, e) from None
+        cli.writable_file("--out", args.out + ".json")
+        cli.writable_file("--out", args.out + ".md")
+    return args
+
+
+def _check_setting(cli, cfg, args, mesh: str) -> None:
+    """One --mesh against --devices, the model's heads and every --micro-batch (the rules the
+    train step and the log-prob forward enforce), before anything compiles."""
+    import types
+
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh
+
+    sizes = cli.mesh_sizes("--mesh", mesh)
+    if not args.topology and math.prod(sizes.values()) != args.devices:
+        raise cli.UsageError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there "
+                             f"are {args.devices} (--devices)")
+    cli.checked("--mesh", mesh, lambda _: check_model_fits_mesh(cfg, types.SimpleNamespace(shape=sizes)))
+    batch, shards = args.prompts * args.group, sizes["data"] * sizes["fsdp"]
+    for flag, mb in [("--micro-batch", m) for m in args.micro_batches] + [
+            ("--ref-micro-batch", args.ref_micro_batch or 0)]:
+        if mb and (batch % mb or mb % shards):
+            raise cli.UsageError(f"{flag} {mb}: must divide the batch of {batch} sequences "
+                                 f"(--prompts x --group) and be a multiple of the {shards} batch "
+                                 f"shards of --mesh {mesh}")
+
+
+def main(argv=None) -> int:
+    """CLI entry point; see the module docstring. --mesh, --remat and --micro-batch take
+    comma-separated lists: every combination is compiled."""
+    args = parse_args(argv)
     if args.topology:
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata here
     else:
@@ -321,8 +368,8 @@ def main(argv=None) -> int:
                          param_dtype=args.param_dtype, master_dtype=args.master_dtype,
                          logprob_chunk=args.logprob_chunk, layers=args.layers,
                          topology=args.topology)
-                    for mesh in args.mesh.split(",") for remat in remats
-                    for mb in _ints(args.micro_batch, "--micro-batch")]
+                    for mesh in args.meshes for remat in args.remats
+                    for mb in args.micro_batches]
     plans = []
     bar = tqdm(settings, desc="compiling", file=sys.stderr, disable=len(settings) < 2)
     for s in bar:
@@ -368,4 +415,6 @@ def write_results(plans: list[dict], out: str, command: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from socialr1_jax import cli
+
+    sys.exit(cli.run(main))

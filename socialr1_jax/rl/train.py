@@ -111,7 +111,8 @@ def load_policy(cfg: TrainConfig, mesh):
             model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
         except (OSError, ValueError) as e:  # CheckpointError is a ValueError
             raise cli.UsageError(f"model.path={sec.path}: {e}") from None
-        mcfg = model.cfg.replace(remat=sec.remat, **({"dtype": sec.dtype} if sec.dtype else {}))
+        mcfg = model.cfg.replace(remat=sec.remat, matmul_precision=sec.matmul_precision,
+                                 **({"dtype": sec.dtype} if sec.dtype else {}))
         if mcfg != model.cfg:  # same parameters, different static settings
             model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
         return model

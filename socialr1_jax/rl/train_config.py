@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 from socialr1_jax.rl import grpo
-from socialr1_jax.model.config import PRESETS, ModelConfig, parse_dtype, preset
+from socialr1_jax.model.config import MATMUL_PRECISIONS, PRESETS, ModelConfig, parse_dtype, preset
 from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSetConfig
 from socialr1_jax.yaml_config import ConfigError, did_you_mean, load_yaml
@@ -38,10 +38,11 @@ class ModelSection:
     `preset` (a named random-initialised config, for demos and benchmarks).
 
     param_dtype / dtype: '' keeps the checkpoint's or preset's. remat: per-layer
-    rematerialisation in the train step ('none', 'full', 'dots'). vocab_size: a preset override
-    (0 keeps it), used by the toy task's small vocabulary. tokenizer: '' = the checkpoint's
-    own (model.path), 'demo' = the offline demo tokenizer (rollout/tokenizer.py), or a directory
-    with tokenizer files.
+    rematerialisation in the train step ('none', 'full', 'dots'). matmul_precision: of every
+    matmul of the model ('default', 'high', 'highest'; '' = by dtype: 'highest' for fp32,
+    'default' for bf16). vocab_size: a preset override (0 keeps it), used by the toy task's
+    small vocabulary. tokenizer: '' = the checkpoint's own (model.path), 'demo' = the offline
+    demo tokenizer (rollout/tokenizer.py), or a directory with tokenizer files.
     """
 
     preset: str = "tiny"
@@ -49,6 +50,7 @@ class ModelSection:
     param_dtype: str = ""
     dtype: str = ""
     remat: str = "none"
+    matmul_precision: str = ""
     vocab_size: int = 0
     seed: int = 0
     random_init: bool = False
@@ -57,6 +59,9 @@ class ModelSection:
     def __post_init__(self):
         if self.remat not in ("none", "full", "dots"):
             raise ConfigError(f"model.remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"model.matmul_precision={self.matmul_precision!r}; expected one of "
+                              f"{', '.join(MATMUL_PRECISIONS[1:])} or '' (by dtype)")
         for key in ("param_dtype", "dtype"):
             if getattr(self, key):
                 try:
@@ -84,7 +89,7 @@ class ModelSection:
 
     def preset_config(self) -> ModelConfig:
         """The ModelConfig of the preset with this section's changes (no checkpoint involved)."""
-        changes = {"remat": self.remat}
+        changes = {"remat": self.remat, "matmul_precision": self.matmul_precision}
         if self.param_dtype:
             changes["param_dtype"] = self.param_dtype
         if self.dtype:

@@ -52,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from socialr1_jax.rl import grpo
 from socialr1_jax.model.config import ModelConfig, parse_dtype
-from socialr1_jax.model.build import shardings_for
+from socialr1_jax.model import build
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.parallel.sharding import (BATCH, batch_sharding, batch_shards, constrain,
                                             param_shardings)
@@ -178,7 +178,7 @@ def abstract_train_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: O
                          *, total_updates: int = 1) -> TrainState:
     """The TrainState of `model_cfg` as ShapeDtypeStruct leaves with their shardings."""
     optimizer, _ = make_optimizer(optim_cfg, total_updates)
-    _, abstract_params, _ = shardings_for(model_cfg, mesh)
+    _, abstract_params = build.abstract_state(model_cfg, mesh)
     abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
     shardings = state_shardings(abstract, optimizer, mesh)
     if shardings is None:
@@ -306,7 +306,7 @@ def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optio
     counts the skip. GRPO's update (make_train_step) and the supervised warm start (rl/sft.py)
     are both built here.
     """
-    graphdef, abstract_params, _ = shardings_for(model_cfg, mesh)
+    graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     master = _needs_master(model_cfg.jnp_param_dtype, optim_cfg)
     compute_dtype = model_cfg.jnp_param_dtype if master else None
@@ -427,7 +427,7 @@ def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
     """Jitted `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> [B, C]`
     log-probs at `temperature` (forward only, micro-batched with lax.map when asked).
     Rematerialisation is switched off: without a backward pass it saves nothing."""
-    graphdef, _, pshard = shardings_for(model_cfg.replace(remat="none"), mesh)
+    graphdef, abstract = build.abstract_state(model_cfg.replace(remat="none"), mesh)
 
     def fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -451,8 +451,8 @@ def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
     if mesh is None:
         return MeshFunction(jax.jit(fn), None)
     two = batch_sharding(mesh, 2)
-    return MeshFunction(jax.jit(fn, in_shardings=(pshard, two, two, two, two), out_shardings=two),
-                        mesh)
+    in_shardings = (build.shardings_of(abstract), two, two, two, two)
+    return MeshFunction(jax.jit(fn, in_shardings=in_shardings, out_shardings=two), mesh)
 
 
 # -- several updates per rollout ---------------------------------------------------------------

@@ -5,6 +5,13 @@ to it, optionally wraps each prompt in the chat template (`--chat`), samples wit
 `socialr1_jax.sample`, and prints the completions or writes them as JSONL (`--out`). Token counts
 and tokens/s go to stderr. Prompts file: one JSON object per line with a "prompt" string.
 
+Everything the user gives is checked before the model loads, each mistake one `error:` line
+naming the flag (exit code 2): the sampling values, --mesh and --host-devices, the checkpoint
+folder and its config.json, the tokenizer, the prompts (encoded and checked against the
+vocabulary and the context length), and --out, which must be creatable (its folder exists and is
+writable) so no completion is sampled only to be thrown away. --out is written through a
+temporary file renamed into place.
+
 Examples:
     python -m socialr1_jax.generate --model ckpt --prompt "Why is the sky blue?" --chat \\
         --temperature 0.7 --top-p 0.9 --max-new-tokens 256
@@ -20,11 +27,13 @@ import os
 import sys
 import time
 
+from socialr1_jax import cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m socialr1_jax.generate",
-                                 description="Sample completions from a Qwen3 checkpoint.")
+    """The command line (see the module docstring), every value checked (UsageError)."""
+    ap = cli.ArgumentParser(prog="python -m socialr1_jax.generate",
+                            description="Sample completions from a Qwen3 checkpoint.")
     ap.add_argument("--model", required=True, help="HF checkpoint directory or Orbax checkpoint")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt text")
@@ -37,12 +46,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default=None, help="bf16 / fp32 (default: the checkpoint's)")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp32", "bfloat16", "float32"],
+                    help="default: the checkpoint's")
     ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR, e.g. 1x8x1")
-    ap.add_argument("--host-devices", type=int, default=None,
+    ap.add_argument("--host-devices", type=cli.positive_int, default=None,
                     help="split the CPU into this many XLA devices (to try --mesh on a CPU)")
     ap.add_argument("--out", default=None, help="write JSONL here instead of printing")
-    return ap.parse_args(argv)
+    ap.add_argument("--allow-nonfinite", action="store_true",
+                    help="load weights with NaN/Inf instead of refusing them (debugging only)")
+    args = ap.parse_args(argv)
+    check_sampling_flags(args)
+    args.mesh_sizes = cli.mesh_sizes("--mesh", args.mesh) if args.mesh else None
+    if args.out:
+        args.out = cli.writable_file("--out", args.out)
+    return args
+
+
+def check_sampling_flags(args) -> None:
+    """The sampling values, with the sampler's own rules, reported by flag name."""
+    from socialr1_jax.rollout.checks import ArgumentError, check_sampling
+
+    try:
+        check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples)
+    except ArgumentError as e:
+        raise cli.UsageError(f"--{e.arg.replace('_', '-')} {e.value}: {e.reason}") from None
+
+
+def check_model_dir(path: str):
+    """The ModelConfig of the checkpoint at --model, from its config.json alone (no weights read).
+
+    Refuses a missing folder, a folder that is no checkpoint, and a config.json we cannot run.
+    """
+    from socialr1_jax.checkpoint import orbax_io
+    from socialr1_jax.model.config import from_hf_config
+
+    if not os.path.exists(path):
+        raise cli.UsageError(f"--model {path}: no such checkpoint folder")
+    if not os.path.isdir(path):
+        raise cli.UsageError(f"--model {path} is a file; give the checkpoint folder")
+    if orbax_io.is_orbax_checkpoint(path):
+        root, _ = orbax_io.resolve(path)
+        config = os.path.join(root, "config.json")
+    else:
+        config = os.path.join(path, "config.json")
+        if not os.path.isfile(config):
+            raise cli.UsageError(f"--model {path}: not a checkpoint (no config.json, and not an "
+                                 "Orbax checkpoint with a finished step)")
+    try:
+        return from_hf_config(config)
+    except (ValueError, FileNotFoundError) as e:
+        raise cli.UsageError(str(e)) from None
 
 
 def read_prompts(args) -> list[str]:
@@ -50,43 +104,78 @@ def read_prompts(args) -> list[str]:
     if args.prompt is not None:
         return [args.prompt]
     texts = []
-    with open(args.prompts_file) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{args.prompts_file}:{n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f'{args.prompts_file}:{n}: expected an object with a "prompt" '
-                                 f"string, got {line.strip()[:80]!r}")
-            texts.append(row["prompt"])
+    try:
+        with open(args.prompts_file) as f:
+            lines = list(f)
+    except OSError as e:
+        raise cli.os_error("--prompts-file", args.prompts_file, e) from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise cli.UsageError(f"--prompts-file {args.prompts_file}:{n}: not valid JSON "
+                                 f"({e})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise cli.UsageError(f'--prompts-file {args.prompts_file}:{n}: expected an object '
+                                 f'with a "prompt" string, got {line.strip()[:80]!r}')
+        texts.append(row["prompt"])
     if not texts:
-        raise ValueError(f"{args.prompts_file}: no prompts")
+        raise cli.UsageError(f"--prompts-file {args.prompts_file}: no prompts")
     return texts
 
 
-def main(argv=None) -> list[dict]:
-    """Run the CLI; returns the rows it printed or wrote (one per completion)."""
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def generate(argv=None) -> list[dict]:
+    """Run the command; returns the rows it printed or wrote (one per completion)."""
     args = parse_args(argv)
-    if args.host_devices:  # must precede the first jax import
+    if args.host_devices:  # must precede the first use of a JAX backend
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
+    texts = read_prompts(args)
+    cfg = check_model_dir(args.model)
+
     import numpy as np
 
-    from socialr1_jax.rollout import tokenizer as tk
     from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh
+    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.rollout.checks import check_against_model
     from socialr1_jax.rollout.sampler import sample
-    from socialr1_jax.parallel.sharding import make_mesh, parse_mesh
 
-    texts = read_prompts(args)
-    mesh = make_mesh(**parse_mesh(args.mesh)) if args.mesh else None
-    tok = tk.load_tokenizer(args.model)
-    eos = tk.stop_ids(args.model, tok)
-    model = load_model(args.model, dtype=args.dtype, mesh=mesh)
+    mesh = None
+    if args.mesh_sizes:
+        mesh = cli.checked("--mesh", args.mesh, lambda _: make_mesh(**args.mesh_sizes))
+        cli.checked("--mesh", args.mesh, lambda _: check_model_fits_mesh(cfg, mesh))
+    try:
+        tok = tk.load_tokenizer(args.model)
+        eos = tk.stop_ids(args.model, tok)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"--model {args.model}: {e}") from None
     inputs = [tk.chat_text(tok, t) if args.chat else t for t in texts]
     prompts = [tk.encode(tok, t) for t in inputs]
+    pad = tk.pad_id(tok, eos)
+    try:
+        check_against_model(prompts, vocab=cfg.vocab_size, max_len=cfg.max_position_embeddings,
+                            max_new_tokens=args.max_new_tokens, eos_ids=eos, pad_id=pad)
+    except ValueError as e:
+        raise cli.UsageError(f"--model {args.model}: {e}") from None
+
+    model = load_model(args.model, dtype=args.dtype, mesh=mesh,
+                       allow_nonfinite=args.allow_nonfinite)
 
     import jax
 
@@ -101,7 +190,7 @@ def main(argv=None) -> list[dict]:
     res = sample(model, prompts, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  num_samples=args.num_samples, eos_ids=eos, seed=args.seed, mesh=mesh,
-                 pad_id=tk.pad_id(tok, eos))
+                 pad_id=pad)
     tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
     elapsed = time.perf_counter() - start
     compiling = min(sum(compile_s), elapsed)
@@ -118,9 +207,13 @@ def main(argv=None) -> list[dict]:
                      "finish_reason": "eos" if stopped else "length"})
 
     if args.out:
-        with open(args.out, "w") as f:
+        try:
+            _write_jsonl(args.out, rows)
+        except OSError as e:  # the disk filled up while sampling: keep the completions anyway
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                print(json.dumps(row, ensure_ascii=False))
+            raise cli.UsageError(f"--out {args.out}: {e.strerror or e}; the {len(rows)} "
+                                 "completion(s) were printed to stdout instead") from None
     else:
         for row in rows:
             print(f"=== prompt {row['prompt_index']} sample {row['sample_index']} "
@@ -138,5 +231,12 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def main(argv=None) -> int:
+    """The command-line entry point: `generate`, exit code 0 (a user's mistake raises UsageError,
+    which `cli.run` prints as one line with exit code 2)."""
+    generate(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -10,13 +10,16 @@ group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted 
    n samples of a prompt share one prefill whose cache is copied n times (when the rows are
    whole groups that split evenly over the mesh),
 3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
-   soon as every row has emitted one of the EOS ids.
+   soon as every row has emitted one of the EOS ids; the step runs the layers as straight-line
+   code on per-layer copies of the weights taken once before the loop (`unstack_layers`; a
+   scan over the stacked weights would copy each layer's slice on every step), and writes the
+   [L, B, K, S, H] cache in place.
 
 Shapes are bucketed (prompt length and generation length rounded up to a few sizes, see
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
 length compiles a handful of programs. With a mesh the batch is split over ('data', 'fsdp')
 (padded with inactive dummy rows to a multiple of the shard count) and the cache is pinned with
-`CACHE_BKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
+`CACHE_LBKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
 sharding.
 
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
@@ -28,7 +31,6 @@ as verl does with vLLM's log-probs. Greedy decoding (T = 0) reports log softmax(
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import Optional, Sequence
 
@@ -39,7 +41,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.qwen3 import KVCache
-from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_BKSH, constrain,
+from socialr1_jax.rollout.checks import as_int, check_against_model, check_sampling, token_lists
+from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_LBKSH, constrain,
                                             param_shardings, TOKENS_BT)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a
@@ -81,6 +84,9 @@ class _Plan:
     prefill_chunk: int  # prompt tokens per prefill forward pass (divides the prompt length)
     top_p_candidates: int = TOP_P_CANDIDATES
     shared_prefill: int = 1  # rows i*n..i*n+n-1 share one prompt: prefill it once, copy the cache
+    # Decode over per-layer copies of the weights taken before the loop (Qwen3.unstacked_layers)
+    # instead of scanning the stacked weights, which copies each layer's slice every step.
+    unstack_layers: bool = True
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -221,16 +227,17 @@ def sample_step(key, logits_bv, temperature, top_p, *, greedy: bool, top_k: int,
 
 # -- the compiled program ----------------------------------------------------------------------
 
-def _head(h_bd, w_vd):
-    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype),
+def _head(h_bd, w_vd, precision):
+    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype), precision=precision,
                       preferred_element_type=jnp.float32)
 
 
 def _pin_cache(cache: KVCache) -> KVCache:
     """The cache with its rows over the batch shards and KV heads over 'tensor'."""
     return dataclasses.replace(
-        cache, k=[constrain(x, CACHE_BKSH) for x in cache.k],
-        v=[constrain(x, CACHE_BKSH) for x in cache.v], valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+        cache, k_lbksh=constrain(cache.k_lbksh, CACHE_LBKSH),
+        v_lbksh=constrain(cache.v_lbksh, CACHE_LBKSH),
+        valid_bs=constrain(cache.valid_bs, TOKENS_BT))
 
 
 def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int):
@@ -267,6 +274,7 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     b, p = prompt_ids.shape
     n = plan.new_len
     w_vd = model.lm_head_weight()
+    head = partial(_head, w_vd=w_vd, precision=cfg.precision)
     choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                      top_k=plan.top_k, use_top_p=plan.use_top_p,
                      candidates=plan.top_p_candidates)
@@ -290,13 +298,11 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         last_bd, small = _prefill(model, prompt_ids[::g], prompt_mask[::g], small,
                                   plan.prefill_chunk)
         last_bd = jnp.repeat(last_bd, g, axis=0)
-        # Every per-row leaf (k, v, valid_bs, next_pos_b) is repeated; the shared index is not.
-        cache = _pin_cache(jax.tree.map(lambda x: jnp.repeat(x, g, axis=0) if x.ndim else x,
-                                        small))
+        cache = _pin_cache(small.repeat_rows(g))
     else:
         last_bd, cache = _prefill(model, prompt_ids, prompt_mask,
                                   _pin_cache(KVCache.zeros(cfg, b, p + n)), plan.prefill_chunk)
-    tok, logp = choose(jax.random.fold_in(key, 0), _head(last_bd, w_vd))
+    tok, logp = choose(jax.random.fold_in(key, 0), head(last_bd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.int32), TOKENS_BT))
@@ -309,11 +315,12 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     def body(carry):
         i, prev, done, cache, bufs = carry
         hidden, cache = model.hidden_states(prev[:, None], jnp.ones((b, 1), jnp.int32),
-                                            cache=cache)
-        tok, logp = choose(jax.random.fold_in(key, i), _head(hidden[:, 0], w_vd))
+                                            cache=cache, layer_weights=layers)
+        tok, logp = choose(jax.random.fold_in(key, i), head(hidden[:, 0]))
         done, bufs = emit(i, tok, logp, done, bufs)
         return i + 1, tok, done, cache, bufs
 
+    layers = model.unstacked_layers() if plan.unstack_layers else None
     carry = (jnp.int32(1), tok, done, cache, bufs)
     steps, _, _, _, bufs = jax.lax.while_loop(cond, body, carry)
     return bufs, steps
@@ -321,43 +328,12 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
 
 # -- public entry point ------------------------------------------------------------------------
 
-def _validate(prompts, vocab, max_len, max_new_tokens, temperature, top_k, top_p, num_samples,
-              eos_ids, pad_id):
-    if max_new_tokens is None or int(max_new_tokens) <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k={top_k!r} must be an integer >= 0 (0 = off)")
-    if not (0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
-    for e in eos_ids:
-        if not (0 <= int(e) < vocab):
-            raise ValueError(f"eos id {e!r} is outside the vocabulary [0, {vocab})")
-    if not (0 <= int(pad_id) < vocab):
-        raise ValueError(f"pad_id={pad_id!r} is outside the vocabulary [0, {vocab})")
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: nothing to sample")
-    for i, pr in enumerate(prompts):
-        if len(pr) == 0:
-            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        bad = [t for t in pr if not (0 <= int(t) < vocab)]
-        if bad:
-            raise ValueError(f"prompt {i} has token id(s) {bad[:5]} outside the vocabulary "
-                             f"[0, {vocab})")
-        if len(pr) + max_new_tokens > max_len:
-            raise ValueError(f"prompt {i} has {len(pr)} tokens; with max_new_tokens="
-                             f"{max_new_tokens} that needs {len(pr) + max_new_tokens} positions, "
-                             f"more than the cache allows ({max_len})")
-
-
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
            eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
            pad_id: int = 0, max_cache_len: Optional[int] = None,
-           bucket_shapes: bool = True, prefill_chunk: int = 512) -> SampleResult:
+           bucket_shapes: bool = True, prefill_chunk: int = 512,
+           unstack_layers: bool = True) -> SampleResult:
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
@@ -371,15 +347,20 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     pad_id fills the prompt padding and the completion after EOS; max_cache_len (default the
     model's max_position_embeddings) bounds prompt + max_new_tokens; bucket_shapes rounds the
     prompt and generation lengths up (`bucket`) so few programs are compiled; prefill_chunk
-    bounds how many prompt tokens one prefill pass attends with (memory of the scores).
+    bounds how many prompt tokens one prefill pass attends with (memory of the scores);
+    unstack_layers: decode over per-layer copies of the layers' weights taken once before the
+    decode loop (one extra copy of them held while sampling) rather than scanning the stacked
+    weights, whose per-layer slices XLA copies on every step (see Qwen3.unstacked_layers).
     Raises ValueError naming the value for bad arguments.
     """
     cfg = model.cfg
     max_len = int(max_cache_len or cfg.max_position_embeddings)
-    prompts = [list(map(int, p)) for p in prompts]
-    eos_ids = tuple(int(e) for e in eos_ids)
-    _validate(prompts, cfg.vocab_size, max_len, max_new_tokens, temperature, top_k, top_p,
-              num_samples, eos_ids, pad_id)
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
+    prompts = token_lists(prompts)
+    eos_ids = tuple(as_int("eos id", e) for e in eos_ids)
+    check_against_model(prompts, vocab=cfg.vocab_size, max_len=max_len,
+                        max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
     n_new = int(max_new_tokens)
     longest = max(len(p) for p in prompts)
     if bucket_shapes:
@@ -407,7 +388,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     plan = _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
                  use_top_p=top_p < 1.0, pad_id=int(pad_id),
                  prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
-                 shared_prefill=int(num_samples) if share else 1)
+                 shared_prefill=int(num_samples) if share else 1,
+                 unstack_layers=bool(unstack_layers))
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
     graphdef, state = nnx.split(model)
     args = [ids, mask, active]
