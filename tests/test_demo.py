@@ -42,6 +42,8 @@ def test_demo_pipeline_writes_the_run_and_its_summary(demo_run):
     assert list_steps(str(out / "warm_start")) == [1]
     w = result.warm_start
     assert np.isfinite(w["loss_first"]) and "eval/accuracy" in w["eval_before"]
+    # the evaluation samples the policy, 4 answers per question (none parse in 8 tokens yet)
+    assert w["eval_before"]["eval/unparsable"] == 12 * train_mod.DEMO["eval"]["num_samples"] == 48
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2]
     assert {"eval/accuracy/first_order_fb", "eval/accuracy/reality"} <= set(evals[0])
