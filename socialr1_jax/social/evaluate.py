@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from socialr1_jax import cli
+from socialr1_jax.yaml_config import check_at_least
 from socialr1_jax.rollout.generate import add_sampling_args, check_sampling_flags
 from socialr1_jax.social.answers import extract_answer, format_ok
 from socialr1_jax.social.data import DataError, MCQRow
@@ -56,9 +57,8 @@ class EvalConfig:
     prompt: PromptConfig = PromptConfig()
 
     def __post_init__(self):
-        for key in ("batch_size", "max_new_tokens", "num_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"eval.{key}={getattr(self, key)} must be >= 1")
+        check_at_least(self, "eval", 1, "batch_size", "max_new_tokens", "num_samples",
+                       error=ValueError)
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"eval.temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.num_samples > 1 and self.temperature == 0:
