@@ -85,8 +85,10 @@ def test_readme_python_blocks_run(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout.split("@@", 1)[1])
-    # Use: model(input_ids, attention_mask); Sharding: none; Multi-host: the gathered batch
-    assert res["logits_shapes"] == [[8, 12, VOCAB], [8, 12, VOCAB], [16, 4, VOCAB]]
+    # Use: model(input_ids, attention_mask); rewards and Sharding: none; Multi-host: the
+    # gathered batch
+    assert res["logits_shapes"] == [[8, 12, VOCAB], [8, 12, VOCAB], [8, 12, VOCAB],
+                                    [16, 4, VOCAB]]
     assert res["tokens_shape"] == [10, 256] and 1 <= res["lengths_max"] <= 256
     # verl's advantages, recomputed: (r - group mean) / (group std with ddof 1 + 1e-6).
     r = np.asarray(res["rewards"], np.float64).reshape(2, 5)
