@@ -27,6 +27,15 @@ class ConfigError(UsageError, ValueError):
     """A config file, key or value the user got wrong (one line, names the key)."""
 
 
+def check_at_least(cfg, section: str, minimum: int, *keys: str, error=None) -> None:
+    """Raise `error` (ConfigError) naming `section.key=value` for the first of `keys` whose
+    value in the dataclass `cfg` is below `minimum`."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value < minimum:
+            raise (error or ConfigError)(f"{section}.{key}={value} must be >= {minimum}")
+
+
 def did_you_mean(name: str, choices, prefix: str = "") -> str:
     """' (did you mean PREFIX+X?)' for the closest of `choices` to `name`, or ''."""
     close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)

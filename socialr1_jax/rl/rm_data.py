@@ -25,7 +25,6 @@ Every row is checked when the file is read (before a model loads); errors name f
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from socialr1_jax.rl.train_config import MeshConfig, OptimConfig
 from socialr1_jax.social import rm_prompt
+from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import load_yaml
 
 
@@ -154,34 +154,20 @@ def read_pairs(path: str, data: RMDataSection) -> list[Pair]:
     fields = rm_prompt.template_fields(data.template)
     need = [f for f in fields if f not in ("reasoning", "options")]
     pairs = []
-    try:
-        f = open(path)
-    except OSError as e:
-        raise PairDataError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairDataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise PairDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in need + [data.chosen_key, data.rejected_key]:
-                if not isinstance(row.get(key), str):
-                    got = "missing" if key not in row else f"a {type(row[key]).__name__}"
-                    raise PairDataError(f"{where}: field {key!r} must be a string ({got})")
-            options = row.get("options", [])
-            if "options" in fields and not (isinstance(options, list)
-                                            and all(isinstance(o, str) for o in options)):
-                raise PairDataError(f"{where}: field 'options' must be a list of strings")
-            kw = dict(story=row.get("story", ""), question=row.get("question", ""),
-                      options=options)
-            chosen = rm_prompt.render(data.template, reasoning=row[data.chosen_key], **kw)
-            rejected = rm_prompt.render(data.template, reasoning=row[data.rejected_key], **kw)
-            pairs.append(Pair(chosen, rejected, str(row.get("id", where))))
+    for where, row in iter_jsonl(path, PairDataError):
+        for key in need + [data.chosen_key, data.rejected_key]:
+            if not isinstance(row.get(key), str):
+                got = "missing" if key not in row else f"a {type(row[key]).__name__}"
+                raise PairDataError(f"{where}: field {key!r} must be a string ({got})")
+        options = row.get("options", [])
+        if "options" in fields and not (isinstance(options, list)
+                                        and all(isinstance(o, str) for o in options)):
+            raise PairDataError(f"{where}: field 'options' must be a list of strings")
+        kw = dict(story=row.get("story", ""), question=row.get("question", ""),
+                  options=options)
+        chosen = rm_prompt.render(data.template, reasoning=row[data.chosen_key], **kw)
+        rejected = rm_prompt.render(data.template, reasoning=row[data.rejected_key], **kw)
+        pairs.append(Pair(chosen, rejected, str(row.get("id", where))))
     if not pairs:
         raise PairDataError(f"{path}: no preference pairs (empty file)")
     return pairs

@@ -19,7 +19,7 @@ from socialr1_jax.rl import grpo
 from socialr1_jax.model.config import MATMUL_PRECISIONS, PRESETS, ModelConfig, parse_dtype, preset
 from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSetConfig
-from socialr1_jax.yaml_config import ConfigError, did_you_mean, load_yaml
+from socialr1_jax.yaml_config import check_at_least, ConfigError, did_you_mean, load_yaml
 
 TASKS = ("toy", "social-r1")
 
@@ -181,12 +181,8 @@ class GRPOConfig:
                              "or 'never'")
         if self.dual_clip and self.dual_clip <= 1.0:
             raise ConfigError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
-        for key in ("epochs", "max_consecutive_skips", "logprob_chunk"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"grpo.{key}={getattr(self, key)} must be >= 1")
-        for key in ("mini_batch_size", "micro_batch_size", "loss_scale_factor"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"grpo.{key}={getattr(self, key)} must be >= 0")
+        check_at_least(self, "grpo", 1, "epochs", "max_consecutive_skips", "logprob_chunk")
+        check_at_least(self, "grpo", 0, "mini_batch_size", "micro_batch_size", "loss_scale_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +197,7 @@ class RolloutConfig:
     top_p: float = 1.0
 
     def __post_init__(self):
-        for key in ("prompts_per_step", "max_prompt_len", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"rollout.{key}={getattr(self, key)} must be >= 1")
+        check_at_least(self, "rollout", 1, "prompts_per_step", "max_prompt_len", "max_new_tokens")
         if self.top_k < 0:
             raise ConfigError(f"rollout.top_k={self.top_k} must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
@@ -221,9 +215,7 @@ class MeshConfig:
     tensor: int = 1
 
     def __post_init__(self):
-        for key in ("data", "tensor"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"mesh.{key}={getattr(self, key)} must be >= 1")
+        check_at_least(self, "mesh", 1, "data", "tensor")
         if self.fsdp < 0:
             raise ConfigError(f"mesh.fsdp={self.fsdp} must be >= 0 (0 = every device left)")
 
@@ -275,9 +267,7 @@ class RunConfig:
             raise ConfigError(f"run.steps={self.steps} must be >= 1")
         if self.log_every < 1:
             raise ConfigError(f"run.log_every={self.log_every} must be >= 1")
-        for key in ("save_every", "samples_per_step"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"run.{key}={getattr(self, key)} must be >= 0")
+        check_at_least(self, "run", 0, "save_every", "samples_per_step")
         if self.keep < 1:
             raise ConfigError(f"run.keep={self.keep} must be >= 1")
         if self.resume and (not self.out_dir or "{time}" in self.out_dir):
@@ -302,12 +292,8 @@ class EvalSection:
     at_start: bool = True
 
     def __post_init__(self):
-        for key in ("every", "limit"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 0")
-        for key in ("max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"eval.{key}={getattr(self, key)} must be >= 1")
+        check_at_least(self, "eval", 0, "every", "limit")
+        check_at_least(self, "eval", 1, "max_new_tokens", "batch_size")
 
 
 @dataclasses.dataclass(frozen=True)

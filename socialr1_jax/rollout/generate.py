@@ -40,11 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--prompts-file", help='JSONL file, one {"prompt": "..."} per line')
     ap.add_argument("--chat", action="store_true",
                     help="wrap each prompt as a user turn of the chat template")
-    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    add_sampling_args(ap, temperature=1.0, max_new_tokens=256,
+                      samples_help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default=None, choices=["bf16", "fp32", "bfloat16", "float32"],
                     help="default: the checkpoint's")
@@ -60,6 +57,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out:
         args.out = cli.writable_file("--out", args.out)
     return args
+
+
+def add_sampling_args(ap, *, temperature: float, max_new_tokens: int, samples_help: str) -> None:
+    """The sampler's flags (--temperature, --top-p, --top-k, --max-new-tokens, --num-samples),
+    shared by `generate` and `evaluate`; check them with `check_sampling_flags`."""
+    ap.add_argument("--temperature", type=float, default=temperature,
+                    help="0 = greedy" + (" (default)" if temperature == 0 else ""))
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ap.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    ap.add_argument("--num-samples", type=int, default=1, help=samples_help)
 
 
 def check_sampling_flags(args) -> None:

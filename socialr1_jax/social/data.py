@@ -117,21 +117,31 @@ def _is_missing(value: Any) -> bool:
         isinstance(value, str) and not value.strip())
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """The objects of a JSONL file (blank lines skipped); errors name the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
+def iter_jsonl(path: str, error: type[Exception] = None):
+    """Yield ("path:line", object) for each object of a JSONL file, blank lines skipped; a line
+    that is not a JSON object raises `error` (DataError by default) naming the file and line."""
+    error = error or DataError
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    with f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{n}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+                raise error(f"{where}: not valid JSON ({e})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-    return rows
+                raise error(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield where, obj
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The objects of a JSONL file (blank lines skipped); errors name the file and line."""
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 def _read_json(path: str) -> list[dict]:

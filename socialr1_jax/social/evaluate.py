@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from socialr1_jax import cli
+from socialr1_jax.yaml_config import check_at_least
+from socialr1_jax.rollout.generate import add_sampling_args, check_sampling_flags
 from socialr1_jax.social.answers import extract_answer, format_ok
 from socialr1_jax.social.data import DataError, MCQRow
 from socialr1_jax.social.prompts import PromptConfig, PromptSet, build_prompts
@@ -55,9 +57,8 @@ class EvalConfig:
     prompt: PromptConfig = PromptConfig()
 
     def __post_init__(self):
-        for key in ("batch_size", "max_new_tokens", "num_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"eval.{key}={getattr(self, key)} must be >= 1")
+        check_at_least(self, "eval", 1, "batch_size", "max_new_tokens", "num_samples",
+                       error=ValueError)
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"eval.temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.num_samples > 1 and self.temperature == 0:
@@ -261,12 +262,9 @@ def parse_args(argv=None):
                          "story=, question=, options=A,B,C,D, gold=, gold_format=letter|index1|"
                          "index0, dimension=, ability=, task=, id=")
     ap.add_argument("--limit", type=int, default=None, help="the first N questions only")
-    ap.add_argument("--num-samples", type=int, default=1,
-                    help="k samples per question: pass@k and majority vote (needs --temperature)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    add_sampling_args(ap, temperature=0.0, max_new_tokens=1024,
+                      samples_help="k samples per question: pass@k and majority vote "
+                                   "(needs --temperature)")
     ap.add_argument("--batch-size", type=int, default=16, help="questions per sampler call")
     ap.add_argument("--max-prompt-tokens", type=int, default=2048)
     ap.add_argument("--on-too-long", default="drop", help="drop (and count) or error")
@@ -313,9 +311,7 @@ def main(argv=None) -> int:
     from socialr1_jax.social.data import column_map
 
     cfg = _configs(args)
-    if not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise cli.UsageError(f"--top-p {args.top_p} must be in (0, 1] and --top-k "
-                             f"{args.top_k} >= 0")
+    check_sampling_flags(args)
     columns = column_map(args.column) if args.column else None
     rows = load_benchmark(args.benchmark, args.data, limit=args.limit, split=args.split,
                           language=args.language, columns=columns)
