@@ -115,7 +115,14 @@ def test_training_learns_held_out_preferences_and_exports(base, tmp_path):
     assert np.mean(losses[-3:]) < 0.5 * losses[0]
     assert last["eval_loss"] < 0.5 * first["eval_loss"]
     assert first["eval_accuracy"] <= 0.6 and last["eval_accuracy"] >= 0.9
-    assert sum(1 for _ in open(out / "metrics.jsonl")) == 14 + 1  # updates + final eval
+    # The GRPO job's run directory: one metrics row per step, evaluations beside them.
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(14)) and "loss" in rows[0]
+    evals = [json.loads(line) for line in open(out / "eval.jsonl")]
+    assert [e["step"] for e in evals] == [0, 14]
+    assert evals[-1]["eval_accuracy"] == last["eval_accuracy"]
+    assert (out / "config.yaml").is_file() and not (out / "samples.jsonl").exists()
+    assert {"params", "train_state", "meta"} <= set(os.listdir(out / "checkpoints" / "14"))
 
     # The export loads in transformers and scores held-out texts as our final model does.
     back = AutoModelForSequenceClassification.from_pretrained(hf, dtype=torch.float32).eval()
@@ -138,8 +145,9 @@ def test_training_learns_held_out_preferences_and_exports(base, tmp_path):
                                atol=1e-6)
     cfg2 = tr.parse_args(_args(base, out, "run.steps=16", "run.resume=true"))
     again = tr.train_rm(cfg2, log=lines.append)
-    assert [h["step"] for h in again.history] == [15, 16] and int(again.state.step) == 16
-    assert any("resumed from" in line for line in lines)
+    assert [h["step"] for h in again.history] == [14, 15] and int(again.state.step) == 16
+    assert any("at step 14 (14 updates)" in line for line in lines)
+    assert [json.loads(x)["step"] for x in open(out / "metrics.jsonl")] == list(range(16))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -182,7 +190,7 @@ def test_existing_outputs_are_refused(base, tmp_path, capsys):
     rc = cli.run(tr.main, _args(base, tmp_path / "run", f"run.export_hf={tmp_path / 'hf'}"))
     assert rc == 2 and "run.export_hf" in capsys.readouterr().err
     rc = cli.run(tr.main, _args(base, tmp_path / "run", "run.resume=true"))
-    assert rc == 2 and "holds no checkpoint" in capsys.readouterr().err
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -191,3 +199,28 @@ def test_recipe_config_loads():
                                                   "rm_qwen3_4b.yaml")])
     assert cfg.model.remat == "full" and cfg.optim.lr == 1e-5 and cfg.run.batch_size == 64
     assert cfg.data.template.endswith("{reasoning}<|im_end|>")
+
+
+@pytest.mark.slow  # three short runs, ~40 s on 2 cores (compilation)
+def test_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
+    """3 steps, then a resume to 6, against 6 steps in one go: the same TrainState bit for bit
+    (bf16 weights, so the fp32 master copy must come back too; micro-batches; save_every)."""
+    common = ("model.param_dtype=bfloat16", "model.dtype=bfloat16", "run.batch_size=16", "run.micro_batch_size=8",
+              "run.save_every=2", "data.eval_fraction=0")
+    whole = tr.train_rm(tr.parse_args(_args(base, tmp_path / "a", "run.steps=6", *common)),
+                        log=lambda _: None)
+    out = tmp_path / "b"
+    part = tr.train_rm(tr.parse_args(_args(base, out, "run.steps=3", *common)), log=lambda _: None)
+    assert int(part.state.step) == 3 and sorted(os.listdir(out / "checkpoints"))[:2] == ["2", "3"]
+    rest = tr.train_rm(tr.parse_args(_args(base, out, "run.steps=6", "run.resume=true", *common)),
+                       log=lambda _: None)
+    assert rest.state.master is not None  # the bf16 run keeps an fp32 master
+    for name, a, b in zip(("params", "master", "opt_state", "step", "skipped"),
+                          (whole.state.params, whole.state.master, whole.state.opt_state,
+                           whole.state.step, whole.state.skipped),
+                          (rest.state.params, rest.state.master, rest.state.opt_state,
+                           rest.state.step, rest.state.skipped)):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert np.asarray(x).dtype == np.asarray(y).dtype
+            assert np.array_equal(np.asarray(x), np.asarray(y)), name
+    assert [h["loss"] for h in whole.history[3:]] == [h["loss"] for h in rest.history]

@@ -13,7 +13,9 @@ change it). Our parameter paths are those of `RewardModel`: `backbone/<hf_layout
     save_reward_model(root, step, rm, ...), restore_reward_model(root, ...)
                                     Orbax: CKPT/config.json (the sequence-classification config,
                                     with pad_token_id), tokenizer files, CKPT/<step>/params
-                                    {"backbone": {...}, "score_cd": ...} (+ opt_state, meta)
+                                    {"backbone": {...}, "score_cd": ...} (+ meta). A training
+                                    checkpoint of train_rm (train_checkpoint.py: params +
+                                    train_state + meta) has this layout too and loads the same.
 
 Every tensor is checked (presence, shape) before any is used; errors name the file and tensor.
 """
@@ -24,7 +26,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -232,10 +234,10 @@ def save_hf(rm: RewardModel, out: str, *, dtype: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------- Orbax
-def save_reward_model(root: str, step: int, rm: RewardModel, opt_state=None,
-                      meta: Optional[dict] = None, *, side_files_from: Optional[str] = None,
+def save_reward_model(root: str, step: int, rm: RewardModel, meta: Optional[dict] = None, *,
+                      side_files_from: Optional[str] = None,
                       max_to_keep: Optional[int] = None) -> str:
-    """One step of a reward model under an Orbax root (params, and opt_state/meta when given).
+    """One step of a reward model under an Orbax root (params, and meta when given).
 
     The root's config.json is the sequence-classification config (written if missing, before the
     tokenizer files of `side_files_from` are copied beside it). Returns the step directory.
@@ -247,7 +249,7 @@ def save_reward_model(root: str, step: int, rm: RewardModel, opt_state=None,
             orbax_io.write_json_atomic(os.path.join(root, "config.json"), hf_config(rm))
         if side_files_from:
             orbax_io.copy_side_files(side_files_from, root, only_missing=True)
-    return orbax_io.save_checkpoint(root, step, nnx.state(rm), opt_state, meta,
+    return orbax_io.save_checkpoint(root, step, nnx.state(rm), None, meta,
                                     max_to_keep=max_to_keep)
 
 
@@ -257,7 +259,6 @@ class RestoredRM:
 
     model: RewardModel
     step: int
-    opt_state: Any   # None unless asked for
     meta: Optional[dict]
 
 
@@ -272,11 +273,11 @@ def _restore_args(abstract, shardings):
 
 
 def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Optional[str] = None,
-                         mesh: Optional[Mesh] = None, pad_token_id: Optional[int] = None,
-                         abstract_opt_state=None) -> RestoredRM:
+                         mesh: Optional[Mesh] = None,
+                         pad_token_id: Optional[int] = None) -> RestoredRM:
     """A reward model from our Orbax checkpoint (root: latest step, or a step directory), every
-    array read straight into its sharding on `mesh`. abstract_opt_state: a pytree of
-    ShapeDtypeStruct with .sharding to restore the optimizer state into (None = skip it)."""
+    array read straight into its sharding on `mesh` (a training checkpoint's other items are not
+    read)."""
     import orbax.checkpoint as ocp
 
     from socialr1_jax.checkpoint.stream import item_metadata
@@ -306,12 +307,6 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
                   else jax.tree.map(lambda _: None, target))
     items = {orbax_io.PARAMS: ocp.args.PyTreeRestore(
         item=target, restore_args=_restore_args(target, shard_tree))}
-    if abstract_opt_state is not None:
-        if not os.path.isdir(os.path.join(root, str(step), orbax_io.OPT_STATE)):
-            raise CheckpointError(f"{root} step {step}: has no optimizer state to resume from")
-        items[orbax_io.OPT_STATE] = ocp.args.PyTreeRestore(
-            item=abstract_opt_state, restore_args=_restore_args(
-                abstract_opt_state, jax.tree.map(lambda x: x.sharding, abstract_opt_state)))
     if os.path.isdir(os.path.join(root, str(step), orbax_io.META)):
         items[orbax_io.META] = ocp.args.JsonRestore()
     mgr = orbax_io.manager(root)
@@ -320,8 +315,7 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
     finally:
         mgr.close()
     nnx.replace_by_pure_dict(abstract, out[orbax_io.PARAMS])
-    return RestoredRM(nnx.merge(graphdef, abstract), step, out.get(orbax_io.OPT_STATE)
-                      if abstract_opt_state is not None else None,
+    return RestoredRM(nnx.merge(graphdef, abstract), step,
                       out[orbax_io.META] if orbax_io.META in items else None)
 
 

@@ -64,25 +64,31 @@ class TrainCheckpointer:
     # -- side files ---------------------------------------------------------------------------
 
     def write_side_files(self, model_cfg, *, source: Optional[str] = None, task=None,
-                         eos_ids=(), pad_id: Optional[int] = None) -> list[str]:
+                         eos_ids=(), pad_id: Optional[int] = None,
+                         hf_config: Optional[dict] = None) -> list[str]:
         """config.json, tokenizer and generation_config beside the steps (process 0 only).
 
         source: the checkpoint the run started from (HF directory, or our root / step
         directory): its tokenizer, chat template and generation_config are copied. task: its
         `write_side_files(root)` (optional in the Task protocol) writes a tokenizer the task
         built itself. Without a generation_config, one is written from `eos_ids` / `pad_id`.
-        Existing files are kept. Returns the names written.
+        hf_config: config.json to write before anything is copied (a reward model's
+        sequence-classification config, where `source` is a causal LM's); default: the
+        source's, else `model_cfg`'s. Existing files are kept. Returns the names written.
         """
         if jax.process_index() != 0:
             return []
         written = []
+        cfg_path = os.path.join(self.root, "config.json")
+        if hf_config is not None and not os.path.exists(cfg_path):
+            orbax_io.write_json_atomic(cfg_path, hf_config)
+            written.append("config.json")
         if source:
             src = source
             if orbax_io.is_orbax_checkpoint(src) and not orbax_io.list_steps(src):
                 src = os.path.dirname(os.path.abspath(src))  # a step directory: its root
             written += orbax_io.copy_side_files(src, self.root, dtype=model_cfg.param_dtype,
                                                 only_missing=True)
-        cfg_path = os.path.join(self.root, "config.json")
         if not os.path.exists(cfg_path):
             orbax_io.write_json_atomic(cfg_path, model_cfg.to_hf_config())
             written.append("config.json")

@@ -10,8 +10,9 @@ Config (`load_rm_config(path, overrides)`, YAML + `key=value` overrides like the
     optim:  AdamW as the GRPO job's (rl/train_config.OptimConfig), lr 1e-5 by default
     mesh:   data / fsdp / tensor
     run:    batch_size (pairs per update), micro_batch_size, epochs, steps (0 = the epochs),
-            eval_every, out_dir (metrics.jsonl, checkpoints/), save_every, resume, export_hf,
-            log_every, progress, seed
+            eval_every, out_dir (the GRPO job's run-directory layout: config.yaml,
+            metrics.jsonl, eval.jsonl, tensorboard/, checkpoints/), save_every, keep,
+            async_save, resume, allow_config_change, export_hf, log_every, progress, seed
 
 Data: one JSON object per line with the template's fields (`story`, `question`, optionally
 `options`, a list) and two reasonings, `chosen` (preferred) and `rejected`:
@@ -97,14 +98,17 @@ class RMRunSection:
     eval_every: int = 0
     out_dir: str = ""
     save_every: int = 0
+    keep: int = 3
+    async_save: bool = True
     resume: bool = False
+    allow_config_change: bool = False
     export_hf: str = ""
     log_every: int = 10
     progress: bool = True
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("batch_size", "epochs", "log_every"):
+        for key in ("batch_size", "epochs", "log_every", "keep"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run.{key}={getattr(self, key)} must be >= 1")
         for key in ("micro_batch_size", "steps", "eval_every", "save_every"):

@@ -72,15 +72,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key that differs and matters to what is trained.
+def config_changes(old: dict, new: dict, free=RESUME_FREE) -> list[str]:
+    """'key: old -> new' for every key that differs and matters to what is trained (`free`:
+    the keys, or 'section.' prefixes, that may change; the GRPO job's by default).
 
     run.steps matters only when it sets the length of a cosine schedule (optim.decay_steps=0).
     """
     a, b = flatten(old), flatten(new)
-    free = list(RESUME_FREE)
+    free = list(free)
     cosine_by_length = (b.get("optim.schedule") == "cosine" and not b.get("optim.decay_steps"))
-    if cosine_by_length:
+    if cosine_by_length and "run.steps" in free:
         free.remove("run.steps")
     out = []
     for key in sorted(set(a) | set(b)):
@@ -91,9 +92,11 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return out
 
 
-def check_run_dir(cfg: TrainConfig, out_dir: str) -> Optional[dict]:
+def check_run_dir(cfg: TrainConfig, out_dir: str, *, free=RESUME_FREE) -> Optional[dict]:
     """Refuse a run directory the config may not use; returns the stored config of a run to
-    resume (None for a fresh run). Raises ConfigError, before anything is built."""
+    resume (None for a fresh run). Raises ConfigError, before anything is built. `cfg`: any
+    config with run.resume / run.allow_config_change (the GRPO job's, the reward model's);
+    `free`: the keys that may change on resume (see `config_changes`)."""
     if not out_dir:
         return None
     exists = os.path.exists(out_dir)
@@ -115,7 +118,7 @@ def check_run_dir(cfg: TrainConfig, out_dir: str) -> Optional[dict]:
             old = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{stored}: cannot be read ({e})") from None
-    changes = config_changes(old, to_dict(cfg))
+    changes = config_changes(old, to_dict(cfg), free)
     if changes and not cfg.run.allow_config_change:
         raise ConfigError(f"run.resume=true with a config that differs from {stored} in "
                           f"{'; '.join(changes)}; resume with the same values, or set "
@@ -174,9 +177,11 @@ def _public_config(cfg: TrainConfig) -> dict:
 
 class RunLogs:
     """metrics.jsonl, samples.jsonl, TensorBoard and config.yaml of one run (process 0 only;
-    on other processes every method does nothing)."""
+    on other processes every method does nothing). samples=False: a run without rollouts (the
+    reward model's) gets no samples.jsonl."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str, first_step: int, *, primary: bool = True):
+    def __init__(self, cfg: TrainConfig, out_dir: str, first_step: int, *, primary: bool = True,
+                 samples: bool = True):
         self.out_dir, self.active = out_dir, bool(out_dir) and primary
         self._metrics = self._samples = self._eval = self._tb = None
         if not self.active:
@@ -191,7 +196,8 @@ class RunLogs:
             _cut_jsonl(os.path.join(out_dir, name), first_step)
         _cut_jsonl(os.path.join(out_dir, EVAL), first_step + 1)
         self._metrics = open(os.path.join(out_dir, METRICS), "a")
-        self._samples = open(os.path.join(out_dir, SAMPLES), "a")
+        if samples:
+            self._samples = open(os.path.join(out_dir, SAMPLES), "a")
         self._eval = open(os.path.join(out_dir, EVAL), "a")
         from tensorboardX import SummaryWriter
 
@@ -218,7 +224,7 @@ class RunLogs:
 
     def samples(self, rows: list[dict]) -> None:
         """Append rollouts (each a dict with at least "step")."""
-        if not self.active or not rows:
+        if self._samples is None or not rows:
             return
         for r in rows:
             self._samples.write(json.dumps(r) + "\n")

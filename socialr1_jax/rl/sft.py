@@ -11,7 +11,7 @@ and a response (keys configurable); with `data.chat=true` the prompt becomes the
 the tokenizer's chat template, so the response follows `<|im_start|>assistant\\n` exactly as a
 sampled completion would.
 
-The update is the trainer's (`train_step.make_update_step`: jitted, sharded over the mesh's batch
+The update is the trainer's (`train_step.apply_update`: jitted, sharded over the mesh's batch
 axes, state donated, micro-batches accumulated, AdamW, NaN/Inf skipping) with this loss; the
 log-probs are `model/logprobs.py`'s chunked ones. The output directory is a checkpoint that
 `load_model`, `generate`, `evaluate` and `conversion.orbax_to_hf` read (params, config.json, the
@@ -180,20 +180,33 @@ def sft_loss(model, batch: SFTBatch, num_tokens, *, chunk: int = 256):
 
 def make_sft_step(model_cfg, optim_cfg: OptimConfig, mesh=None, *, micro_batch_size: int = 0,
                   total_updates: int = 1, chunk: int = 256) -> ts.MeshFunction:
-    """The jitted, donated update `step(state, batch) -> (state, metrics)` of `sft_loss`."""
-    shardings = None
-    if mesh is not None:
-        from socialr1_jax.parallel.sharding import batch_sharding
-        two = batch_sharding(mesh, 2)
-        shardings = SFTBatch(two, two, two, two)
+    """The jitted, donated update `step(state, batch) -> (state, metrics)` of `sft_loss`, through
+    the GRPO step's `apply_update` (micro-batch accumulation, clipping + AdamW, NaN skipping)."""
+    from socialr1_jax.model import build
 
-    def tokens(batch: SFTBatch):
-        return jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
+    graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
+    optimizer, schedule = ts.make_optimizer(optim_cfg, total_updates)
+    ts.check_micro_batch(micro_batch_size, mesh, "sft.micro_batch_size")
 
-    return ts.make_update_step(
-        model_cfg, optim_cfg, mesh, loss=lambda m, b, n: sft_loss(m, b, n, chunk=chunk),
-        batch_shardings_=shardings, batch_stats=tokens, micro_batch_size=micro_batch_size,
-        total_updates=total_updates, micro_batch_key="sft.micro_batch_size")
+    def step(state: ts.TrainState, batch: SFTBatch):
+        # the token count of the whole batch, so the micro-batch losses add up to its mean
+        tokens = jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
+
+        def loss_fn(p, mb):
+            return sft_loss(nnx.merge(graphdef, p), mb, tokens, chunk=chunk)
+
+        return ts.apply_update(state, batch, loss_fn, optimizer, schedule,
+                               micro_batch_size=micro_batch_size,
+                               compute_dtype=model_cfg.jnp_param_dtype)
+
+    if mesh is None:
+        return ts.jit_step(step, None)
+    from socialr1_jax.parallel.sharding import batch_sharding
+
+    st_sh = jax.tree.map(lambda a: a.sharding, ts.abstract_state_of(
+        abstract_params, optim_cfg, mesh, total_updates=total_updates))
+    two = batch_sharding(mesh, 2)
+    return ts.jit_step(step, mesh, st_sh, SFTBatch(two, two, two, two))
 
 
 @dataclasses.dataclass

@@ -12,15 +12,18 @@ The model is `model/reward_model.py`'s Qwen3 backbone + scalar head, started fro
 backbone, and a new head drawn as transformers draws it). Texts follow `data.prompt_template`
 (`social/rm_prompt.py`, the same layout the `model` judge scores).
 
-One update: the chosen and the rejected rows of `run.batch_size` pairs (micro-batched inside the
-program when asked), gradients through the whole model, AdamW with clipping from
-`rl/train_step.py` (`make_optimizer`; the TrainState and its shardings from `init_train_state` /
-`state_shardings`: parameters, master copy and moments split by the policy's rules), a
-non-finite loss or gradient skips the update. Held-out pairs are scored at the start, every
-`run.eval_every` updates and at the end: loss and pair accuracy (the share with r_c > r_r).
+One update: the chosen and the rejected rows of `run.batch_size` pairs, gradients through the
+whole model, and the GRPO job's update (`rl/train_step.py`: `apply_update`'s micro-batch
+accumulation inside the program, AdamW with clipping, a non-finite loss or gradient skipping the
+update; the TrainState from `init_train_state`, parameters, master copy and moments split by
+the policy's rules). Held-out pairs are scored at the start, every `run.eval_every` updates and
+at the end: loss and pair accuracy (the share with r_c > r_r).
 
-Outputs in `run.out_dir`: metrics.jsonl, checkpoints/<step> (Orbax: the model and the
-optimizer state; `run.resume` continues from the latest), and with `run.export_hf` an HF
+`run.out_dir` is laid out as the GRPO job's run directory (`rl/run_dir.py`): config.yaml,
+metrics.jsonl (one row per step), eval.jsonl, tensorboard/, and checkpoints/<step>, the whole
+TrainState through `checkpoint/train_checkpoint.py` (asynchronous, the last `run.keep` kept;
+the root also loads as a reward model). `run.resume=true` continues from the latest step
+exactly (the data order is a function of the step). With `run.export_hf`, an HF
 Qwen3ForSequenceClassification directory that transformers loads with the same scores. See
 `rl/rm_data.py` for the config keys and the data format.
 """
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -38,19 +40,18 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from socialr1_jax import cli
 from socialr1_jax.model.reward_model import RewardModel, make_score_fn
-from socialr1_jax.parallel.sharding import BATCH, batch_sharding, batch_shards, constrain, make_mesh
+from socialr1_jax.parallel.sharding import batch_sharding, batch_shards, make_mesh
+from socialr1_jax.rl import run_dir
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.rm_data import (PairDataError, RMTrainConfig, Tokenized, batch_order,
                                      load_data, load_rm_config, pair_arrays, tokenize_pairs)
 from socialr1_jax.social import rm_prompt
-from socialr1_jax.yaml_config import to_dict
 
 
 @jax.tree_util.register_dataclass
@@ -80,87 +81,29 @@ def pair_loss(model: RewardModel, batch: PairBatch, num_pairs: int):
 def make_rm_step(model: RewardModel, optim_cfg, mesh: Optional[Mesh], *,
                  micro_batch_size: int = 0, total_updates: int = 1):
     """The jitted, donated update `step(state, batch) -> (state, metrics)` over a TrainState
-    whose params are `model`'s (see the module docstring)."""
+    whose params are `model`'s: `pair_loss` through the GRPO step's `apply_update`
+    (micro-batch accumulation, clipping + AdamW, NaN skipping)."""
     graphdef = nnx.graphdef(model)
     optimizer, schedule = ts.make_optimizer(optim_cfg, total_updates)
-    shards = batch_shards(mesh) if mesh is not None else 1
-    if micro_batch_size and micro_batch_size % shards:
-        raise ValueError(f"run.micro_batch_size={micro_batch_size} is not a multiple of the "
-                         f"{shards} batch shards of the mesh")
+    ts.check_micro_batch(micro_batch_size, mesh, "run.micro_batch_size")
+    params = nnx.state(model)
+    compute_dtype = jax.tree.leaves(params)[0].dtype  # the master copy's cast, if one is kept
 
     def step(state: ts.TrainState, batch: PairBatch):
-        b = batch.chosen_ids.shape[0]
-        mbs = micro_batch_size or b
-        n_micro = b // mbs
-        trainable = state.params if state.master is None else state.master
+        num_pairs = batch.chosen_ids.shape[0]
 
-        def loss_fn(tp, mb):
-            params = tp if state.master is None else jax.tree.map(
-                lambda m, p: m.astype(p.dtype), tp, state.params)
-            return pair_loss(nnx.merge(graphdef, params), mb, b)
+        def loss_fn(p, mb):
+            return pair_loss(nnx.merge(graphdef, p), mb, num_pairs)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        if n_micro == 1:
-            (_, metrics), grads = grad_fn(trainable, batch)
-        else:
-            def split(x):  # micro-batch k: rows k, k + n, ... (each device's block feeds all)
-                y = x.reshape(b // n_micro, n_micro, *x.shape[1:]).swapaxes(0, 1)
-                return constrain(y, P(None, BATCH, None))
-
-            def body(acc, mb):
-                # As in the GRPO step: keeps each layer's FSDP gather inside the loop.
-                tp, mb = jax.lax.optimization_barrier((trainable, mb))
-                (_, m), g = grad_fn(tp, mb)
-                return jax.tree.map(jnp.add, acc, (g, m)), None
-
-            zeros = jax.tree.map(jnp.zeros_like, trainable)
-            _, m_shape = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[:mbs], batch))
-            m0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), m_shape)
-            (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), jax.tree.map(split, batch))
-
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-
-        def apply(operands):
-            tp, opt_state, g = operands
-            updates, new_opt = optimizer.update(g, opt_state, tp)
-            return optax.apply_updates(tp, updates), new_opt
-
-        new_tp, new_opt = jax.lax.cond(ok, apply, lambda o: o[:2],
-                                       (trainable, state.opt_state, grads))
-        skip = (~ok).astype(jnp.int32)
-        if state.master is None:
-            new_state = dataclasses.replace(state, params=new_tp)
-        else:
-            new_state = dataclasses.replace(state, master=new_tp, params=jax.tree.map(
-                lambda m, p: m.astype(p.dtype), new_tp, state.params))
-        new_state = dataclasses.replace(
-            new_state, opt_state=new_opt, step=state.step + (1 - skip),
-            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
-        return new_state, dict(metrics, grad_norm=grad_norm, skipped=skip,
-                               lr=jnp.asarray(schedule(state.step), jnp.float32))
+        return ts.apply_update(state, batch, loss_fn, optimizer, schedule,
+                               micro_batch_size=micro_batch_size, compute_dtype=compute_dtype)
 
     if mesh is None:
-        jitted = jax.jit(step, donate_argnums=0)
-    else:
-        st_sh = state_shardings(model, optim_cfg, mesh, total_updates)
-        two = batch_sharding(mesh, 2)
-        jitted = jax.jit(step, donate_argnums=0, in_shardings=(st_sh, PairBatch(two, two, two, two)),
-                         out_shardings=(st_sh, NamedSharding(mesh, P())))
-    return ts.MeshFunction(jitted, mesh)
-
-
-def abstract_state(model: RewardModel, optim_cfg, total_updates: int) -> ts.TrainState:
-    """The TrainState of `model` as ShapeDtypeStructs (nothing allocated)."""
-    return jax.eval_shape(
-        lambda p: ts.init_train_state(p, optim_cfg, None, total_updates=total_updates),
-        nnx.state(model))
-
-
-def state_shardings(model: RewardModel, optim_cfg, mesh: Mesh, total_updates: int):
-    """The TrainState's shardings: params, master and moments by the partition rules."""
-    optimizer, _ = ts.make_optimizer(optim_cfg, total_updates)
-    return ts.state_shardings(abstract_state(model, optim_cfg, total_updates), optimizer, mesh)
+        return ts.jit_step(step, None)
+    st_sh = jax.tree.map(lambda a: a.sharding, ts.abstract_state_of(
+        params, optim_cfg, mesh, total_updates=total_updates))
+    two = batch_sharding(mesh, 2)
+    return ts.jit_step(step, mesh, st_sh, PairBatch(two, two, two, two))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -176,46 +119,19 @@ def evaluate(score: Callable, data: Tokenized, *, pad_id: int, batch_size: int,
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _state_rest(state: ts.TrainState) -> dict:
-    """Everything but the params, as one flat numbered item (saved beside the model)."""
-    rest = (state.master, state.opt_state, state.step, state.skipped, state.consecutive_skips)
-    return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(rest))}
+# Everything but these may change when a run resumes (see run_dir.config_changes).
+RESUME_FREE = ("run.steps", "run.save_every", "run.keep", "run.async_save", "run.log_every",
+               "run.progress", "run.resume", "run.allow_config_change", "run.out_dir",
+               "run.eval_every", "run.export_hf", "run.micro_batch_size", "mesh.", "model.remat")
 
 
-def save(cfg: RMTrainConfig, step: int, state: ts.TrainState, graphdef, tokenizer_dir: str,
-         history: Optional[dict] = None) -> str:
-    """A checkpoint of the model and the optimizer state at `step` under run.out_dir."""
-    from socialr1_jax.checkpoint.rm_io import save_reward_model
-
-    meta = {"config": to_dict(cfg), "data_step": step, "train_state_leaves":
-            len(_state_rest(state)), **({"last": history} if history else {})}
-    return save_reward_model(os.path.join(cfg.run.out_dir, "checkpoints"), step,
-                             nnx.merge(graphdef, state.params), _state_rest(state), meta,
-                             side_files_from=tokenizer_dir)
-
-
-def resume(cfg: RMTrainConfig, model: RewardModel, mesh, total_updates: int):
-    """(TrainState, step) from the latest checkpoint under run.out_dir, restored in place."""
-    from socialr1_jax.checkpoint.errors import CheckpointError
-    from socialr1_jax.checkpoint.rm_io import restore_reward_model
-
-    abstract = abstract_state(model, cfg.optim, total_updates)
-    if mesh is not None:
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract, state_shardings(model, cfg.optim, mesh, total_updates))
-    flat = _state_rest(abstract)
-    root = os.path.join(cfg.run.out_dir, "checkpoints")
-    r = restore_reward_model(root, mesh=mesh, pad_token_id=model.pad_token_id,
-                             dtype=model.cfg.param_dtype, abstract_opt_state=flat)
-    if (r.meta or {}).get("train_state_leaves") != len(flat):
-        raise CheckpointError(f"{root} step {r.step}: its optimizer state has "
-                              f"{(r.meta or {}).get('train_state_leaves')} arrays, this run's has "
-                              f"{len(flat)} (another optimizer or dtype setup?)")
-    rest = (abstract.master, abstract.opt_state, abstract.step, abstract.skipped,
-            abstract.consecutive_skips)
-    treedef = jax.tree.structure(rest)
-    rest = jax.tree.unflatten(treedef, [r.opt_state[k] for k in sorted(r.opt_state)])
-    return ts.TrainState(nnx.state(r.model), *rest), r.step
+def _meta(cfg: RMTrainConfig, done: int, state: ts.TrainState, train_pairs: int) -> dict:
+    """A checkpoint's meta: steps done, where the data continues (batch k's pairs are
+    `batch_order(train_pairs, batch_size, k, seed)`, so the next step is the whole position),
+    and the counters. Nothing else is random during training."""
+    return {"steps_done": done, "updates": int(state.step), "skipped": int(state.skipped),
+            "seed": cfg.run.seed, "data": {"next_step": done, "batch_size": cfg.run.batch_size,
+                                           "train_pairs": train_pairs}}
 
 
 # ----------------------------------------------------------------------------- the job
@@ -241,6 +157,7 @@ class Prepared:
     mesh: Mesh
     checkpoint_root: str
     pad_id: int
+    resume: Optional[dict] = None  # run_dir.check_run_dir's: the stored config, the changes
 
 
 def _checkpoint_root(path: str) -> str:
@@ -281,13 +198,9 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     except (FileNotFoundError, OSError, ValueError) as e:
         raise cli.UsageError(f"{'model.tokenizer' if cfg.model.tokenizer else 'model.path'}: "
                              f"{e}") from None
-    ckpts = os.path.join(cfg.run.out_dir, "checkpoints") if cfg.run.out_dir else ""
-    if ckpts and orbax_io.list_steps(ckpts) and not cfg.run.resume:
-        raise cli.UsageError(f"run.out_dir: {ckpts} already holds checkpoints; set "
-                             "run.resume=true to continue, or choose another run.out_dir")
-    if cfg.run.resume and not (ckpts and orbax_io.list_steps(ckpts)):
-        raise cli.UsageError(f"run.resume=true but {ckpts or 'run.out_dir (empty)'} holds no "
-                             "checkpoint")
+    if cfg.run.resume and not cfg.run.out_dir:
+        raise cli.UsageError("run.resume=true needs run.out_dir, the run to continue")
+    resume = run_dir.check_run_dir(cfg, cfg.run.out_dir, free=RESUME_FREE)
     if cfg.run.export_hf and os.path.lexists(cfg.run.export_hf):
         raise cli.UsageError(f"run.export_hf: {cfg.run.export_hf} already exists")
     try:
@@ -304,13 +217,14 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     enc = lambda text: encode(tokenizer, text)  # noqa: E731
     return Prepared(tokenize_pairs(enc, train_pairs, cfg.data.max_length),
                     tokenize_pairs(enc, eval_pairs, cfg.data.max_length), tokenizer, tok_dir,
-                    mesh, root, pad)
+                    mesh, root, pad, resume)
 
 
 def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
              log: Callable[[str], None] = print) -> RMTrainResult:
     """Run the pairwise training the config describes (see the module docstring)."""
-    from socialr1_jax.checkpoint.rm_io import init_reward_model, save_hf
+    from socialr1_jax.checkpoint.rm_io import hf_config, init_reward_model, save_hf
+    from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
     from socialr1_jax.model.reward_model import with_settings
 
     prep = prepared or prepare(cfg)
@@ -329,13 +243,29 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
     scorer = make_score_fn(with_settings(model, remat="none"), mesh)
     graphdef = nnx.graphdef(model)
 
-    first = 0
-    if run.resume:
-        state, first = resume(cfg, model, mesh, total)
-        log(f"resumed from {run.out_dir}/checkpoints step {first}")
+    ckpt, first = None, 0
+    if run.out_dir:
+        ckpt = TrainCheckpointer(os.path.join(run.out_dir, run_dir.CHECKPOINTS), keep=run.keep,
+                                 async_save=run.async_save)
+    if ckpt is not None and run.resume and ckpt.latest() is not None:
+        # The whole TrainState, each array read into its sharding on this run's mesh.
+        abstract = ts.abstract_state_of(nnx.state(model), cfg.optim, mesh, total_updates=total)
+        del model  # its parameters are replaced by the checkpoint's
+        state, meta = ckpt.restore(abstract)
+        first = int(meta["step"])
+        log(f"resumed {run.out_dir} at step {first} ({int(state.step)} updates)")
     else:
         state = ts.init_train_state(nnx.state(model), cfg.optim, mesh, total_updates=total)
-    del model
+        if run.resume:
+            log(f"resumed {run.out_dir}: no checkpoint yet, starting at step 0")
+    if ckpt is not None:
+        # The root loads as a reward model (judge `checkpoint`, rm_io.load_reward_model): the
+        # sequence-classification config.json, then the tokenizer files.
+        current = nnx.merge(graphdef, state.params)
+        ckpt.write_side_files(current.cfg, source=prep.tokenizer_dir, hf_config=hf_config(current))
+    for change in (prep.resume or {}).get("changes", []):
+        log(f"warning: config changed since the run started: {change}")
+    model = None
 
     def held_out(step: int) -> Optional[dict]:
         if not len(prep.eval):
@@ -345,25 +275,24 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
         e = evaluate(lambda ids, mask: scorer(state.params, ids, mask), prep.eval, pad_id=pad,
                      batch_size=run.micro_batch_size or run.batch_size,
                      max_length=cfg.data.max_length)
-        e["step"] = step
+        logs.evaluation(step, e)
         log(f"eval @ {step}: loss {e['eval_loss']:.4f} accuracy {e['eval_accuracy']:.3f} "
             f"margin {e['eval_margin']:+.3f}")
-        return e
+        return dict(e, step=step)
 
-    metrics_file = None
-    if run.out_dir:
-        os.makedirs(run.out_dir, exist_ok=True)
-        metrics_file = open(os.path.join(run.out_dir, "metrics.jsonl"), "a")
+    logs = run_dir.RunLogs(cfg, run.out_dir, first, primary=jax.process_index() == 0,
+                           samples=False)
     bar = None
     if run.progress and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=total, initial=first, desc="train_rm", unit="step", file=sys.stderr)
         log = bar.write
     two = batch_sharding(mesh, 2)
-    history, evals, status = [], [], "done"
+    history, evals, status, done = [], [], "done", first
     try:
-        e = held_out(first)
-        evals += [e] if e else []
+        if first == 0:  # a resumed run's evaluation at `first` is in eval.jsonl already
+            e = held_out(first)
+            evals += [e] if e else []
         for k in range(first, total):
             t0 = time.perf_counter()
             arrays = pair_arrays(prep.train, batch_order(len(prep.train), run.batch_size, k,
@@ -371,45 +300,43 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
             batch = PairBatch(*[jax.device_put(a, two) for a in arrays])
             state, m = step_fn(state, batch)
             m = {key: float(v) for key, v in jax.device_get(m).items()}
-            m.update(step=k + 1, tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
-            history.append(m)
-            if metrics_file:
-                metrics_file.write(json.dumps(m) + "\n")
-                metrics_file.flush()
+            m.update(tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
+            logs.step(k, m)
+            done = k + 1
+            history.append(dict(m, step=k))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.2f}")
-            if (k + 1) % run.log_every == 0 or k + 1 == total:
-                log(f"step {k + 1:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} margin "
+            if done % run.log_every == 0 or done == total:
+                log(f"step {done:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} margin "
                     f"{m['margin']:+.3f} |g| {m['grad_norm']:.3f} lr {m['lr']:.2e} "
                     f"t {m['step_s']:.2f}s")
             if int(state.consecutive_skips) >= 3:
-                status = (f"stopped at step {k + 1}: 3 consecutive updates with NaN/Inf loss or "
+                status = (f"stopped at step {done}: 3 consecutive updates with NaN/Inf loss or "
                           "gradients; the state is the last good one")
                 log(status)
                 break
-            if run.eval_every and (k + 1) % run.eval_every == 0 and k + 1 < total:
-                e = held_out(k + 1)
+            if run.eval_every and done % run.eval_every == 0 and done < total:
+                e = held_out(done)  # before the save: a resume never skips an evaluation
                 evals += [e] if e else []
-                if metrics_file and e:
-                    metrics_file.write(json.dumps(e) + "\n")
-            if run.out_dir and run.save_every and (k + 1) % run.save_every == 0:
-                save(cfg, k + 1, state, graphdef, prep.tokenizer_dir)
-        done = first + len(history)
-        e = held_out(done) if history else None
-        evals += [e] if e else []
-        if metrics_file and e:
-            metrics_file.write(json.dumps(e) + "\n")
-        if run.out_dir and history:
-            log(f"checkpoint: {save(cfg, done, state, graphdef, prep.tokenizer_dir)}")
+            if ckpt is not None and run.save_every and done % run.save_every == 0:
+                ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
+        if history:
+            e = held_out(done)
+            evals += [e] if e else []
+        if ckpt is not None and history:
+            ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
+            ckpt.wait()
+            log(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
         final = nnx.merge(graphdef, state.params)
         if run.export_hf:
             log(f"HF export: {save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)}")
     finally:
         if bar is not None:
             bar.close()
-        if metrics_file:
-            metrics_file.close()
+        logs.close()
+        if ckpt is not None:
+            ckpt.close()
     return RMTrainResult(history, evals, state, final, status)
 
 

@@ -12,15 +12,16 @@ TrainBatch (a pytree of [B, ...] arrays): prompt_ids/prompt_mask [B, P] (left-pa
 make_optimizer(optim_cfg, total_updates) -> (optax transformation, lr schedule)
 init_train_state(params, optim_cfg, mesh, total_updates) -> TrainState (created in its shardings)
 abstract_train_state(model_cfg, optim_cfg, mesh, total_updates) -> TrainState of
-    ShapeDtypeStruct carrying shardings (nothing allocated)
+    ShapeDtypeStruct carrying shardings (nothing allocated); abstract_state_of(params, ...) the
+    same around any module's parameters (the reward model's)
 abstract_batch(batch, prompt_len, completion_len, mesh) -> TrainBatch of ShapeDtypeStruct
-make_update_step(model_cfg, optim_cfg, mesh, *, loss, ...) -> step: the one update program
-    (micro-batch accumulation, clipping, AdamW, NaN/Inf skipping) for any loss; the GRPO step
-    below and the supervised warm start (rl/sft.py) are built with it.
 make_train_step(model_cfg, optim_cfg, grpo_cfg, mesh, *, temperature, micro_batch_size,
     total_updates) -> step; `step(state, batch) -> (state, metrics)` applies ONE optimizer
     update over the batch (its micro-batches accumulated inside the program); the state is
     donated. `step.lower(abstract_state, abstract_batch)` compiles it abstractly.
+apply_update(state, batch, loss_fn, optimizer, schedule, ...) -> (state, metrics): the update
+    itself (accumulation, clipping + AdamW, NaN skipping) for any loss; jit_step(step, mesh, ...)
+    jits such a step with its shardings (the reward-model trainer builds its step from both).
 make_logprob_fn(model_cfg, mesh, *, temperature, chunk, micro_batch_size) -> fn;
     `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> logp [B, C]`: the
     reference model's forward (or the old policy's when recomputed), `.lower(...)` too.
@@ -41,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -177,9 +178,16 @@ def init_train_state(params, optim_cfg: OptimConfig, mesh: Optional[Mesh] = None
 def abstract_train_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh],
                          *, total_updates: int = 1) -> TrainState:
     """The TrainState of `model_cfg` as ShapeDtypeStruct leaves with their shardings."""
-    optimizer, _ = make_optimizer(optim_cfg, total_updates)
     _, abstract_params = build.abstract_state(model_cfg, mesh)
-    abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
+    return abstract_state_of(abstract_params, optim_cfg, mesh, total_updates=total_updates)
+
+
+def abstract_state_of(params, optim_cfg: OptimConfig, mesh: Optional[Mesh], *,
+                      total_updates: int = 1) -> TrainState:
+    """The TrainState around `params` (an nnx.State of arrays or ShapeDtypeStructs, of any
+    module) as ShapeDtypeStruct leaves with their shardings on `mesh` (nothing allocated)."""
+    optimizer, _ = make_optimizer(optim_cfg, total_updates)
+    abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), params)
     shardings = state_shardings(abstract, optimizer, mesh)
     if shardings is None:
         return abstract
@@ -254,9 +262,16 @@ def head_remat(grpo_cfg: GRPOConfig, rows: int, completion_len: int, vocab: int,
     return per_device > HEAD_REMAT_BYTES
 
 
-def grpo_loss(model, batch: TrainBatch, grpo_cfg: GRPOConfig, *, temperature: float,
-              normalisers=None, remat_head=True):
-    """GRPO loss (and metrics) of `batch` under `model` (see `policy_loss`)."""
+def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
+                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
+    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
+
+    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
+    normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
+    remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
+    """
+    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
+    model = nnx.merge(graphdef, params)
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                               batch.completion_mask, temperature=temperature,
                               chunk=grpo_cfg.logprob_chunk, with_entropy=grpo_cfg.compute_entropy,
@@ -273,152 +288,132 @@ def grpo_loss(model, batch: TrainBatch, grpo_cfg: GRPOConfig, *, temperature: fl
                      num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=scale)
 
 
-def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
-                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
-    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
+def apply_update(state: TrainState, batch, loss_fn, optimizer, schedule, *,
+                 micro_batch_size: int = 0, compute_dtype=None):
+    """ONE optimizer update of `state` from `batch` (traced inside a jitted step): gradients
+    of `loss_fn` summed over micro-batches, AdamW with clipping (`optimizer`), the update
+    skipped when the loss or the gradient norm is not finite. Returns (new state, metrics).
 
-    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
-    normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
-    remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
+    loss_fn(params, micro_batch) -> (loss, metrics): params in the model's dtype; each
+    micro-batch's loss and metrics normalised by the WHOLE batch's counts, so their sums are the
+    batch's. With a master copy the gradients are taken in its dtype through a cast to
+    `compute_dtype` (the params' dtype). micro_batch_size: rows per forward/backward (0 = all).
     """
-    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
-    return grpo_loss(nnx.merge(graphdef, params), batch, grpo_cfg, temperature=temperature,
-                     normalisers=normalisers, remat_head=remat_head)
+    b = jax.tree.leaves(batch)[0].shape[0]
+    mbs = micro_batch_size or b
+    if b % mbs:
+        raise ValueError(f"micro_batch_size={mbs} does not divide the batch of {b}")
+    n_micro = b // mbs
+    master = state.master is not None
+    trainable = state.master if master else state.params
+
+    def train_loss(p, mb):
+        return loss_fn(_cast(p, compute_dtype) if master else p, mb)
+
+    grad_fn = jax.value_and_grad(train_loss, has_aux=True)
+    if n_micro == 1:
+        (_, metrics), grads = grad_fn(trainable, batch)
+    else:
+        def body(acc, mb):
+            # Without the barrier XLA hoists every layer's FSDP all-gather out of the loop
+            # and keeps a whole gathered copy of the model alive (measured: 44 -> 29 GB per
+            # device in the 4B memory plan).
+            tp, mb = jax.lax.optimization_barrier((trainable, mb))
+            (_, m), g = grad_fn(tp, mb)
+            return jax.tree.map(jnp.add, acc, (g, m)), None
+
+        zero_g = jax.tree.map(jnp.zeros_like, trainable)
+        _, m_shape = jax.eval_shape(train_loss, trainable, jax.tree.map(lambda x: x[:mbs], batch))
+        zero_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+        (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m), _split_micro(batch, n_micro))
+
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+
+    def apply(operands):
+        trainable, opt_state, grads = operands
+        updates, new_opt = optimizer.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), new_opt
+
+    def skip_update(operands):
+        trainable, opt_state, _ = operands
+        return trainable, opt_state
+
+    # A branch, not a select: a skipped update costs nothing and the kept buffers alias the
+    # donated ones (a per-leaf jnp.where would read and write every array twice more).
+    new_trainable, new_opt = jax.lax.cond(ok, apply, skip_update,
+                                          (trainable, state.opt_state, grads))
+    if master:
+        new_state = dataclasses.replace(state, master=new_trainable,
+                                        params=_cast(new_trainable, compute_dtype))
+    else:
+        new_state = dataclasses.replace(state, params=new_trainable)
+    skip = (~ok).astype(jnp.int32)
+    new_state = dataclasses.replace(
+        new_state, opt_state=new_opt, step=state.step + (1 - skip),
+        skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
+    metrics = dict(metrics)
+    metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
+                   skipped=skip)
+    return new_state, metrics
 
 
-def make_update_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh], *,
-                     loss: Callable, batch_shardings_: Any = None,
-                     batch_stats: Optional[Callable] = None,
-                     extra_metrics: Optional[Callable] = None, micro_batch_size: int = 0,
-                     total_updates: int = 1,
-                     micro_batch_key: str = "micro_batch_size") -> MeshFunction:
-    """A jitted, donated optimizer update `step(state, batch) -> (state, metrics)` for any loss.
+def jit_step(step, mesh: Optional[Mesh], state_sh=None, batch_sh=None) -> MeshFunction:
+    """`step(state, batch) -> (state, metrics)` jitted with the state donated; on a mesh with the
+    state's and the batch's shardings in, the state's and replicated metrics out."""
+    if mesh is None:
+        return MeshFunction(jax.jit(step, donate_argnums=0), None)
+    return MeshFunction(jax.jit(step, donate_argnums=0, in_shardings=(state_sh, batch_sh),
+                                out_shardings=(state_sh, _replicated(mesh))), mesh)
 
-    loss(model, micro_batch, stats) -> (scalar, metrics dict): the objective of one micro-batch
-    under `model` (the policy merged in its compute dtype); `stats = batch_stats(batch)` is
-    computed once over the whole batch so that the micro-batch losses add up to the loss of the
-    whole batch (e.g. the token count of a token mean). extra_metrics(batch) -> dict: metrics of
-    the batch itself. batch_shardings_: the batch pytree's shardings on `mesh`.
-    micro_batch_key: the config key errors name (grpo.micro_batch_size, sft.micro_batch_size).
 
-    One update: gradients summed over micro-batches of `micro_batch_size` rows (a scan), global
-    norm, AdamW (make_optimizer); a non-finite loss or gradient norm skips the optimizer and
-    counts the skip. GRPO's update (make_train_step) and the supervised warm start (rl/sft.py)
-    are both built here.
+def check_micro_batch(micro_batch_size: int, mesh: Optional[Mesh], key: str) -> None:
+    """ValueError naming `key` unless the micro-batch splits evenly over the mesh's batch shards."""
+    shards = batch_shards(mesh) if mesh is not None else 1
+    if micro_batch_size and micro_batch_size % shards:
+        raise ValueError(f"{key}={micro_batch_size} is not a multiple of the "
+                         f"{shards} batch shards of the mesh")
+
+
+def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
+    """The jitted update `step(state, batch) -> (state, metrics)`; see the module docstring.
+
+    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
+    and, on a mesh, be a multiple of the batch shard count.
     """
     graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     master = _needs_master(model_cfg.jnp_param_dtype, optim_cfg)
     compute_dtype = model_cfg.jnp_param_dtype if master else None
     shards = batch_shards(mesh) if mesh is not None else 1
-    if micro_batch_size and micro_batch_size % shards:
-        raise ValueError(f"{micro_batch_key}={micro_batch_size} is not a multiple of the "
-                         f"{shards} batch shards of the mesh")
+    check_micro_batch(micro_batch_size, mesh, "grpo.micro_batch_size")
 
-    def step(state: TrainState, batch):
-        b = jax.tree.leaves(batch)[0].shape[0]
-        mbs = micro_batch_size or b
-        if b % mbs:
-            raise ValueError(f"micro_batch_size={mbs} does not divide the batch of {b}")
-        n_micro = b // mbs
-        trainable = state.master if master else state.params
-        stats = batch_stats(batch) if batch_stats is not None else None
+    def step(state: TrainState, batch: TrainBatch):
+        mbs = micro_batch_size or batch.size
+        norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
+                                       grpo_cfg.loss_scale_factor or None)
+        remat_head = head_remat(grpo_cfg, mbs, batch.completion_ids.shape[1],
+                                model_cfg.vocab_size, shards)
 
         def loss_fn(p, mb):
-            params = _cast(p, compute_dtype) if compute_dtype is not None else p
-            return loss(nnx.merge(graphdef, params), mb, stats)
+            return policy_loss(graphdef, p, mb, grpo_cfg, temperature=temperature,
+                               normalisers=norms, remat_head=remat_head)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        if n_micro == 1:
-            (_, metrics), grads = grad_fn(trainable, batch)
-        else:
-            def body(acc, mb):
-                # Without the barrier XLA hoists every layer's FSDP all-gather out of the loop
-                # and keeps a whole gathered copy of the model alive (measured: 44 -> 29 GB per
-                # device in the 4B memory plan).
-                tp, mb = jax.lax.optimization_barrier((trainable, mb))
-                (_, m), g = grad_fn(tp, mb)
-                return jax.tree.map(jnp.add, acc, (g, m)), None
-
-            zero_g = jax.tree.map(jnp.zeros_like, trainable)
-            _, m_shape = jax.eval_shape(loss_fn, trainable,
-                                        jax.tree.map(lambda x: x[:mbs], batch))
-            zero_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-            (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m),
-                                               _split_micro(batch, n_micro))
-
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-
-        def apply(operands):
-            trainable, opt_state, grads = operands
-            updates, new_opt = optimizer.update(grads, opt_state, trainable)
-            return optax.apply_updates(trainable, updates), new_opt
-
-        def skip_update(operands):
-            trainable, opt_state, _ = operands
-            return trainable, opt_state
-
-        # A branch, not a select: a skipped update costs nothing and the kept buffers alias the
-        # donated ones (a per-leaf jnp.where would read and write every array twice more).
-        new_trainable, new_opt = jax.lax.cond(ok, apply, skip_update,
-                                              (trainable, state.opt_state, grads))
-        if master:
-            new_state = dataclasses.replace(state, master=new_trainable,
-                                            params=_cast(new_trainable, compute_dtype))
-        else:
-            new_state = dataclasses.replace(state, params=new_trainable)
-        skip = (~ok).astype(jnp.int32)
-        new_state = dataclasses.replace(
-            new_state, opt_state=new_opt, step=state.step + (1 - skip),
-            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
-
-        metrics = dict(metrics)
-        metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
-                       skipped=skip)
-        if extra_metrics is not None:
-            metrics.update(extra_metrics(batch))
+        new_state, metrics = apply_update(state, batch, loss_fn, optimizer, schedule,
+                                          micro_batch_size=micro_batch_size,
+                                          compute_dtype=compute_dtype)
+        adv = batch.advantages.astype(jnp.float32)
+        metrics.update(adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(),
+                       adv_max=adv.max())
         return new_state, metrics
 
-    if mesh is None:
-        jitted = jax.jit(step, donate_argnums=0)
-    else:
+    st_sh = None
+    if mesh is not None:
         abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
         st_sh = state_shardings(abstract, optimizer, mesh)
-        jitted = jax.jit(step, donate_argnums=0, in_shardings=(st_sh, batch_shardings_),
-                         out_shardings=(st_sh, _replicated(mesh)))
-    return MeshFunction(jitted, mesh)
-
-
-def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
-                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
-                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
-    """The jitted GRPO update `step(state, batch) -> (state, metrics)`; see the module docstring.
-
-    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
-    and, on a mesh, be a multiple of the batch shard count.
-    """
-    shards = batch_shards(mesh) if mesh is not None else 1
-
-    def loss(model, mb: TrainBatch, norms):
-        remat = head_remat(grpo_cfg, mb.size, mb.completion_ids.shape[1], model_cfg.vocab_size,
-                           shards)
-        return grpo_loss(model, mb, grpo_cfg, temperature=temperature, normalisers=norms,
-                         remat_head=remat)
-
-    def norms(batch: TrainBatch):
-        return grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
-                                      grpo_cfg.loss_scale_factor or None)
-
-    def adv_metrics(batch: TrainBatch):
-        adv = batch.advantages.astype(jnp.float32)
-        return dict(adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(), adv_max=adv.max())
-
-    return make_update_step(model_cfg, optim_cfg, mesh, loss=loss,
-                            batch_shardings_=batch_shardings(mesh), batch_stats=norms,
-                            extra_metrics=adv_metrics, micro_batch_size=micro_batch_size,
-                            total_updates=total_updates,
-                            micro_batch_key="grpo.micro_batch_size")
+    return jit_step(step, mesh, st_sh, batch_shardings(mesh))
 
 
 def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
