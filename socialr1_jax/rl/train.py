@@ -55,7 +55,7 @@ DEMO = {
     "data": {"benchmark": "tomi", "path": "2:belief", "split": "train",
              "prompt": {"max_prompt_tokens": 192}},
     "reward": {"social": {"len_min": 100.0, "len_max": 800.0, "len_temp": 20.0,
-                          "curriculum_steps": 40},
+                          "curriculum_steps": 0},
                "struct_judge": {"kind": "heuristic"},
                "content_judge": {"kind": "heuristic", "fallback": -2.0}},
     "eval": {"every": 40, "benchmark": "tomi", "data": "0", "limit": 240,
