@@ -93,6 +93,8 @@ def test_readme_demo_learns():
     assert r.returncode == 0, r.stderr[-3000:]
     steps = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl")]
     assert len(steps) == train_mod.DEMO["run"]["steps"]
+    # the judge weights stay put, so a rising reward is the policy's doing, not a curriculum's
+    assert len({(s["reward/social_r1/w_struct"], s["reward/social_r1/w_cont"]) for s in steps}) == 1
     rewards = [s["reward_mean"] for s in steps]
     q = len(rewards) // 4
     assert np.mean(rewards[-q:]) > np.mean(rewards[:q]) + 0.3, rewards
