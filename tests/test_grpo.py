@@ -1,4 +1,4 @@
-"""grpo.py against an independent float64 NumPy implementation of SPEC.md's GRPO formulas."""
+"""grpo.py against an independent float64 NumPy implementation of verl's GRPO formulas."""
 
 import itertools
 
@@ -9,7 +9,7 @@ import pytest
 
 from socialr1_jax.rl import grpo
 
-# -- the reference, written from SPEC.md ("GRPO as verl computes it") in float64 ----------------
+# -- the reference, written from verl's formulas (trainer/ppo/core_algos.py), in float64 ------
 
 
 def np_advantages(scores, g, normalize=True):

@@ -116,7 +116,7 @@ def test_non_finite_update_is_skipped_and_counted(model):
     good = make_batch(model)
     bad = ts.TrainBatch(**{**good.__dict__, "advantages": np.where(
         np.arange(good.size) == 3, np.nan, good.advantages).astype(np.float32)})
-    # An Inf log-prob would be clipped to +-20 by the formulas (SPEC), so the Inf goes where
+    # An Inf log-prob would be clipped to +-20 by verl's formulas, so the Inf goes where
     # nothing clips it: an advantage. NaN old log-probs poison the ratio.
     inf_adv = ts.TrainBatch(**{**good.__dict__, "advantages": np.where(
         np.arange(good.size) == 5, np.inf, good.advantages).astype(np.float32)})

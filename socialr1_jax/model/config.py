@@ -139,7 +139,7 @@ class ModelConfig:
         }
 
 
-# Numbers from the Qwen3 model cards / config.json files (SPEC.md).
+# Numbers from the Qwen3 model cards / config.json files (Qwen/Qwen3-* on the Hugging Face hub).
 PRESETS: dict[str, ModelConfig] = {
     "qwen3-0.6b": ModelConfig(hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
                               intermediate_size=3072, tie_word_embeddings=True),

@@ -3,7 +3,7 @@
 Everything here is a pure function of arrays, so the same code runs on one micro-batch inside the
 jitted train step (train_step.py) and in tests against an independent NumPy implementation.
 
-Definitions (SPEC.md, "GRPO as verl computes it"):
+Definitions (verl, verl/trainer/ppo/core_algos.py):
 
 * advantage of completion j of a prompt, with scores s over its group of G completions:
   A = (s - mean_g) / (std_g + 1e-6), std unbiased (ddof=1); Dr.GRPO: A = s - mean_g.

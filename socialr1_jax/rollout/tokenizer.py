@@ -11,8 +11,9 @@ import os
 import sys
 from typing import Any, Optional
 
-# Qwen's chat format (SPEC.md): one `<|im_start|>{role}\n{content}<|im_end|>\n` per turn and the
-# generation prompt `<|im_start|>assistant\n`; used when the tokenizer carries no template.
+# Qwen's chat format (Qwen3's tokenizer_config.json): one
+# `<|im_start|>{role}\n{content}<|im_end|>\n` per turn and the generation prompt
+# `<|im_start|>assistant\n`; used when the tokenizer carries no template.
 QWEN_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
 QWEN_GENERATION_PROMPT = "<|im_start|>assistant\n"
 
