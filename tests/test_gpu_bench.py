@@ -96,7 +96,9 @@ def test_train_phases_are_timed_and_parsed(capsys):
     import run as gpu_run
     import train_phases
 
-    assert train_phases.main(["run.steps=2", "run.progress=false", "run.out_dir="]) == 0
+    from tests.train_args import TOY
+
+    assert train_phases.main([*TOY, "run.steps=2", "run.progress=false", "run.out_dir="]) == 0
     steps = gpu_run.parse_train(capsys.readouterr().out)
     assert [s["step"] for s in steps] == [0, 1]
     for s in steps:

@@ -199,14 +199,8 @@ def make_sft_step(model_cfg, optim_cfg: OptimConfig, mesh=None, *, micro_batch_s
                                micro_batch_size=micro_batch_size,
                                compute_dtype=model_cfg.jnp_param_dtype)
 
-    if mesh is None:
-        return ts.jit_step(step, None)
-    from socialr1_jax.parallel.sharding import batch_sharding
-
-    st_sh = jax.tree.map(lambda a: a.sharding, ts.abstract_state_of(
-        abstract_params, optim_cfg, mesh, total_updates=total_updates))
-    two = batch_sharding(mesh, 2)
-    return ts.jit_step(step, mesh, st_sh, SFTBatch(two, two, two, two))
+    return ts.jit_update(step, mesh, abstract_params, optim_cfg, SFTBatch,
+                         total_updates=total_updates)
 
 
 @dataclasses.dataclass

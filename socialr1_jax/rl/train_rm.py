@@ -98,12 +98,7 @@ def make_rm_step(model: RewardModel, optim_cfg, mesh: Optional[Mesh], *,
         return ts.apply_update(state, batch, loss_fn, optimizer, schedule,
                                micro_batch_size=micro_batch_size, compute_dtype=compute_dtype)
 
-    if mesh is None:
-        return ts.jit_step(step, None)
-    st_sh = jax.tree.map(lambda a: a.sharding, ts.abstract_state_of(
-        params, optim_cfg, mesh, total_updates=total_updates))
-    two = batch_sharding(mesh, 2)
-    return ts.jit_step(step, mesh, st_sh, PairBatch(two, two, two, two))
+    return ts.jit_update(step, mesh, params, optim_cfg, PairBatch, total_updates=total_updates)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -367,6 +367,19 @@ def jit_step(step, mesh: Optional[Mesh], state_sh=None, batch_sh=None) -> MeshFu
                                 out_shardings=(state_sh, _replicated(mesh))), mesh)
 
 
+def jit_update(step, mesh: Optional[Mesh], params, optim_cfg: OptimConfig, batch_type, *,
+               total_updates: int = 1) -> MeshFunction:
+    """`jit_step` for an update over a TrainState around `params` whose batch (a dataclass of
+    `batch_type`) holds only [rows, T] arrays, each split by rows over the mesh's batch axes."""
+    if mesh is None:
+        return jit_step(step, None)
+    state_sh = jax.tree.map(lambda a: a.sharding, abstract_state_of(
+        params, optim_cfg, mesh, total_updates=total_updates))
+    rows = batch_sharding(mesh, 2)
+    return jit_step(step, mesh, state_sh,
+                    batch_type(*([rows] * len(dataclasses.fields(batch_type)))))
+
+
 def check_micro_batch(micro_batch_size: int, mesh: Optional[Mesh], key: str) -> None:
     """ValueError naming `key` unless the micro-batch splits evenly over the mesh's batch shards."""
     shards = batch_shards(mesh) if mesh is not None else 1
