@@ -11,6 +11,8 @@ import math
 import sys
 from typing import Callable, Optional
 
+import numpy as np
+
 WIDTH = 100
 
 
@@ -98,3 +100,54 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+def summary(result) -> str:
+    """What a `train.TrainResult` says the run did: steps and updates, the mean reward in the first and last quarter of the
+    steps, held-out accuracy before the warm start / before GRPO / after it (when evaluated),
+    why it ended and where the run directory is."""
+    h = result.history
+    where = f"\n  run directory: {result.out_dir}" if result.out_dir else ""
+    if not h:
+        return f"no step ran ({result.status}){where}"
+    q = max(1, len(h) // 4)
+    rewards = [m["reward_mean"] for m in h]
+    lines = [f"{len(h)} GRPO steps, {int(result.state.step)} updates "
+             f"({int(result.state.skipped)} skipped): {result.status}",
+             f"  mean reward: first quarter {np.mean(rewards[:q]):.3f} -> last quarter "
+             f"{np.mean(rewards[-q:]):.3f} (first step {rewards[0]:.3f}, last {rewards[-1]:.3f})"]
+    stages = []  # (label, eval metrics)
+    before = result.warm_start.get("eval_before")
+    if before is not None:
+        stages.append(("before the warm start", before))
+    if result.warm_start.get("loss_first") is not None:
+        lines.append(f"  warm start: loss {result.warm_start['loss_first']:.3f} -> "
+                     f"{result.warm_start['loss_last']:.3f}")
+    for done, m in result.evaluations:
+        warm = done == 0 and result.warm_start.get("loss_first") is not None
+        stages.append(("after the warm start" if warm else f"after {done} GRPO steps", m))
+    if stages:
+        n = stages[-1][1]["eval/questions"]
+        lines.append(f"  held-out accuracy ({n} questions): "
+                     + ", ".join(f"{label} {m['eval/accuracy']:.3f}" for label, m in stages))
+        lines += _accuracy_table(stages)
+    return "\n".join(lines) + where
+
+
+def _accuracy_table(stages) -> list[str]:
+    """Per-group held-out accuracy (dimension, question type), one column per evaluation."""
+    prefix = "eval/accuracy/"
+    keys = sorted({k for _, m in stages for k in m if k.startswith(prefix)})
+    low = [k.lower() for k in keys]
+    keys = [k for k in keys if k == k.lower() or low.count(k.lower()) == 1]  # Memory == memory
+    if not keys:
+        return []
+    width = max(len(k) - len(prefix) for k in keys)
+    heads = [label.replace("before the warm start", "random").replace("after the ", "")
+             .replace(" GRPO steps", " steps") for label, _ in stages]
+    cols = [max(6, len(h)) for h in heads]
+    out = ["    " + " " * width + "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols))]
+    for k in keys:
+        cells = [(f"{m[k]:.3f}" if k in m else "-").rjust(c) for (_, m), c in zip(stages, cols)]
+        out.append(f"    {k[len(prefix):].ljust(width)}  " + "  ".join(cells))
+    return out
