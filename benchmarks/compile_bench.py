@@ -1,7 +1,8 @@
 """Compile and init times of the model: Qwen3-4B's init and GRPO train step compiled abstractly on
 8 simulated CPU devices, and the real random init of a smaller preset.
 
-    python benchmarks/compile_bench.py [--skip init4b,train4b,real] [--real-preset qwen3-0.6b]
+    python benchmarks/compile_bench.py [--skip init4b,train4b,sample4b,real]
+        [--real-preset qwen3-0.6b]
         [--out benchmarks/results/compile_bench]
     python benchmarks/compile_bench.py --table BEFORE.json AFTER.json [AFTER2.json ...]
         [--out benchmarks/results/compile_bench]      # Markdown table of saved runs
@@ -12,6 +13,10 @@
 - train4b: the memory plan's two programs for `--preset qwen3-4b --mesh 1x8x1 --remat full
   --micro-batch 8` (the train step and the reference log-prob forward), lowering + compile each,
   with the memory plan's XLA flags.
+- sample4b: the sampler's program (`sampler._generate`) for the 4B recipe's rollout: qwen3-4b
+  in bf16, 8 prompts x 5 samples sharing one prefill, 512 + 2048 tokens, T=1, on one device,
+  lowered + compiled abstractly; XLA's temporaries (the KV cache, the per-layer weight copies,
+  the prefill's activations) recorded.
 - real: `create_model(preset(...))` wall time on one CPU device (trace + compile + run), then
   on the 1x8x1 mesh, and the wall time of one forward over 8 x 64 tokens.
 
@@ -78,6 +83,40 @@ def bench_train4b() -> dict:
             "peak_gb": round(p["peak_bytes_per_device"] / 1e9, 2)}
 
 
+def bench_sample4b() -> dict:
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from socialr1_jax.model.config import preset
+    from socialr1_jax.model.qwen3 import Qwen3
+    from socialr1_jax.rollout import sampler
+
+    cfg = preset("qwen3-4b", dtype="bfloat16", param_dtype="bfloat16")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0))))
+    b, p, n, group = 40, 512, 2048, 5
+    fields = {f.name for f in dataclasses.fields(sampler._Plan)}
+    plan = sampler._Plan(**{k: v for k, v in dict(
+        new_len=n, greedy=False, top_k=0, use_top_p=False, pad_id=0, prefill_chunk=p,
+        shared_prefill=group).items() if k in fields})
+    ids = jax.ShapeDtypeStruct((b, p), jnp.int32)
+    t0 = time.perf_counter()
+    lowered = sampler._generate.lower(
+        graphdef, state, ids, ids, jax.ShapeDtypeStruct((b,), jnp.bool_), jax.random.key(0),
+        jnp.float32(1), jnp.float32(1), jnp.asarray([-1], jnp.int32), jnp.int32(n), plan=plan)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    mem = compiled.memory_analysis()
+    return {"setting": "qwen3-4b bf16, 8 x 5 rows (shared prefill), 512 + 2048 tokens, T=1",
+            "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+            "total_s": round(t2 - t0, 2),
+            "temporaries_gb": round(mem.temp_size_in_bytes / 1e9, 2),
+            "arguments_gb": round(mem.argument_size_in_bytes / 1e9, 2)}
+
+
 def bench_real(name: str) -> dict:
     import jax
     import jax.numpy as jnp
@@ -123,6 +162,9 @@ def table(paths: list[str]) -> str:
         ("4B log-prob forward temporaries GB", lambda r: r["train4b"]["programs"][
             "log-prob forward"]["temporaries_gb"]),
         ("4B step peak per device GB", lambda r: r["train4b"]["peak_gb"]),
+        ("4B sampling program (bf16, 8 x 5, 512 + 2048): lower + compile s",
+         lambda r: r["sample4b"]["total_s"]),
+        ("4B sampling program temporaries GB", lambda r: r["sample4b"]["temporaries_gb"]),
         ("0.6B create_model s (1 device)", lambda r: r["real"]["create_model_s (1 device)"]),
         ("0.6B create_model s (mesh 1x8x1)", lambda r: r["real"]["create_model_s (mesh 1x8x1)"]),
         ("0.6B first forward 8x64 s", lambda r: r["real"]["first_forward_8x64_s (compile + run)"]),
@@ -138,13 +180,14 @@ def table(paths: list[str]) -> str:
                 cells.append(str(get(r)))
             except KeyError:
                 cells.append("-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if any(c != "-" for c in cells):  # rows no run measured are left out
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--skip", default="", help="comma-separated: init4b,train4b,real")
+    ap.add_argument("--skip", default="", help="comma-separated: init4b,train4b,sample4b,real")
     ap.add_argument("--real-preset", default="qwen3-0.6b")
     ap.add_argument("--out", default=None, help="write OUT.json (with --table: OUT.md)")
     ap.add_argument("--table", nargs="+", default=None, help="saved runs to tabulate, in order")
@@ -172,6 +215,9 @@ def main(argv=None) -> int:
     if "train4b" not in skip:
         result["train4b"] = bench_train4b()
         print("train4b", json.dumps(result["train4b"]), flush=True)
+    if "sample4b" not in skip:
+        result["sample4b"] = bench_sample4b()
+        print("sample4b", json.dumps(result["sample4b"]), flush=True)
     if "real" not in skip:
         result["real"] = bench_real(args.real_preset)
         print("real", json.dumps(result["real"]), flush=True)

@@ -319,20 +319,27 @@ def _generate_hlo(model, unstack_layers: bool, b=2, p=8, n=16) -> str:
 
 
 def test_decode_loop_writes_the_cache_in_place_and_slices_no_weights():
-    """In XLA's compiled sampler program: inside the loops, the [L, B, K, S, H] cache is only
-    ever produced by a dynamic-update-slice (an in-place write of the new slot, no per-step copy
-    of the cache), and the decode loop takes no per-layer slice of a stacked weight (the slices
-    are taken once, before it); the scanned alternative does slice them inside the loop."""
+    """In XLA's compiled sampler program: inside the decode loop, each layer's [B, K, S, H]
+    cache is only ever produced by a dynamic-update-slice (an in-place write of the new slot, no
+    per-step copy of the cache), and the loop takes no per-layer slice of a stacked weight (the
+    slices are taken once, before it); the scanned alternative does slice them inside the loop.
+
+    B=8: at B=2 XLA:CPU did not copy the stacked [L, B, K, S, H] cache that the loop used to
+    carry, at B=8 it copied it after every layer's write (what KVCache.unstacked avoids)."""
     cfg = preset("tiny", num_layers=3)
     model = create_model(cfg)
-    cache = f"3,2,{cfg.num_kv_heads},24,{cfg.head_dim}"           # [L, B, K, P + N, H]
+    b, p, n = 8, 8, 16
+    per_layer = f"{b},{cfg.num_kv_heads},{p + n},{cfg.head_dim}"          # [B, K, P + N, H]
+    stacked = f"{cfg.num_layers},{per_layer}"
     gate_slice = rf"f32\[(1,)?{cfg.intermediate_size},{cfg.hidden_size}\]"  # one layer's gate
+    text = _generate_hlo(model, True, b=b, p=p, n=n)
+    producers = _loop_producers(text, per_layer)
+    assert "dynamic-update-slice" in {p.removeprefix("fusion:") for p in producers}
+    assert set(producers) <= {"parameter", "get-tuple-element", "tuple", "bitcast",
+                              "dynamic-update-slice", "fusion:dynamic-update-slice"}, producers
+    assert _loop_producers(text, stacked) == []
     for unstack in (True, False):
-        text = _generate_hlo(model, unstack)
-        producers = _loop_producers(text, cache)
-        assert "dynamic-update-slice" in {p.removeprefix("fusion:") for p in producers}
-        assert set(producers) <= {"parameter", "get-tuple-element", "tuple", "bitcast",
-                                  "dynamic-update-slice", "fusion:dynamic-update-slice"}, producers
+        text = text if unstack else _generate_hlo(model, False, b=b, p=p, n=n)
         # Weight slices whose op path is a loop inside a loop: the decode loop's layer scan.
         nested = [ln for ln in text.splitlines()
                   if re.search(rf"= {gate_slice}\S* (dynamic-)?slice\(", ln)

@@ -32,8 +32,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.config import ModelConfig
-from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_LBKSH, LOGITS_BTV,
-                                            cache_shardings, check_model_fits_mesh, constrain)
+from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, CACHE_LBKSH,
+                                            LOGITS_BTV, cache_shardings, check_model_fits_mesh,
+                                            constrain)
 
 # Finite stand-in for -inf: a query whose keys are all masked (a left-pad position) gets a
 # uniform softmax instead of NaN; its output is never read.
@@ -46,9 +47,10 @@ class KVCache:
     """Keys and values of every layer for `S` slots, and which slots hold real tokens.
 
     k_lbksh, v_lbksh: [L, B, K, S, H], heads before slots so a decode step's attention reads each
-    head's keys contiguously. `valid_bs` marks slots written with a non-pad token; `index` is the
-    next slot to write (all rows advance together); `next_pos_b` is each row's next RoPE
-    position (its count of real tokens so far).
+    head's keys contiguously; or, in the sampler's decode loop (`unstacked()`), a tuple of L
+    arrays [B, K, S, H], one per layer. `valid_bs` marks slots written with a non-pad token;
+    `index` is the next slot to write (all rows advance together); `next_pos_b` is each row's
+    next RoPE position (its count of real tokens so far).
     """
 
     k_lbksh: jax.Array
@@ -70,12 +72,34 @@ class KVCache:
     def slots(self) -> int:
         return self.valid_bs.shape[1]
 
+    @property
+    def per_layer(self) -> bool:
+        """Whether keys and values are one array per layer (`unstacked()`) rather than stacked."""
+        return isinstance(self.k_lbksh, tuple)
+
+    def unstacked(self) -> "KVCache":
+        """The same cache with one [B, K, S, H] array per layer (a copy of the keys and values).
+
+        A loop that carries the stacked cache and writes one layer's slot after another makes
+        XLA:CPU copy the whole cache after every layer's write (it cannot prove the next layer's
+        read of the buffer happens first): 2L copies of the cache per decode step, which cost the
+        bench model's B=8 step 40 -> 50 ms. Each layer's own buffer is updated in place.
+        """
+        if self.per_layer:
+            return self
+        n_l = self.k_lbksh.shape[0]
+        return dataclasses.replace(self, k_lbksh=tuple(self.k_lbksh[i] for i in range(n_l)),
+                                   v_lbksh=tuple(self.v_lbksh[i] for i in range(n_l)))
+
     def repeat_rows(self, n: int) -> "KVCache":
         """Every row n times (rows i*n .. i*n+n-1 copy row i); the shared index is kept."""
         rep = partial(jnp.repeat, repeats=n)
-        return KVCache(k_lbksh=rep(self.k_lbksh, axis=1), v_lbksh=rep(self.v_lbksh, axis=1),
-                       valid_bs=rep(self.valid_bs, axis=0), index=self.index,
-                       next_pos_b=rep(self.next_pos_b, axis=0))
+        if self.per_layer:
+            k, v = (tuple(rep(a, axis=0) for a in x) for x in (self.k_lbksh, self.v_lbksh))
+        else:
+            k, v = rep(self.k_lbksh, axis=1), rep(self.v_lbksh, axis=1)
+        return KVCache(k_lbksh=k, v_lbksh=v, valid_bs=rep(self.valid_bs, axis=0),
+                       index=self.index, next_pos_b=rep(self.next_pos_b, axis=0))
 
 
 def rms_norm(x, scale, eps):
@@ -239,7 +263,8 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     w: this layer's weights ({name: array} of `Layers.stacked()` sliced at the layer).
     mask_bts: True where query t may attend key slot s. With `kv` = (k_lbksh, v_lbksh), the whole
     cache, the chunk's keys and values are first written in place at [layer, :, :, index:]
-    and attention reads that layer's slots. Returns (x_btd, kv).
+    and attention reads that layer's slots; with `layer=None`, `kv` = (k_bksh, v_bksh) is this
+    layer's own cache, written at [:, :, index:]. Returns (x_btd, kv).
     """
     dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
@@ -250,7 +275,15 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
         q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
         k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
         k_bksh, v_bksh = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
-        if kv is not None:
+        if kv is not None and layer is None:
+            k_c, v_c = kv
+            at = (0, 0, index, 0)
+            k_bksh = constrain(jax.lax.dynamic_update_slice(
+                k_c, k_bksh.astype(k_c.dtype), at), CACHE_BKSH)
+            v_bksh = constrain(jax.lax.dynamic_update_slice(
+                v_c, v_bksh.astype(v_c.dtype), at), CACHE_BKSH)
+            kv = (k_bksh, v_bksh)
+        elif kv is not None:
             k_all, v_all = kv
             at = (layer, 0, 0, index, 0)
             k_all = constrain(jax.lax.dynamic_update_slice(
@@ -309,7 +342,7 @@ class Qwen3(nnx.Module):
         layer_weights: `unstacked_layers()` taken once outside a loop that calls this many
         times (the sampler's decode): the layers then run as straight-line code on those
         arrays instead of a scan that slices the stacked weights on every call (see
-        `unstacked_layers`). With a cache only.
+        `unstacked_layers`). With a per-layer cache only (`KVCache.unstacked()`).
         """
         cfg = self.cfg
         b, t = input_ids.shape
@@ -341,10 +374,17 @@ class Qwen3(nnx.Module):
         mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
         kv = (cache.k_lbksh, cache.v_lbksh)
+        if (layer_weights is not None) != cache.per_layer:
+            raise ValueError("layer_weights (unstacked weights) go with a per-layer cache "
+                             "(KVCache.unstacked()), stacked weights with a stacked cache")
         if layer_weights is not None:
-            for layer, w in enumerate(layer_weights):
-                x, kv = decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
-                                      index=index)
+            ks, vs = [], []
+            for w, k_c, v_c in zip(layer_weights, *kv):
+                x, (k_c, v_c) = decoder_layer(cfg, w, x, positions, mask_bts, (k_c, v_c),
+                                              index=index)
+                ks.append(k_c)
+                vs.append(v_c)
+            kv = (tuple(ks), tuple(vs))
         else:
             def cached_body(carry, xs):
                 x, kv = carry

@@ -48,6 +48,7 @@ ACT_BTF = P(BATCH, None, "tensor")    # MLP hidden
 LOGITS_BTV = P(BATCH, None, "tensor")
 TOKENS_BT = P(BATCH, None)
 CACHE_LBKSH = P(None, BATCH, "tensor", None, None)  # every layer's (KVCache.k_lbksh)
+CACHE_BKSH = P(BATCH, "tensor", None, None)  # one layer's (KVCache.unstacked())
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1, *,

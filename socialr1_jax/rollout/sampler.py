@@ -3,17 +3,22 @@
 `sample(model, prompts, ...)` left-pads the prompts, repeats each `num_samples` times (the GRPO
 group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted function that
 
-1. creates the KV cache inside the program (so nothing outside holds it and XLA updates the
-   loop-carried buffers in place: this is the donation of the cache),
+1. takes per-layer copies of the stacked weights once (`unstack_layers`; a scan over the
+   stacked weights inside the decode loop would copy each layer's slice on every step) and
+   creates the KV cache inside the program, one [B, K, S, H] array per layer (so nothing
+   outside holds it and XLA updates each loop-carried buffer in place: this is the donation of
+   the cache; a stacked [L, B, K, S, H] cache was copied whole after every layer's write),
 2. prefills the left-padded prompts (one forward pass per `prefill_chunk` tokens) and samples
    the first token from the last position only (the LM head never runs over the prompt); the
    n samples of a prompt share one prefill whose cache is copied n times (when the rows are
    whole groups that split evenly over the mesh),
 3. decodes one token per iteration of a `lax.while_loop` that stops at `max_new_tokens` or as
    soon as every row has emitted one of the EOS ids; the step runs the layers as straight-line
-   code on per-layer copies of the weights taken once before the loop (`unstack_layers`; a
-   scan over the stacked weights would copy each layer's slice on every step), and writes the
-   [L, B, K, S, H] cache in place.
+   code over those weights and writes each layer's cache in place.
+
+The prefill runs the same straight-line layers rather than a scan: a scanned prefill needs the
+stacked cache, and splitting it into layers afterwards holds two copies of the cache at once.
+The price is compile time that grows with depth (`benchmarks/compile_bench.py`, sample4b).
 
 Shapes are bucketed (prompt length and generation length rounded up to a few sizes, see
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
@@ -42,8 +47,8 @@ from jax.sharding import Mesh
 
 from socialr1_jax.model.qwen3 import KVCache
 from socialr1_jax.rollout.checks import as_int, check_against_model, check_sampling, token_lists
-from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_LBKSH, constrain,
-                                            param_shardings, TOKENS_BT)
+from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_BKSH, CACHE_LBKSH,
+                                            constrain, param_shardings, TOKENS_BT)
 
 # When only top-p is asked, the nucleus is first looked for among this many highest logits (a
 # partial sort); only if some row's nucleus is wider does the step fall back to a bisection.
@@ -84,8 +89,9 @@ class _Plan:
     prefill_chunk: int  # prompt tokens per prefill forward pass (divides the prompt length)
     top_p_candidates: int = TOP_P_CANDIDATES
     shared_prefill: int = 1  # rows i*n..i*n+n-1 share one prompt: prefill it once, copy the cache
-    # Decode over per-layer copies of the weights taken before the loop (Qwen3.unstacked_layers)
-    # instead of scanning the stacked weights, which copies each layer's slice every step.
+    # Prefill and decode over per-layer copies of the weights taken before the loop
+    # (Qwen3.unstacked_layers) and a per-layer cache, instead of scanning the stacked weights
+    # and cache, which copies each layer's weight slices and the whole cache every step.
     unstack_layers: bool = True
 
 
@@ -234,27 +240,31 @@ def _head(h_bd, w_vd, precision):
 
 def _pin_cache(cache: KVCache) -> KVCache:
     """The cache with its rows over the batch shards and KV heads over 'tensor'."""
-    return dataclasses.replace(
-        cache, k_lbksh=constrain(cache.k_lbksh, CACHE_LBKSH),
-        v_lbksh=constrain(cache.v_lbksh, CACHE_LBKSH),
-        valid_bs=constrain(cache.valid_bs, TOKENS_BT))
+    if cache.per_layer:
+        pin = lambda kv: tuple(constrain(a, CACHE_BKSH) for a in kv)  # noqa: E731
+    else:
+        pin = partial(constrain, spec=CACHE_LBKSH)
+    return dataclasses.replace(cache, k_lbksh=pin(cache.k_lbksh), v_lbksh=pin(cache.v_lbksh),
+                               valid_bs=constrain(cache.valid_bs, TOKENS_BT))
 
 
-def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int):
+def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int, layers=None):
     """Write the prompts into the cache `chunk` tokens per forward pass; last hidden [B, D].
 
     Chunking bounds the attention scores to [B, heads, chunk, S] however long the prompt.
+    layers: per-layer weights (with a per-layer cache), as in the decode loop.
     """
     b, p = prompt_ids.shape
+    forward = partial(model.hidden_states, layer_weights=layers)
     if chunk >= p:
-        hidden, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
+        hidden, cache = forward(prompt_ids, prompt_mask, cache=cache)
         return hidden[:, -1], cache
     ids_cbt = prompt_ids.reshape(b, p // chunk, chunk).swapaxes(0, 1)
     mask_cbt = prompt_mask.reshape(b, p // chunk, chunk).swapaxes(0, 1)
 
     def one(carry, xs):
         cache, _ = carry
-        hidden, cache = model.hidden_states(xs[0], xs[1], cache=cache)
+        hidden, cache = forward(xs[0], xs[1], cache=cache)
         return (cache, hidden[:, -1]), None
 
     h0 = jnp.zeros((b, model.cfg.hidden_size), model.cfg.jnp_dtype)
@@ -290,18 +300,24 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         done = done | jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
         return done, (tokens, logps, mask)
 
+    # Per-layer weights and cache (see Qwen3.unstacked_layers and KVCache.unstacked): a loop that
+    # carries the stacked cache copies it whole after each layer's write.
+    layers = model.unstacked_layers() if plan.unstack_layers else None
+
+    def empty_cache(rows):
+        cache = KVCache.zeros(cfg, rows, p + n)
+        return _pin_cache(cache.unstacked() if layers is not None else cache)
+
+    prefill = partial(_prefill, model, chunk=plan.prefill_chunk, layers=layers)
     # Left padding puts every row's last prompt token at the last position.
     g = plan.shared_prefill
     if g > 1:
         # The n samples of a prompt have the same prompt: run it once and copy its cache.
-        small = _pin_cache(KVCache.zeros(cfg, b // g, p + n))
-        last_bd, small = _prefill(model, prompt_ids[::g], prompt_mask[::g], small,
-                                  plan.prefill_chunk)
+        last_bd, small = prefill(prompt_ids[::g], prompt_mask[::g], empty_cache(b // g))
         last_bd = jnp.repeat(last_bd, g, axis=0)
         cache = _pin_cache(small.repeat_rows(g))
     else:
-        last_bd, cache = _prefill(model, prompt_ids, prompt_mask,
-                                  _pin_cache(KVCache.zeros(cfg, b, p + n)), plan.prefill_chunk)
+        last_bd, cache = prefill(prompt_ids, prompt_mask, empty_cache(b))
     tok, logp = choose(jax.random.fold_in(key, 0), head(last_bd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
@@ -320,7 +336,6 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         done, bufs = emit(i, tok, logp, done, bufs)
         return i + 1, tok, done, cache, bufs
 
-    layers = model.unstacked_layers() if plan.unstack_layers else None
     carry = (jnp.int32(1), tok, done, cache, bufs)
     steps, _, _, _, bufs = jax.lax.while_loop(cond, body, carry)
     return bufs, steps
@@ -348,9 +363,11 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     model's max_position_embeddings) bounds prompt + max_new_tokens; bucket_shapes rounds the
     prompt and generation lengths up (`bucket`) so few programs are compiled; prefill_chunk
     bounds how many prompt tokens one prefill pass attends with (memory of the scores);
-    unstack_layers: decode over per-layer copies of the layers' weights taken once before the
-    decode loop (one extra copy of them held while sampling) rather than scanning the stacked
-    weights, whose per-layer slices XLA copies on every step (see Qwen3.unstacked_layers).
+    unstack_layers: prefill and decode over per-layer copies of the layers' weights taken once
+    (one extra copy of them held while sampling) and a per-layer cache, rather than scanning the
+    stacked weights and cache, whose per-layer slices XLA copies on every step (and, on
+    XLA:CPU, the whole cache after each layer's write; see Qwen3.unstacked_layers and
+    KVCache.unstacked).
     Raises ValueError naming the value for bad arguments.
     """
     cfg = model.cfg
