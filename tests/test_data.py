@@ -10,6 +10,7 @@ import pytest
 from socialr1_jax import cli
 from socialr1_jax.social import benchmarks as B
 from socialr1_jax.social import data as D
+from socialr1_jax.social import tombench as TB
 from tests.tom_data import tombench_dir, toy_rows, write_jsonl
 
 
@@ -20,7 +21,7 @@ def tombench():
 
 @pytest.fixture(scope="module")
 def rows(tombench):
-    return D.load_tombench(str(tombench))
+    return TB.load_tombench(str(tombench))
 
 
 def raw_lines(folder):
@@ -35,7 +36,7 @@ def raw_lines(folder):
 
 def test_tombench_every_row_loads(tombench, rows):
     lines = raw_lines(tombench)
-    assert len(lines) == 2860 == D.TOMBENCH_ROWS
+    assert len(lines) == 2860 == TB.TOMBENCH_ROWS
     assert len(rows) == 2860
     assert [r.task for r in rows] == [stem for stem, _ in lines]
     assert len({r.id for r in rows}) == 2860
@@ -79,7 +80,7 @@ def test_tombench_counts_per_ability_and_dimension(tombench, rows):
     want = collections.Counter(a.split(":")[0].strip().lower() for a in raw)
     dims = D.counts(rows, "dimension")
     assert {k.lower(): v for k, v in dims.items()} == dict(want)
-    assert set(dims) == set(D.TOMBENCH_DIMENSIONS)
+    assert set(dims) == set(TB.TOMBENCH_DIMENSIONS)
     assert sum(dims.values()) == 2860
     abilities = D.counts(rows, "ability")
     assert sum(abilities.values()) == 2860
@@ -87,12 +88,12 @@ def test_tombench_counts_per_ability_and_dimension(tombench, rows):
     want_ab = collections.Counter(" ".join(a.split()).lower() for a in raw)
     assert {k.lower(): v for k, v in abilities.items()} == dict(want_ab)
     assert abilities["Knowledge: Information-knowledge links"] == 200  # 199 + 1 with a space
-    assert all(a.split(":")[0] in D.TOMBENCH_DIMENSIONS for a in abilities)
+    assert all(a.split(":")[0] in TB.TOMBENCH_DIMENSIONS for a in abilities)
     print("\nToMBench rows per ability:", json.dumps(abilities, indent=1))
 
 
 def test_tombench_chinese(tombench, rows):
-    zh = D.load_tombench(str(tombench), language="zh")
+    zh = TB.load_tombench(str(tombench), language="zh")
     assert len(zh) == 2860
     assert [r.gold for r in zh] == [r.gold for r in rows]
     assert all(not re.match(r"[A-D][.．]", o) for r in zh for o in r.options)

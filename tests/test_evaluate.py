@@ -9,6 +9,7 @@ import pytest
 
 from socialr1_jax import cli
 from socialr1_jax.social import data as D
+from socialr1_jax.social import tombench as TB
 from socialr1_jax.social import evaluate as E
 from socialr1_jax.social import prompts as P
 from tests.hf_fixtures import make_tiny_chat_checkpoint, make_tiny_tokenizer
@@ -70,7 +71,7 @@ class FakeSampler:
 
 @pytest.fixture(scope="module")
 def tombench_prompts(tok):
-    rows = D.load_tombench(str(tombench_dir()))
+    rows = TB.load_tombench(str(tombench_dir()))
     return rows, P.build_prompts(rows, tok, P.PromptConfig(shuffle=True, seed=11,
                                                            max_prompt_tokens=8192))
 
@@ -89,7 +90,7 @@ def test_known_completions_scored_right_on_all_of_tombench(tok, tombench_prompts
     assert rep["overall"]["unparsable"] == (2860 if policy == "garbage" else 0)
     assert rep["overall"]["format_ok"] == (0 if policy == "garbage" else 2860)
     assert {d: m["accuracy"] for d, m in rep["by_dimension"].items()} == \
-        {d: want for d in D.TOMBENCH_DIMENSIONS}
+        {d: want for d in TB.TOMBENCH_DIMENSIONS}
     assert sum(m["n"] for m in rep["by_dimension"].values()) == 2860
     assert sum(m["n"] for m in rep["by_ability"].values()) == 2860
     assert len(rep["by_task"]) == 20

@@ -52,12 +52,18 @@ def test_partial_or_bad_configuration_is_refused(kwargs, env, match):
 
 def test_initialize_hands_the_config_to_jax(monkeypatch):
     calls, updates = [], []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    cluster = {"found": False}
+
+    def fake_initialize(*a, **k):
+        if not a and not cluster["found"]:  # what JAX raises when auto-detection finds nothing
+            raise ValueError("coordinator_address should be defined.")
+        calls.append((a, k))
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
     monkeypatch.setattr(jax.config, "update", lambda k, v: updates.append((k, v)))
     for k in CLEAN_ENV:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setattr(distributed, "_cluster_detected", lambda: False)
 
     info = distributed.initialize()  # nothing given, no cluster: a plain single process
     assert calls == [] and not info.initialized and info.global_devices == 8
@@ -69,11 +75,29 @@ def test_initialize_hands_the_config_to_jax(monkeypatch):
     assert calls[-1][0] == ("127.0.0.1:9999", 2, 1) and info.initialized
     assert ("jax_num_cpu_devices", 4) in updates
 
-    monkeypatch.setattr(distributed, "_cluster_detected", lambda: True)
+    cluster["found"] = True
     for k in ("SOCIALR1_COORDINATOR", "SOCIALR1_NUM_PROCESSES"):
         monkeypatch.delenv(k)
-    distributed.initialize()  # a recognised pod: JAX's own auto-detection, no arguments
-    assert calls[-1][0] == ()
+    info = distributed.initialize()  # a recognised pod: JAX's own auto-detection, no arguments
+    assert calls[-1][0] == () and info.initialized
+
+
+def test_no_cluster_found_by_the_real_jax_is_a_single_process():
+    """The real jax.distributed.initialize() on this machine (no pod, no SLURM / MPI / k8s), in a
+    fresh process: its auto-detection finds nothing and raises the ValueError that means one
+    plain process; in this process, whose backends already run, the call is refused and the
+    process stays as it is."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*CLEAN_ENV, "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+                        "OMPI_MCA_orte_hnp_uri")}
+    code = ("from socialr1_jax.parallel import distributed as d; "
+            "print(d._initialize_detected_cluster(5), d.initialize().num_processes)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "1"]
+    jax.devices()
+    assert distributed._initialize_detected_cluster(5) is False
 
 
 def test_single_process_owns_every_row():

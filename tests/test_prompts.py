@@ -6,6 +6,7 @@ import pytest
 
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.social import data as D
+from socialr1_jax.social import tombench as TB
 from socialr1_jax.social import prompts as P
 from tests.hf_fixtures import make_tiny_tokenizer
 from tests.tom_data import QWEN3_LIKE_TEMPLATE, tombench_dir, toy_rows
@@ -18,7 +19,7 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows():
-    return D.load_tombench(str(tombench_dir()))
+    return TB.load_tombench(str(tombench_dir()))
 
 
 def test_shuffle_keeps_gold_on_its_text_for_every_row(rows):

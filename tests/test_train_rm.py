@@ -224,3 +224,27 @@ def test_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
             assert np.asarray(x).dtype == np.asarray(y).dtype
             assert np.array_equal(np.asarray(x), np.asarray(y)), name
     assert [h["loss"] for h in whole.history[3:]] == [h["loss"] for h in rest.history]
+
+
+def test_sigterm_saves_the_update_in_hand_and_the_run_resumes(base, tmp_path):
+    """SIGTERM while step 2 runs: that update finishes, is saved, and the run returns exit code
+    143 with a status naming the signal; `run.resume=true` then runs the remaining steps from it."""
+    import signal
+
+    out = tmp_path / "run"
+    common = ("run.steps=4", "run.log_every=1", "data.eval_fraction=0", "run.progress=false")
+
+    def log(line):
+        if line.startswith("step     2 "):  # logged after step 2's update, before the stop check
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = tr.train_rm(tr.parse_args(_args(base, out, *common)), log=log)
+    assert stopped.exit_code == 143 and stopped.status == "stopped by SIGTERM after 2 steps"
+    assert int(stopped.state.step) == 2 and len(stopped.history) == 2
+    assert [d for d in os.listdir(out / "checkpoints") if d.isdigit()] == ["2"]
+    steps = [json.loads(ln)["step"] for ln in open(out / "metrics.jsonl")]
+    assert steps == [0, 1]
+    rest = tr.train_rm(tr.parse_args(_args(base, out, *common, "run.resume=true")),
+                       log=lambda _: None)
+    assert rest.exit_code == 0 and rest.status == "done" and int(rest.state.step) == 4
+    assert [h["step"] for h in rest.history] == [2, 3]

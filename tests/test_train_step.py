@@ -10,6 +10,7 @@ from flax import nnx
 from socialr1_jax import make_mesh, preset
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.optimizer import make_schedule
 from socialr1_jax.model.build import create_model
 from socialr1_jax.parallel.sharding import path_str
 from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
@@ -171,14 +172,14 @@ def test_bf16_params_keep_an_fp32_master_and_compile_abstractly():
 
 
 def test_schedules():
-    cos = ts.make_schedule(OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10,
+    cos = make_schedule(OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10,
                                        min_lr_ratio=0.1), total_updates=110)
     assert float(cos(0)) == 0.0
     assert float(cos(5)) == pytest.approx(5e-4)
     assert float(cos(10)) == pytest.approx(1e-3)
     assert float(cos(60)) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5), rel=1e-5)
     assert float(cos(110)) == pytest.approx(1e-4, rel=1e-5)
-    const = ts.make_schedule(OptimConfig(lr=5e-7), total_updates=600)
+    const = make_schedule(OptimConfig(lr=5e-7), total_updates=600)
     assert float(const(0)) == float(const(599)) == pytest.approx(5e-7)
 
 

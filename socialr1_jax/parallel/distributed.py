@@ -114,14 +114,32 @@ def _platform_is_cpu() -> bool:
     return not any(importlib.util.find_spec(p) for p in plugins)
 
 
-def _cluster_detected() -> bool:
-    """Whether JAX's own auto-detection recognises this machine as part of a cluster/pod."""
+def _initialize_detected_cluster(initialization_timeout: int) -> bool:
+    """Start `jax.distributed` through JAX's own cluster auto-detection; False if none is found.
+
+    `jax.distributed.initialize()` without arguments looks for a TPU pod, SLURM, Open MPI or
+    Kubernetes job (and JAX_COORDINATOR_ADDRESS); when it finds none it raises ValueError about
+    the undefined coordinator address before connecting anything, which here means a single
+    plain process. In a process whose JAX backends already run (a second job in one Python
+    session, a notebook) nothing can be started any more: the process stays as JAX already
+    set it up, and a warning says so. Any other failure is raised.
+    """
+    if jax.distributed.is_initialized():
+        return True
     try:
-        from jax._src import clusters
-        return any(c.is_env_present() for c in clusters.ClusterEnv._cluster_types)
-    except Exception as e:  # a private API: if it moves, say so rather than guess
-        log.warning("cannot query JAX cluster auto-detection (%s); assuming a single process", e)
+        jax.distributed.initialize(initialization_timeout=initialization_timeout)
+    except ValueError as e:
+        if "coordinator_address" in str(e):
+            return False
+        raise
+    except RuntimeError as e:
+        if "must be called before" not in str(e):
+            raise
+        log.warning("JAX was already in use before the multi-host setup, so it was skipped: "
+                    "this is process %d of %d", jax.process_index(), jax.process_count())
         return False
+    log.info("no SOCIALR1_* multi-host settings; JAX's cluster auto-detection found a cluster")
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +167,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if cpu:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if cfg is None:
-        if _cluster_detected():
-            log.info("no SOCIALR1_* multi-host settings; using JAX's cluster auto-detection")
-            jax.distributed.initialize(initialization_timeout=initialization_timeout)
-            started = True
-        else:
-            started = False
+        started = _initialize_detected_cluster(initialization_timeout)
     else:
         kwargs = {}
         if cfg.local_device_count is not None:

@@ -40,6 +40,7 @@ from flax import nnx
 from socialr1_jax import cli
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.optimizer import make_optimizer
 from socialr1_jax.rl.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
                                          WarmStartConfig)
 from socialr1_jax.yaml_config import load_yaml
@@ -185,7 +186,7 @@ def make_sft_step(model_cfg, optim_cfg: OptimConfig, mesh=None, *, micro_batch_s
     from socialr1_jax.model import build
 
     graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
-    optimizer, schedule = ts.make_optimizer(optim_cfg, total_updates)
+    optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     ts.check_micro_batch(micro_batch_size, mesh, "sft.micro_batch_size")
 
     def step(state: ts.TrainState, batch: SFTBatch):

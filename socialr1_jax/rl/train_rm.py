@@ -23,9 +23,10 @@ at the end: loss and pair accuracy (the share with r_c > r_r).
 metrics.jsonl (one row per step), eval.jsonl, tensorboard/, and checkpoints/<step>, the whole
 TrainState through `checkpoint/train_checkpoint.py` (asynchronous, the last `run.keep` kept;
 the root also loads as a reward model). `run.resume=true` continues from the latest step
-exactly (the data order is a function of the step). With `run.export_hf`, an HF
-Qwen3ForSequenceClassification directory that transformers loads with the same scores. See
-`rl/rm_data.py` for the config keys and the data format.
+exactly (the data order is a function of the step); SIGTERM (a pod's preemption) or Ctrl-C
+finishes the update in hand, evaluates, saves it and exits with 143 / 130. With
+`run.export_hf`, an HF Qwen3ForSequenceClassification directory that transformers loads with
+the same scores. See `rl/rm_data.py` for the config keys and the data format.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from socialr1_jax.model.reward_model import RewardModel, make_score_fn
 from socialr1_jax.parallel.sharding import batch_sharding, batch_shards, make_mesh
 from socialr1_jax.rl import run_dir
 from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.optimizer import make_optimizer
+from socialr1_jax.rl.preemption import StopSignals
 from socialr1_jax.rl.rm_data import (PairDataError, RMTrainConfig, Tokenized, batch_order,
                                      load_data, load_rm_config, pair_arrays, tokenize_pairs)
 from socialr1_jax.social import rm_prompt
@@ -84,7 +87,7 @@ def make_rm_step(model: RewardModel, optim_cfg, mesh: Optional[Mesh], *,
     whose params are `model`'s: `pair_loss` through the GRPO step's `apply_update`
     (micro-batch accumulation, clipping + AdamW, NaN skipping)."""
     graphdef = nnx.graphdef(model)
-    optimizer, schedule = ts.make_optimizer(optim_cfg, total_updates)
+    optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     ts.check_micro_batch(micro_batch_size, mesh, "run.micro_batch_size")
     params = nnx.state(model)
     compute_dtype = jax.tree.leaves(params)[0].dtype  # the master copy's cast, if one is kept
@@ -139,6 +142,7 @@ class RMTrainResult:
     state: ts.TrainState
     model: RewardModel
     status: str
+    exit_code: int = 0  # 143 / 130 when SIGTERM / Ctrl-C stopped the run (after saving)
 
 
 @dataclasses.dataclass
@@ -283,56 +287,64 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
         bar = tqdm(total=total, initial=first, desc="train_rm", unit="step", file=sys.stderr)
         log = bar.write
     two = batch_sharding(mesh, 2)
-    history, evals, status, done = [], [], "done", first
-    try:
-        if first == 0:  # a resumed run's evaluation at `first` is in eval.jsonl already
-            e = held_out(first)
-            evals += [e] if e else []
-        for k in range(first, total):
-            t0 = time.perf_counter()
-            arrays = pair_arrays(prep.train, batch_order(len(prep.train), run.batch_size, k,
-                                                         run.seed), pad, cfg.data.max_length)
-            batch = PairBatch(*[jax.device_put(a, two) for a in arrays])
-            state, m = step_fn(state, batch)
-            m = {key: float(v) for key, v in jax.device_get(m).items()}
-            m.update(tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
-            logs.step(k, m)
-            done = k + 1
-            history.append(dict(m, step=k))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.2f}")
-            if done % run.log_every == 0 or done == total:
-                log(f"step {done:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} margin "
-                    f"{m['margin']:+.3f} |g| {m['grad_norm']:.3f} lr {m['lr']:.2e} "
-                    f"t {m['step_s']:.2f}s")
-            if int(state.consecutive_skips) >= 3:
-                status = (f"stopped at step {done}: 3 consecutive updates with NaN/Inf loss or "
-                          "gradients; the state is the last good one")
-                log(status)
-                break
-            if run.eval_every and done % run.eval_every == 0 and done < total:
-                e = held_out(done)  # before the save: a resume never skips an evaluation
+    history, evals, status, done, exit_code = [], [], "done", first, 0
+    with StopSignals(notify=log if jax.process_index() == 0 else None) as stop:
+        try:
+            if first == 0:  # a resumed run's evaluation at `first` is in eval.jsonl already
+                e = held_out(first)
                 evals += [e] if e else []
-            if ckpt is not None and run.save_every and done % run.save_every == 0:
+            for k in range(first, total):
+                t0 = time.perf_counter()
+                arrays = pair_arrays(prep.train, batch_order(len(prep.train), run.batch_size, k,
+                                                             run.seed), pad, cfg.data.max_length)
+                batch = PairBatch(*[jax.device_put(a, two) for a in arrays])
+                state, m = step_fn(state, batch)
+                m = {key: float(v) for key, v in jax.device_get(m).items()}
+                m.update(tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
+                logs.step(k, m)
+                done = k + 1
+                history.append(dict(m, step=k))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.2f}")
+                if done % run.log_every == 0 or done == total:
+                    log(f"step {done:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
+                        f"margin {m['margin']:+.3f} |g| {m['grad_norm']:.3f} lr {m['lr']:.2e} "
+                        f"t {m['step_s']:.2f}s")
+                if int(state.consecutive_skips) >= 3:
+                    status = (f"stopped at step {done}: 3 consecutive updates with NaN/Inf loss "
+                              "or gradients; the state is the last good one")
+                    log(status)
+                    break
+                if run.eval_every and done % run.eval_every == 0 and done < total:
+                    e = held_out(done)  # before the save: a resume never skips an evaluation
+                    evals += [e] if e else []
+                if ckpt is not None and run.save_every and done % run.save_every == 0:
+                    ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
+                if stop.requested():  # the update in hand is done: save it below and exit
+                    status = f"stopped by {stop.name} after {done} steps"
+                    exit_code = stop.exit_code
+                    log(status + (f"; continue with run.out_dir={run.out_dir} run.resume=true"
+                                  if run.out_dir else ""))
+                    break
+            if history:
+                e = held_out(done)
+                evals += [e] if e else []
+            if ckpt is not None and history:
                 ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
-        if history:
-            e = held_out(done)
-            evals += [e] if e else []
-        if ckpt is not None and history:
-            ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
-            ckpt.wait()
-            log(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
-        final = nnx.merge(graphdef, state.params)
-        if run.export_hf:
-            log(f"HF export: {save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)}")
-    finally:
-        if bar is not None:
-            bar.close()
-        logs.close()
-        if ckpt is not None:
-            ckpt.close()
-    return RMTrainResult(history, evals, state, final, status)
+                ckpt.wait()
+                log(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
+            final = nnx.merge(graphdef, state.params)
+            if run.export_hf:
+                exported = save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)
+                log(f"HF export: {exported}")
+        finally:
+            if bar is not None:
+                bar.close()
+            logs.close()
+            if ckpt is not None:
+                ckpt.close()
+    return RMTrainResult(history, evals, state, final, status, exit_code)
 
 
 def parse_args(argv=None) -> RMTrainConfig:
@@ -367,7 +379,7 @@ def main(argv=None) -> int:
     if first:
         print(f"held-out accuracy {first['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f}, "
               f"loss {first['eval_loss']:.4f} -> {last['eval_loss']:.4f}; {result.status}")
-    return 0 if result.status == "done" else 1
+    return result.exit_code or (0 if result.status == "done" else 1)
 
 
 if __name__ == "__main__":

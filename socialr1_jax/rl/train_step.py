@@ -9,7 +9,6 @@ TrainState (a pytree): params (nnx.State in the model's param_dtype: what sampli
 TrainBatch (a pytree of [B, ...] arrays): prompt_ids/prompt_mask [B, P] (left-padded),
     completion_ids/completion_mask [B, C], old_logp/ref_logp [B, C] fp32, advantages [B] fp32.
 
-make_optimizer(optim_cfg, total_updates) -> (optax transformation, lr schedule)
 init_train_state(params, optim_cfg, mesh, total_updates) -> TrainState (created in its shardings)
 abstract_train_state(model_cfg, optim_cfg, mesh, total_updates) -> TrainState of
     ShapeDtypeStruct carrying shardings (nothing allocated); abstract_state_of(params, ...) the
@@ -57,6 +56,7 @@ from socialr1_jax.model import build
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.parallel.sharding import (BATCH, batch_sharding, batch_shards, constrain,
                                             param_shardings)
+from socialr1_jax.rl.optimizer import make_optimizer
 from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
 
 
@@ -96,31 +96,6 @@ class TrainBatch:
 
 
 # -- optimizer ---------------------------------------------------------------------------------
-
-def make_schedule(cfg: OptimConfig, total_updates: int):
-    """lr(step): linear warm-up from 0 over warmup_steps, then constant or cosine decay."""
-    if cfg.schedule == "constant":
-        main = optax.constant_schedule(cfg.lr)
-    else:
-        decay = max((cfg.decay_steps or total_updates) - cfg.warmup_steps, 1)
-        main = optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.min_lr_ratio)
-    if cfg.warmup_steps <= 0:
-        return main
-    warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-    return optax.join_schedules([warm, main], [cfg.warmup_steps])
-
-
-def make_optimizer(cfg: OptimConfig, total_updates: int):
-    """(optax AdamW with global-norm clipping, its lr schedule)."""
-    schedule = make_schedule(cfg, total_updates)
-    parts = []
-    if cfg.max_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay,
-                             mu_dtype=parse_dtype(cfg.master_dtype)))
-    return optax.chain(*parts), schedule
-
 
 def _needs_master(param_dtype, optim_cfg: OptimConfig) -> bool:
     return jnp.dtype(param_dtype) != jnp.dtype(parse_dtype(optim_cfg.master_dtype))

@@ -14,7 +14,8 @@ import difflib
 from typing import Callable, Iterable, Optional
 
 from socialr1_jax.social.data import (DataError, MCQRow, TOMBENCH_HARD_LAYOUTS, as_row, load_mcq,
-                                      load_socialiqa, load_tombench)
+                                      load_socialiqa)
+from socialr1_jax.social.tombench import load_tombench
 
 
 @dataclasses.dataclass(frozen=True)

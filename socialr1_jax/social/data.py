@@ -5,6 +5,7 @@ ToMi stories) becomes a list of `MCQRow`: `id`, `story`, `question`, `options` (
 option i has letter A+i), `gold` (one capital letter, normalised by `answers.normalize_letter`),
 `dimension` (the coarse ToM category, e.g. "Belief"), `ability` (the fine one), `task` and
 `source`. The trainer, the rewards and the evaluator take rows as dicts (`MCQRow.as_dict`).
+ToMBench's own loader is in `tombench.py`.
 
 Files are read locally; a hub name (e.g. `allenai/social_i_qa`) goes through `datasets` when the
 hub is reachable and is never required. CSV, TSV and parquet files are read by `datasets`;
@@ -426,68 +427,6 @@ def load_socialiqa(path: str = "allenai/social_i_qa", *, split: Optional[str] = 
                             f"{path}")
         records = [{**r, cols.gold: g} for r, g in zip(records, gold)]
     return rows_from_records(records, cols, where=os.fspath(path), source="socialiqa")
-
-
-# -- ToMBench ------------------------------------------------------------------------------------
-
-TOMBENCH_GOLD = "答案\nANSWER"
-TOMBENCH_ABILITY = "能力\nABILITY"
-TOMBENCH_FIELDS = {"en": ("STORY", "QUESTION", "OPTION-"), "zh": ("故事", "问题", "选项")}
-TOMBENCH_ROWS = 2860  # the published set (20 task files)
-# ToMBench's six ability dimensions (Chen et al., 2024), spelled as the paper spells them.
-TOMBENCH_DIMENSIONS = ("Emotion", "Desire", "Intention", "Knowledge", "Belief",
-                       "Non-Literal Communication")
-_DIM_PREFIX = re.compile(r"(%s)\s*:" % "|".join(re.escape(d) for d in TOMBENCH_DIMENSIONS),
-                         re.IGNORECASE)
-
-
-def tombench_ability(raw: str) -> tuple[str, str]:
-    """(dimension, ability) from ToMBench's ability label, with its spelling variants folded.
-
-    The files spell a dimension in two cases ("Non-literal communication" beside
-    "Non-Literal Communication") and one label has a trailing space; a few rows carry two labels
-    ("Belief: Location false beliefs Belief: Second-order beliefs"): the first names the dimension.
-    """
-    text = " ".join(str(raw).split())
-    canon = {d.lower(): d for d in TOMBENCH_DIMENSIONS}
-    text = _DIM_PREFIX.sub(lambda m: canon[m.group(1).lower()] + ":", text)
-    m = _DIM_PREFIX.match(text)
-    return (canon[m.group(1).lower()] if m else text.split(":")[0].strip()), text
-
-
-def _tombench_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        raise DataError(f"{path}: no such ToMBench folder or file")
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".jsonl"))
-    if not files:
-        raise DataError(f"{path}: no .jsonl files (ToMBench's folder holds one per task)")
-    return files
-
-
-def load_tombench(path: str, *, language: str = "en") -> list[MCQRow]:
-    """ToMBench from its folder of per-task JSONL files (or one such file), in one language.
-
-    Rows with two options (the other two are NaN) get two; gold letters such as "A. " are
-    normalised; option texts lose an "A. " prefix that repeats their letter. id is
-    `tombench/<task>/<line>`; task is the file's name.
-    """
-    if language not in TOMBENCH_FIELDS:
-        raise DataError(f"--language {language!r}: ToMBench has {sorted(TOMBENCH_FIELDS)}")
-    story_key, question_key, option_prefix = TOMBENCH_FIELDS[language]
-    cols = ColumnMap(story=story_key, question=question_key,
-                     options=tuple(option_prefix + c for c in "ABCD"), gold=TOMBENCH_GOLD,
-                     ability=TOMBENCH_ABILITY)
-    rows: list[MCQRow] = []
-    for f in _tombench_files(os.fspath(path)):
-        task = os.path.splitext(os.path.basename(f))[0]
-        part = rows_from_records(read_jsonl(f), cols, where=f, source="tombench")
-        for n, r in enumerate(part):
-            dim, ability = tombench_ability(r.ability)
-            rows.append(dataclasses.replace(r, id=f"tombench/{task}/{n}", dimension=dim,
-                                            ability=ability, task=task))
-    return rows
 
 
 def counts(rows: Iterable[MCQRow], key: str = "ability") -> dict[str, int]:
