@@ -4,7 +4,9 @@
 
 Compiles `sampler._generate` of the checkout first on PYTHONPATH (nothing is run) for the
 bench-100m model (fp32, 64-token prompts, 128 new tokens, greedy, as benchmarks/sampler_bench.py)
-and reads the optimized HLO of the decode `while` loop's body (the loop holding the layers): every
+and reads the optimized HLO of the decode `while` loop's body (the loop body with the most
+hidden-sized instructions: the decode step's, or with `unstack_layers=False` the layer scan's
+inside it): every
 instruction whose result has the shape of the whole cache ([L, B, K, S, H]) or of one layer's
 ([B, K, S, H]) is counted by opcode (a fusion by its root's). A `copy` there is a copy of the cache
 on every decode step; an in-place write is a `dynamic-update-slice`.

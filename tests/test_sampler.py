@@ -324,8 +324,9 @@ def test_decode_loop_writes_the_cache_in_place_and_slices_no_weights():
     per-step copy of the cache), and the loop takes no per-layer slice of a stacked weight (the
     slices are taken once, before it); the scanned alternative does slice them inside the loop.
 
-    B=8: at B=2 XLA:CPU did not copy the stacked [L, B, K, S, H] cache that the loop used to
-    carry, at B=8 it copied it after every layer's write (what KVCache.unstacked avoids)."""
+    B=8: with this tiny model at B=2 (24 slots) XLA:CPU did not copy the stacked [L, B, K, S, H]
+    cache that the loop used to carry; at B=8 it copied it after every layer's write (what
+    KVCache.unstacked avoids)."""
     cfg = preset("tiny", num_layers=3)
     model = create_model(cfg)
     b, p, n = 8, 8, 16
