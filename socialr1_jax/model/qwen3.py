@@ -80,10 +80,12 @@ class KVCache:
     def unstacked(self) -> "KVCache":
         """The same cache with one [B, K, S, H] array per layer (a copy of the keys and values).
 
-        A loop that carries the stacked cache and writes one layer's slot after another makes
-        XLA:CPU copy the whole cache after every layer's write (it cannot prove the next layer's
-        read of the buffer happens first): 2L copies of the cache per decode step, which cost the
-        bench model's B=8 step 40 -> 50 ms. Each layer's own buffer is updated in place.
+        A loop that carries the stacked cache and writes one layer's slot after another was
+        compiled by XLA:CPU with a copy of the whole cache after every layer's write (the next
+        layer's read of its slice was fused with a duplicate of the write): 2L copies of the
+        cache per decode step, which took the bench model's B=8 step from 40.8 to 53.9 ms
+        (benchmarks/results/sampler_b8_per_layer_cache.md, decode_copies.md). Each layer's own
+        buffer is updated in place.
         """
         if self.per_layer:
             return self
