@@ -101,11 +101,13 @@ def arms_section(res: dict, lines: list[str]) -> None:
     arms = res.get("decode") or {}
     if len(arms) < 2:
         return
-    lines += ["## XLA command buffers (CUDA graphs): A/B in one run", "",
-              "| arm | XLA_FLAGS | B=1 step ms | 40-row tok/s | first call s | timed runs |",
+    lines += ["## Decode A/B in one run: XLA command buffers (CUDA graphs), scanned layers", "",
+              "| arm | XLA_FLAGS / sampler | B=1 step ms | 40-row tok/s | first call s | "
+              "timed runs |",
               "|---|---|---|---|---|---|"]
     for arm, d in arms.items():
-        flags = res["arms_flags"].get(arm) or "(default)"
+        flags = " ".join(x for x in (res["arms_flags"].get(arm),
+                                     (res.get("arms_options") or {}).get(arm)) if x) or "(default)"
         if not d:
             lines.append(f"| {arm} | `{flags}` | {_stage_note(res, 'decode.' + arm)} ||||")
             continue

@@ -16,7 +16,8 @@
              rollout, reference log-probs and update timed; the update's model FLOP utilisation
   torch      the same update in transformers + torch on the same checkpoint and shapes
   decode.*   the XLA command-buffer A/B: the sampler again with the while loop / conditionals
-             recorded as CUDA graphs, and with command buffers off
+             recorded as CUDA graphs, and with command buffers off; and the sampler scanning
+             the stacked layers (unstack_layers=False) instead of per-layer weights and cache
 
 Each stage has a time cap and the whole run a budget (--budget-s); a stage that fails or runs
 out of time is reported as such and the next one runs. The GRPO step's completion length is the
@@ -49,7 +50,12 @@ ARMS = {  # name: XLA_FLAGS added for the decode A/B
     "cmdbuf_while": "--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL "
                     "--xla_enable_command_buffers_during_profiling=true",
     "cmdbuf_off": "--xla_gpu_enable_command_buffer=",
+    "scan_layers": "",
 }
+# Arms that change the sampler rather than XLA: scan_layers decodes with sample(...,
+# unstack_layers=False), a scan over the stacked weights and cache (no per-layer copy of the
+# weights held while sampling; on CPU it slices every weight each step).
+ARM_OPTIONS = {"scan_layers": ["--scan-layers"]}
 COMPLETION_CHOICES = (2048, 1536, 1024, 512, 256)
 TRAIN_LINE = re.compile(r"^PHASES (\{.*\})$", re.M)
 
@@ -237,14 +243,15 @@ def main(argv=None) -> int:
           poll=True)
     for arm in arms[1:]:
         stage(f"decode.{arm}", 120, flags=ARMS[arm], preallocate=False,
-              extra=["--arm", arm, "--profile", "--repeats", "1"])
+              extra=["--arm", arm, "--profile", "--repeats", "1", *ARM_OPTIONS.get(arm, [])])
 
     results = {"stages": r.status, "tiny": a.tiny, "budget_s": budget,
                "env": _load(work, "env"), "ckpt": _load(work, "ckpt"),
                "init": _load(work, "init"), "train": train,
                "torch_update": _load(work, "torch_update"),
                "decode": {arm: _load(work, f"decode.{arm}") for arm in arms},
-               "arms_flags": {arm: ARMS[arm] for arm in arms}}
+               "arms_flags": {arm: ARMS[arm] for arm in arms},
+               "arms_options": {arm: " ".join(ARM_OPTIONS.get(arm, [])) for arm in arms}}
     results["total_wall_s"] = time.monotonic() - r.t0
     report.write(a.out, results)
     if not a.keep_work:

@@ -122,14 +122,14 @@ def stage_init(a) -> dict:
             "first_s": times[0], "second_s": times[1]}
 
 
-def _sample_fn(model, prompts, eos=()):
+def _sample_fn(model, prompts, eos=(), unstack_layers=True):
     import numpy as np
 
     from socialr1_jax import sample
 
     def run(n_new, samples, temperature=1.0, seed=0, rows=None):
         out = sample(model, prompts[:rows], max_new_tokens=n_new, temperature=temperature,
-                     num_samples=samples, eos_ids=eos, seed=seed)
+                     num_samples=samples, eos_ids=eos, seed=seed, unstack_layers=unstack_layers)
         return np.asarray(out.tokens)  # waits for the device
     return run
 
@@ -163,7 +163,7 @@ def stage_decode(a) -> dict:
     new = s["new"]
     out = {"arm": a.arm, "xla_flags": os.environ.get("XLA_FLAGS", ""), "prompt_len": s["prompt"],
            "new_tokens": new, "prompts": PROMPTS, "group": GROUP, "temperature": 1.0,
-           "eos": "none"}
+           "eos": "none", "unstack_layers": not a.scan_layers}
     t0 = time.perf_counter()
     model = load_model(os.path.join(a.work, "ckpt"))
     jax.block_until_ready(nnx.state(model))
@@ -172,7 +172,7 @@ def stage_decode(a) -> dict:
     out["weight_bytes"] = cfg.num_params() * jax.numpy.dtype(cfg.param_dtype).itemsize
     rng = np.random.default_rng(0)
     prompts = rng.integers(2, min(cfg.vocab_size, 151643), (PROMPTS, s["prompt"])).tolist()
-    run = _sample_fn(model, prompts)
+    run = _sample_fn(model, prompts, unstack_layers=not a.scan_layers)
 
     save = lambda: _write(a.work, f"decode.{a.arm}", out)  # noqa: E731  after each part,
     # so a stage stopped at its time cap still leaves what it measured.
@@ -306,6 +306,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", required=True)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--arm", default="default", help="decode: the name of this XLA_FLAGS arm")
+    ap.add_argument("--scan-layers", action="store_true",
+                    help="decode: sample(..., unstack_layers=False), a scan over stacked layers")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="decode: trace and summarise")
     ap.add_argument("--hf", action="store_true", help="decode: greedy agreement with transformers")
