@@ -10,7 +10,10 @@ The forward pass is one `lax.scan` over the stacked weights (MaxText's `scan_lay
 traced and compiled program holds one layer whatever the depth, so model creation and compile
 time stay flat in the number of layers. The backward pass rematerialises per layer
 (`ModelConfig.remat`), and the KV cache is stacked too ([L, B, K, S, H]) and carried through the
-scan, each layer writing its new keys in place.
+scan, each layer writing its new keys in place. The sampler instead runs the layers straight-line
+over per-layer copies of the weights and a per-layer cache (`unstacked_layers`,
+`KVCache.unstacked`): a loop that calls the model every step should neither slice the stacked
+weights nor carry the stacked cache.
 
 Shape letters: l layer, b batch, t query time, s key slot, d hidden, n query heads, k KV heads,
 g query heads per KV head, h head_dim, j heads x head_dim flattened (N*H or K*H), f MLP hidden,
