@@ -226,7 +226,7 @@ def test_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
     assert [h["loss"] for h in whole.history[3:]] == [h["loss"] for h in rest.history]
 
 
-def test_sigterm_saves_the_update_in_hand_and_the_run_resumes(base, tmp_path):
+def test_sigterm_saves_the_update_in_hand_and_the_run_resumes(base, tmp_path, monkeypatch):
     """SIGTERM while step 2 runs: that update finishes, is saved, and the run returns exit code
     143 with a status naming the signal; `run.resume=true` then runs the remaining steps from it."""
     import signal
@@ -244,6 +244,9 @@ def test_sigterm_saves_the_update_in_hand_and_the_run_resumes(base, tmp_path):
     assert [d for d in os.listdir(out / "checkpoints") if d.isdigit()] == ["2"]
     steps = [json.loads(ln)["step"] for ln in open(out / "metrics.jsonl")]
     assert steps == [0, 1]
+    # The resumed run takes its shapes from the run's config.json and never reads model.path's
+    # weights (the restore replaces them all).
+    monkeypatch.setattr(rm_io, "init_reward_model", lambda *a, **k: pytest.fail("weights read"))
     rest = tr.train_rm(tr.parse_args(_args(base, out, *common, "run.resume=true")),
                        log=lambda _: None)
     assert rest.exit_code == 0 and rest.status == "done" and int(rest.state.step) == 4

@@ -222,19 +222,34 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
 def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
              log: Callable[[str], None] = print) -> RMTrainResult:
     """Run the pairwise training the config describes (see the module docstring)."""
+    from socialr1_jax.checkpoint import orbax_io
     from socialr1_jax.checkpoint.rm_io import hf_config, init_reward_model, save_hf
     from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
-    from socialr1_jax.model.reward_model import with_settings
+    from socialr1_jax.model.reward_model import abstract_reward_model, with_settings
 
     prep = prepared or prepare(cfg)
     mesh, run, pad = prep.mesh, cfg.run, prep.pad_id
-    model, had_head = init_reward_model(cfg.model.path, pad_token_id=pad, mesh=mesh,
-                                        dtype=cfg.model.param_dtype or None, seed=cfg.model.seed)
+    ckpt = None
+    if run.out_dir:
+        ckpt = TrainCheckpointer(os.path.join(run.out_dir, run_dir.CHECKPOINTS), keep=run.keep,
+                                 async_save=run.async_save)
+    resuming = ckpt is not None and run.resume and ckpt.latest() is not None
+    if resuming:
+        # The restore replaces every weight, so the starting checkpoint is not read: the shapes
+        # and dtypes come from the config.json the run wrote beside its steps.
+        model = abstract_reward_model(
+            orbax_io.read_config(ckpt.root, dtype=cfg.model.param_dtype or None), pad)
+        source = f"the checkpoints of {run.out_dir}"
+    else:
+        model, had_head = init_reward_model(cfg.model.path, pad_token_id=pad, mesh=mesh,
+                                            dtype=cfg.model.param_dtype or None,
+                                            seed=cfg.model.seed)
+        source = f"{cfg.model.path} ({'its head' if had_head else 'a new head'})"
     model = with_settings(model, remat=cfg.model.remat,
                           **({"dtype": cfg.model.dtype} if cfg.model.dtype else {}))
-    log(f"reward model from {cfg.model.path} ({'its head' if had_head else 'a new head'}), "
-        f"pad id {pad}; {len(prep.train)} training pairs, {len(prep.eval)} held out, "
-        f"{prep.train.truncated + prep.eval.truncated} texts cut to data.max_length")
+    log(f"reward model from {source}, pad id {pad}; {len(prep.train)} training pairs, "
+        f"{len(prep.eval)} held out, {prep.train.truncated + prep.eval.truncated} texts cut to "
+        "data.max_length")
     per_epoch = len(prep.train) // run.batch_size
     total = run.steps or run.epochs * per_epoch
     step_fn = make_rm_step(model, cfg.optim, mesh, micro_batch_size=run.micro_batch_size,
@@ -242,14 +257,10 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
     scorer = make_score_fn(with_settings(model, remat="none"), mesh)
     graphdef = nnx.graphdef(model)
 
-    ckpt, first = None, 0
-    if run.out_dir:
-        ckpt = TrainCheckpointer(os.path.join(run.out_dir, run_dir.CHECKPOINTS), keep=run.keep,
-                                 async_save=run.async_save)
-    if ckpt is not None and run.resume and ckpt.latest() is not None:
+    first = 0
+    if resuming:
         # The whole TrainState, each array read into its sharding on this run's mesh.
         abstract = ts.abstract_state_of(nnx.state(model), cfg.optim, mesh, total_updates=total)
-        del model  # its parameters are replaced by the checkpoint's
         state, meta = ckpt.restore(abstract)
         first = int(meta["step"])
         log(f"resumed {run.out_dir} at step {first} ({int(state.step)} updates)")
