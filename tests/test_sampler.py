@@ -346,3 +346,32 @@ def test_decode_loop_writes_the_cache_in_place_and_slices_no_weights():
                   if re.search(rf"= {gate_slice}\S* (dynamic-)?slice\(", ln)
                   and "while/body/while/body" in ln]
         assert (len(nested) > 0) == (not unstack), nested[:2]
+
+
+def test_per_layer_cache_is_sharded_inside_the_decode_loop():
+    """On a (data 1, fsdp 4, tensor 2) mesh, each layer's cache in the compiled decode loop is a
+    per-device shard (rows / 4, KV heads / 2), written in place; no device holds a whole one."""
+    from flax import nnx
+
+    from socialr1_jax.parallel.sharding import batch_sharding, param_shardings
+
+    cfg = preset("tiny", num_layers=3)
+    mesh = make_mesh(1, 4, 2)
+    model = create_model(cfg, mesh=mesh)
+    b, p, n = 8, 8, 16
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, param_shardings(state, mesh))
+    ids = np.ones((b, p), np.int32)
+    args = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in (ids, ids, np.ones(b, bool))]
+    plan = S._Plan(new_len=n, greedy=True, top_k=0, use_top_p=False, pad_id=0, prefill_chunk=p)
+    with jax.set_mesh(mesh):
+        text = S._generate.lower(graphdef, state, *args, jax.random.key(0), jnp.float32(1),
+                                 jnp.float32(1), jnp.asarray([-1], jnp.int32), jnp.int32(n),
+                                 plan=plan).compile().as_text()
+    shard = f"{b // 4},{cfg.num_kv_heads // 2},{p + n},{cfg.head_dim}"
+    whole = f"{b},{cfg.num_kv_heads},{p + n},{cfg.head_dim}"
+    producers = _loop_producers(text, shard)
+    assert "dynamic-update-slice" in {x.removeprefix("fusion:") for x in producers}
+    assert set(producers) <= {"parameter", "get-tuple-element", "tuple", "bitcast",
+                              "dynamic-update-slice", "fusion:dynamic-update-slice"}, producers
+    assert _loop_producers(text, whole) == []
