@@ -96,6 +96,24 @@ class KVCache:
         return dataclasses.replace(self, k_lbksh=tuple(self.k_lbksh[i] for i in range(n_l)),
                                    v_lbksh=tuple(self.v_lbksh[i] for i in range(n_l)))
 
+    @classmethod
+    def from_prompt(cls, k_lbkth, v_lbkth, mask_bt, slots: int) -> "KVCache":
+        """A per-layer cache of `slots` slots whose first T hold a prompt's keys and values.
+
+        k_lbkth, v_lbkth: [L, B, K, T, H], every layer's keys and values of the prompt as a
+        scanned forward returns them (`Qwen3.hidden_states(..., prompt_cache_slots=)`);
+        mask_bt: the prompt's attention mask. Each layer's array is padded to `slots` on its own.
+        """
+        t = mask_bt.shape[1]
+        pad = ((0, 0), (0, 0), (0, slots - t), (0, 0))
+        n_l = k_lbkth.shape[0]
+        mask_bt = mask_bt.astype(jnp.bool_)
+        return cls(k_lbksh=tuple(jnp.pad(k_lbkth[i], pad) for i in range(n_l)),
+                   v_lbksh=tuple(jnp.pad(v_lbkth[i], pad) for i in range(n_l)),
+                   valid_bs=jnp.pad(mask_bt, ((0, 0), (0, slots - t))),
+                   index=jnp.asarray(t, jnp.int32),
+                   next_pos_b=mask_bt.sum(axis=1).astype(jnp.int32))
+
     def repeat_rows(self, n: int) -> "KVCache":
         """Every row n times (rows i*n .. i*n+n-1 copy row i); the shared index is kept."""
         rep = partial(jnp.repeat, repeats=n)
@@ -269,7 +287,9 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     mask_bts: True where query t may attend key slot s. With `kv` = (k_lbksh, v_lbksh), the whole
     cache, the chunk's keys and values are first written in place at [layer, :, :, index:]
     and attention reads that layer's slots; with `layer=None`, `kv` = (k_bksh, v_bksh) is this
-    layer's own cache, written at [:, :, index:]. Returns (x_btd, kv).
+    layer's own cache, written at [:, :, index:]. Without `kv` the chunk attends to itself only
+    and its own keys and values are returned as `kv` ([B, K, T, H]: what a prefill caches).
+    Returns (x_btd, kv).
     """
     dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
@@ -280,7 +300,9 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
         q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
         k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
         k_bksh, v_bksh = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
-        if kv is not None and layer is None:
+        if kv is None:
+            kv = (k_bksh, v_bksh)
+        elif layer is None:
             k_c, v_c = kv
             at = (0, 0, index, 0)
             k_bksh = constrain(jax.lax.dynamic_update_slice(
@@ -288,7 +310,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
             v_bksh = constrain(jax.lax.dynamic_update_slice(
                 v_c, v_bksh.astype(v_c.dtype), at), CACHE_BKSH)
             kv = (k_bksh, v_bksh)
-        elif kv is not None:
+        else:
             k_all, v_all = kv
             at = (layer, 0, 0, index, 0)
             k_all = constrain(jax.lax.dynamic_update_slice(
@@ -338,7 +360,8 @@ class Qwen3(nnx.Module):
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None,
                       cache: Optional[KVCache] = None, *,
-                      layer_weights: Optional[Sequence[dict]] = None):
+                      layer_weights: Optional[Sequence[dict]] = None,
+                      prompt_cache_slots: Optional[int] = None):
         """Final-norm hidden states [B, T, D], and the updated cache (None without one).
 
         attention_mask [B, T] (1 = token, 0 = pad); positions [B, T] default to the running count
@@ -348,6 +371,9 @@ class Qwen3(nnx.Module):
         times (the sampler's decode): the layers then run as straight-line code on those
         arrays instead of a scan that slices the stacked weights on every call (see
         `unstacked_layers`). With a per-layer cache only (`KVCache.unstacked()`).
+        prompt_cache_slots: without a cache, also return a per-layer cache of that many slots
+        holding this chunk's keys and values (`KVCache.from_prompt`): a prefill that is one
+        scan over the stacked layers, so its program holds one layer whatever the depth.
         """
         cfg = self.cfg
         b, t = input_ids.shape
@@ -364,13 +390,19 @@ class Qwen3(nnx.Module):
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
 
+            collect = prompt_cache_slots is not None
+
             def body(x, w):
-                return decoder_layer(cfg, w, x, positions, mask_bts)[0], None
+                x, kv = decoder_layer(cfg, w, x, positions, mask_bts)
+                return x, (kv if collect else None)
 
             if cfg.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, weights)
-            return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), None
+            x, kv_l = jax.lax.scan(body, x, weights)
+            hidden = rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps)
+            if not collect:
+                return hidden, None
+            return hidden, KVCache.from_prompt(*kv_l, mask_bt, prompt_cache_slots)
 
         index = cache.index
         valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))

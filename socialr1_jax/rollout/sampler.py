@@ -16,9 +16,12 @@ group, row i*n+j is sample j of prompt i) and runs `_generate`, a single jitted 
    soon as every row has emitted one of the EOS ids; the step runs the layers as straight-line
    code over those weights and writes each layer's cache in place.
 
-The prefill runs the same straight-line layers rather than a scan: a scanned prefill needs the
-stacked cache, and splitting it into layers afterwards holds two copies of the cache at once.
-The price is compile time that grows with depth (`benchmarks/compile_bench.py`, sample4b).
+A prompt that fits one prefill chunk (the usual case) is prefilled by one scan over the stacked
+layers whose per-layer keys and values become the per-layer cache (`hidden_states(...,
+prompt_cache_slots=)`), so that part of the program holds one layer whatever the depth. A longer
+prompt is prefilled chunk by chunk with the decode step's straight-line layers: its later chunks
+attend to the per-layer cache (a scan would need the stacked cache, and splitting it afterwards
+would hold two copies of the cache at once).
 
 Shapes are bucketed (prompt length and generation length rounded up to a few sizes, see
 `bucket`), and `max_new_tokens` itself is a traced value, so a training run whose prompts vary in
@@ -304,20 +307,26 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     # carries the stacked cache copies it whole after each layer's write.
     layers = model.unstacked_layers() if plan.unstack_layers else None
 
-    def empty_cache(rows):
-        cache = KVCache.zeros(cfg, rows, p + n)
-        return _pin_cache(cache.unstacked() if layers is not None else cache)
+    def prefill(ids, mask):
+        """(last hidden [rows, D], a cache holding the prompts) for rows of prompts."""
+        if layers is not None and plan.prefill_chunk >= p:
+            # The whole prompt in one pass: a scan over the stacked layers (one layer in the
+            # program) whose keys and values become the per-layer cache.
+            hidden, cache = model.hidden_states(ids, mask, prompt_cache_slots=p + n)
+            return hidden[:, -1], _pin_cache(cache)
+        cache = KVCache.zeros(cfg, ids.shape[0], p + n)
+        cache = _pin_cache(cache.unstacked() if layers is not None else cache)
+        return _prefill(model, ids, mask, cache, plan.prefill_chunk, layers)
 
-    prefill = partial(_prefill, model, chunk=plan.prefill_chunk, layers=layers)
     # Left padding puts every row's last prompt token at the last position.
     g = plan.shared_prefill
     if g > 1:
         # The n samples of a prompt have the same prompt: run it once and copy its cache.
-        last_bd, small = prefill(prompt_ids[::g], prompt_mask[::g], empty_cache(b // g))
+        last_bd, small = prefill(prompt_ids[::g], prompt_mask[::g])
         last_bd = jnp.repeat(last_bd, g, axis=0)
         cache = _pin_cache(small.repeat_rows(g))
     else:
-        last_bd, cache = prefill(prompt_ids, prompt_mask, empty_cache(b))
+        last_bd, cache = prefill(prompt_ids, prompt_mask)
     tok, logp = choose(jax.random.fold_in(key, 0), head(last_bd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
