@@ -102,7 +102,11 @@ def test_readme_demo_learns():
     assert [e["step"] for e in evals] == [0, len(steps)]
     warm, grpo = evals[0], evals[-1]
     assert warm["eval/questions"] == grpo["eval/questions"] >= 240
-    assert grpo["eval/accuracy"] >= warm["eval/accuracy"] + 0.1, evals
+    # +0.05 on 960 sampled answers is about 4 standard errors. Builds that differ only in
+    # floating-point rounding (how XLA fuses the sampler) gave +0.127, +0.132 and +0.106: the
+    # rollouts diverge after a few steps, so the margin is a property of the recipe, not of one
+    # trajectory, and is set well below those.
+    assert grpo["eval/accuracy"] >= warm["eval/accuracy"] + 0.05, evals
     for qtype in ("first_order_fb", "second_order_fb"):
         assert grpo[f"eval/accuracy/{qtype}"] > warm[f"eval/accuracy/{qtype}"], evals
     assert "held-out accuracy (240 questions)" in r.stdout, r.stdout[-3000:]
