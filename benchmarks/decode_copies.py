@@ -26,9 +26,6 @@ import re
 import subprocess
 import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                 os.environ.get("XLA_FLAGS", "")).strip()
 
 
 def computations(text: str) -> dict[str, list[str]]:
@@ -44,27 +41,49 @@ def computations(text: str) -> dict[str, list[str]]:
     return comps
 
 
+def root_ops(comps: dict[str, list[str]]) -> dict[str, str]:
+    """{computation name: the opcode of its ROOT instruction}."""
+    out = {}
+    for name, lines in comps.items():
+        root = next((ln for ln in lines if ln.startswith("ROOT")), "")
+        m = re.search(r"= .*? ([\w-]+)\(", root)
+        out[name] = m.group(1) if m else "?"
+    return out
+
+
+def loop_computations(comps: dict[str, list[str]]) -> set[str]:
+    """Every computation run inside a while loop: the bodies and what they call, transitively."""
+    todo = [b for lines in comps.values() for ln in lines
+            for b in re.findall(r"body=%([\w.-]+)", ln)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += [c for ln in comps[name]
+                     for c in re.findall(r"(?:calls|body)=%([\w.-]+)", ln)]
+    return seen
+
+
 def decode_body(comps: dict[str, list[str]], hidden: int) -> str:
-    """The while body with the most dot-like fusions over the hidden size: the decode step."""
+    """The while body with the most instructions of the hidden size: the decode step's."""
     bodies = {b for lines in comps.values() for ln in lines
               for b in re.findall(r"body=%([\w.-]+)", ln)}
     return max(bodies, key=lambda b: sum(f",{hidden}]" in ln for ln in comps[b]))
 
 
-def producers(comps, body: str, shape: str) -> collections.Counter:
-    """Opcodes (a fusion's: its root's) of the body's instructions with result type f32[shape]."""
-    root = {}
-    for name, lines in comps.items():
-        r = next((ln for ln in lines if ln.startswith("ROOT")), "")
-        m = re.search(r"= .*? ([\w-]+)\(", r)
-        root[name] = m.group(1) if m else "?"
+def producers(comps, names, shape: str) -> collections.Counter:
+    """Opcodes (a fusion's: its root's) of the instructions in computations `names` whose result
+    type is f32[shape]."""
+    root = root_ops(comps)
     out = collections.Counter()
-    for ln in comps[body]:
-        m = re.search(rf"= f32\[{shape}\]\S* ([\w-]+)\(", ln)
-        if m and m.group(1) == "fusion":
-            out["fusion:" + root[re.search(r"calls=%([\w.-]+)", ln).group(1)]] += 1
-        elif m:
-            out[m.group(1)] += 1
+    for name in names:
+        for ln in comps[name]:
+            m = re.search(rf"= f32\[{shape}\]\S* ([\w-]+)\(", ln)
+            if m and m.group(1) == "fusion":
+                out["fusion:" + root[re.search(r"calls=%([\w.-]+)", ln).group(1)]] += 1
+            elif m:
+                out[m.group(1)] += 1
     return out
 
 
@@ -73,6 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the counts as JSON")
     a = ap.parse_args(argv)
+    # Set here, not at import: tests import this module's HLO readers into a running process.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                     os.environ.get("XLA_FLAGS", "")).strip()
 
     import jax
     import jax.numpy as jnp
@@ -108,8 +131,8 @@ def main(argv=None) -> int:
         name = "default" if unstack is None else f"unstack_layers={unstack}"
         stacked = f"{cfg.num_layers},{layer}"
         result["modes"][name] = {
-            "stacked cache [L, B, K, S, H]": dict(producers(comps, body, stacked)),
-            "one layer's cache [B, K, S, H]": dict(producers(comps, body, layer)),
+            "stacked cache [L, B, K, S, H]": dict(producers(comps, [body], stacked)),
+            "one layer's cache [B, K, S, H]": dict(producers(comps, [body], layer)),
         }
     mb = 4 * b * cfg.num_kv_heads * (p + n) * cfg.head_dim * cfg.num_layers / 1e6
     print(f"# Decode loop of the compiled sampler, bench-100m fp32, B={b}, {p + n} slots "

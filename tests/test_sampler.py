@@ -1,7 +1,9 @@
 """The sampler against transformers' greedy `generate`, a NumPy sampling reference, and the
 trainer's log-prob recomputation; EOS / lengths / early stop; sharding; bucketing; bad inputs."""
 
+import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,10 @@ from socialr1_jax import create_model, load_model, make_mesh, preset
 from socialr1_jax.rollout import sampler as S
 from socialr1_jax.model.logprobs import completion_logprobs
 from tests.hf_fixtures import make_hf_checkpoint
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import decode_copies  # noqa: E402  (benchmarks/decode_copies.py: reading compiled HLO)
 
 NEW = 64
 
@@ -266,44 +272,12 @@ def test_bad_inputs(tiny_hf, kwargs, match):
 
 # ---- the compiled decode loop: cache written in place, weights never sliced per step ---------
 
-def _hlo_computations(text: str) -> dict[str, list[str]]:
-    """{computation name: its instruction lines} of compiled HLO text."""
-    comps, name = {}, None
-    for line in text.splitlines():
-        m = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
-        if m:
-            name = m.group(1)
-            comps[name] = []
-        elif name and line.strip() not in ("", "}"):
-            comps[name].append(line.strip())
-    return comps
-
-
 def _loop_producers(text: str, shape: str) -> list[str]:
     """The opcode (a fusion's: its root's) of every instruction of type f32[shape] inside a while
     loop's body (computations reached from a `body=`, fusions included)."""
-    comps = _hlo_computations(text)
-    root_op = {}
-    for name, lines in comps.items():
-        root = next((ln for ln in lines if ln.startswith("ROOT")), None)
-        m = root and re.search(r"= .*? ([\w-]+)\(", root)
-        root_op[name] = m.group(1) if m else "?"
-    todo = [b for lines in comps.values() for ln in lines for b in re.findall(r"body=%([\w.-]+)", ln)]
-    seen = set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += [c for ln in comps[name] for c in re.findall(r"(?:calls|body)=%([\w.-]+)", ln)]
-    out = []
-    for name in seen:
-        for ln in comps[name]:
-            m = re.search(rf"= f32\[{shape}\]\S* ([\w-]+)\(", ln)
-            if m and m.group(1) == "fusion":
-                out.append("fusion:" + root_op[re.search(r"calls=%([\w.-]+)", ln).group(1)])
-            elif m:
-                out.append(m.group(1))
-    return out
+    comps = decode_copies.computations(text)
+    return list(decode_copies.producers(comps, decode_copies.loop_computations(comps),
+                                        shape).elements())
 
 
 def _generate_hlo(model, unstack_layers: bool, b=2, p=8, n=16) -> str:
