@@ -280,16 +280,26 @@ def _loop_producers(text: str, shape: str) -> list[str]:
                                         shape).elements())
 
 
-def _generate_hlo(model, unstack_layers: bool, b=2, p=8, n=16) -> str:
+def _generate_hlo(model, unstack_layers: bool, b=2, p=8, n=16, mesh=None) -> str:
+    """XLA's compiled sampling program (greedy, b prompts of p tokens, n new), on `mesh` with
+    the parameters and rows sharded as `sample` shards them."""
+    import contextlib
+
     from flax import nnx
+
+    from socialr1_jax.parallel.sharding import batch_sharding, param_shardings
 
     graphdef, state = nnx.split(model)
     plan = S._Plan(new_len=n, greedy=True, top_k=0, use_top_p=False, pad_id=0, prefill_chunk=p,
                    unstack_layers=unstack_layers)
-    ids = jnp.zeros((b, p), jnp.int32)
-    return S._generate.lower(graphdef, state, ids, ids + 1, jnp.ones(b, bool), jax.random.key(0),
-                             jnp.float32(1), jnp.float32(1), jnp.asarray([-1], jnp.int32),
-                             jnp.int32(n), plan=plan).compile().as_text()
+    rows = [np.zeros((b, p), np.int32), np.ones((b, p), np.int32), np.ones(b, bool)]
+    if mesh is not None:
+        state = jax.device_put(state, param_shardings(state, mesh))
+        rows = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in rows]
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return S._generate.lower(graphdef, state, *rows, jax.random.key(0), jnp.float32(1),
+                                 jnp.float32(1), jnp.asarray([-1], jnp.int32), jnp.int32(n),
+                                 plan=plan).compile().as_text()
 
 
 def test_decode_loop_writes_the_cache_in_place_and_slices_no_weights():
@@ -325,23 +335,10 @@ def test_decode_loop_writes_the_cache_in_place_and_slices_no_weights():
 def test_per_layer_cache_is_sharded_inside_the_decode_loop():
     """On a (data 1, fsdp 4, tensor 2) mesh, each layer's cache in the compiled decode loop is a
     per-device shard (rows / 4, KV heads / 2), written in place; no device holds a whole one."""
-    from flax import nnx
-
-    from socialr1_jax.parallel.sharding import batch_sharding, param_shardings
-
     cfg = preset("tiny", num_layers=3)
     mesh = make_mesh(1, 4, 2)
-    model = create_model(cfg, mesh=mesh)
     b, p, n = 8, 8, 16
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, param_shardings(state, mesh))
-    ids = np.ones((b, p), np.int32)
-    args = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in (ids, ids, np.ones(b, bool))]
-    plan = S._Plan(new_len=n, greedy=True, top_k=0, use_top_p=False, pad_id=0, prefill_chunk=p)
-    with jax.set_mesh(mesh):
-        text = S._generate.lower(graphdef, state, *args, jax.random.key(0), jnp.float32(1),
-                                 jnp.float32(1), jnp.asarray([-1], jnp.int32), jnp.int32(n),
-                                 plan=plan).compile().as_text()
+    text = _generate_hlo(create_model(cfg, mesh=mesh), True, b=b, p=p, n=n, mesh=mesh)
     shard = f"{b // 4},{cfg.num_kv_heads // 2},{p + n},{cfg.head_dim}"
     whole = f"{b},{cfg.num_kv_heads},{p + n},{cfg.head_dim}"
     producers = _loop_producers(text, shard)

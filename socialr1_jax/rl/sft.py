@@ -25,7 +25,6 @@ its first step; `sft.data.path=tomi` generates ToMi traces), `save_sft(...)`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_optimizer
 from socialr1_jax.rl.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
                                          WarmStartConfig)
+from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import load_yaml
 
 
@@ -81,19 +81,11 @@ def read_pairs(path: str, prompt_key: str = "prompt",
     if not os.path.isfile(path):
         raise cli.UsageError(f"data.path={path}: no such file")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise cli.UsageError(f"{path}:{n}: not valid JSON ({e})") from None
-            for key in (prompt_key, response_key):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    found = sorted(row) if isinstance(row, dict) else type(row).__name__
-                    raise cli.UsageError(f"{path}:{n}: no string field {key!r} (found {found})")
-            pairs.append((row[prompt_key], row[response_key]))
+    for where, row in iter_jsonl(path, cli.UsageError):
+        for key in (prompt_key, response_key):
+            if not isinstance(row.get(key), str):
+                raise cli.UsageError(f"{where}: no string field {key!r} (found {sorted(row)})")
+        pairs.append((row[prompt_key], row[response_key]))
     if not pairs:
         raise cli.UsageError(f"{path}: no (prompt, response) pairs")
     return pairs
