@@ -219,6 +219,9 @@ def test_cli_bad_input_fails_before_the_model_loads(ckpt, tmp_path, capsys, no_m
           "--on-too-long", "error"], "more than max_prompt_tokens=20"),
         (["--benchmark", "mcq", "--data", good, "--mesh", "3x3x3"], "--mesh 3x3x3"),
         (["--benchmark", "mcq", "--data", good, "--limit", "x"], "--limit"),
+        (["--benchmark", "mcq", "--data", good, "--dtype", "fp16"], "--dtype"),
+        (["--benchmark", "mcq", "--data", good, "--host-devices", "0"], "--host-devices"),
+        (["--benchmark", "mcq", "--data", good, "--mesh", "1x1x8"], "--mesh 1x1x8: "),
     ]
     for argv, needle in cases:
         assert needle in cli_error(base + argv, capsys), argv

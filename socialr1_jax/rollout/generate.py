@@ -43,17 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_sampling_args(ap, temperature=1.0, max_new_tokens=256,
                       samples_help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default=None, choices=["bf16", "fp32", "bfloat16", "float32"],
-                    help="default: the checkpoint's")
-    ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR, e.g. 1x8x1")
-    ap.add_argument("--host-devices", type=cli.positive_int, default=None,
-                    help="split the CPU into this many XLA devices (to try --mesh on a CPU)")
+    add_model_args(ap)
     ap.add_argument("--out", default=None, help="write JSONL here instead of printing")
     ap.add_argument("--allow-nonfinite", action="store_true",
                     help="load weights with NaN/Inf instead of refusing them (debugging only)")
     args = ap.parse_args(argv)
     check_sampling_flags(args)
-    args.mesh_sizes = cli.mesh_sizes("--mesh", args.mesh) if args.mesh else None
+    check_model_args(args)
     if args.out:
         args.out = cli.writable_file("--out", args.out)
     return args
@@ -68,6 +64,43 @@ def add_sampling_args(ap, *, temperature: float, max_new_tokens: int, samples_he
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
     ap.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     ap.add_argument("--num-samples", type=int, default=1, help=samples_help)
+
+
+def add_model_args(ap) -> None:
+    """How the checkpoint is loaded and sharded (--dtype, --mesh, --host-devices), shared by
+    `generate` and `evaluate`; check them with `check_model_args`, place them with
+    `use_host_devices` and `model_mesh`."""
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp32", "bfloat16", "float32"],
+                    help="default: the checkpoint's")
+    ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR, e.g. 1x8x1")
+    ap.add_argument("--host-devices", type=cli.positive_int, default=None,
+                    help="split the CPU into this many XLA devices (to try --mesh on a CPU)")
+
+
+def check_model_args(args) -> None:
+    """--mesh parsed into `args.mesh_sizes` (every size >= 1), or a UsageError naming it."""
+    args.mesh_sizes = cli.mesh_sizes("--mesh", args.mesh) if args.mesh else None
+
+
+def use_host_devices(args) -> None:
+    """--host-devices as XLA's forced CPU device count (before JAX starts a backend)."""
+    if args.host_devices:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.host_devices}")
+
+
+def model_mesh(args, cfg):
+    """The mesh of --mesh (None without it), checked against the model's heads (UsageError)."""
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh
+
+    if not args.mesh_sizes:
+        return None
+    try:
+        mesh = make_mesh(**args.mesh_sizes)
+        check_model_fits_mesh(cfg, mesh)
+    except ValueError as e:
+        raise cli.UsageError(f"--mesh {args.mesh}: {e}") from None
+    return mesh
 
 
 def check_sampling_flags(args) -> None:
@@ -150,24 +183,18 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 def generate(argv=None) -> list[dict]:
     """Run the command; returns the rows it printed or wrote (one per completion)."""
     args = parse_args(argv)
-    if args.host_devices:  # must precede the first use of a JAX backend
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.host_devices}")
+    use_host_devices(args)
     texts = read_prompts(args)
     cfg = check_model_dir(args.model)
 
     import numpy as np
 
     from socialr1_jax.checkpoint.loading import load_model
-    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh
     from socialr1_jax.rollout import tokenizer as tk
     from socialr1_jax.rollout.checks import check_against_model
     from socialr1_jax.rollout.sampler import sample
 
-    mesh = None
-    if args.mesh_sizes:
-        mesh = cli.checked("--mesh", args.mesh, lambda _: make_mesh(**args.mesh_sizes))
-        cli.checked("--mesh", args.mesh, lambda _: check_model_fits_mesh(cfg, mesh))
+    mesh = model_mesh(args, cfg)
     try:
         tok = tk.load_tokenizer(args.model)
         eos = tk.stop_ids(args.model, tok)

@@ -28,7 +28,9 @@ import numpy as np
 
 from socialr1_jax import cli
 from socialr1_jax.yaml_config import check_at_least
-from socialr1_jax.rollout.generate import add_sampling_args, check_sampling_flags
+from socialr1_jax.rollout.generate import (add_model_args, add_sampling_args, check_model_args,
+                                           check_model_dir, check_sampling_flags, model_mesh,
+                                           use_host_devices)
 from socialr1_jax.social.answers import extract_answer, format_ok
 from socialr1_jax.social.data import DataError, MCQRow
 from socialr1_jax.social.prompts import PromptConfig, PromptSet, build_prompts
@@ -273,16 +275,15 @@ def parse_args(argv=None):
     ap.add_argument("--instruction", default=None, help="replace the Social-R1 instruction")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
-    ap.add_argument("--dtype", default=None, help="bf16 / fp32 (default: the checkpoint's)")
-    ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR, e.g. 1x8x1")
-    ap.add_argument("--host-devices", type=int, default=None,
-                    help="split the CPU into this many XLA devices (to try --mesh on a CPU)")
+    add_model_args(ap)
     ap.add_argument("--out", default=None,
                     help="write the JSON report here; per-question records stream to "
                          "<out without .json>.predictions.jsonl as batches finish")
     ap.add_argument("--progress", default=None, choices=("on", "off"),
                     help="progress bar (default: on a terminal only)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    check_model_args(args)
+    return args
 
 
 def _configs(args) -> EvalConfig:
@@ -304,9 +305,7 @@ def _configs(args) -> EvalConfig:
 def main(argv=None) -> int:
     """Run the command line: every check on user input happens before the model is loaded."""
     args = parse_args(argv)
-    if args.host_devices:  # before jax starts its backend
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.host_devices}")
+    use_host_devices(args)  # before jax starts its backend
     from socialr1_jax.social.benchmarks import load_benchmark
     from socialr1_jax.social.data import column_map
 
@@ -317,12 +316,9 @@ def main(argv=None) -> int:
                           language=args.language, columns=columns)
     preds_path = None
     if args.out:
-        parent = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(parent):
-            raise cli.UsageError(f"--out {args.out}: folder {parent} does not exist")
+        args.out = cli.writable_file("--out", args.out)
         preds_path = os.path.splitext(args.out)[0] + ".predictions.jsonl"
-    if not os.path.isdir(args.model):
-        raise cli.UsageError(f"--model {args.model}: no such checkpoint directory")
+    model_cfg = check_model_dir(args.model)
     from socialr1_jax.rollout import tokenizer as tk
 
     tok_dir = args.tokenizer or args.model
@@ -335,13 +331,7 @@ def main(argv=None) -> int:
     if not len(prompts):
         raise DataError(f"every prompt is longer than --max-prompt-tokens "
                         f"{cfg.prompt.max_prompt_tokens}")
-    mesh = None
-    if args.mesh:
-        from socialr1_jax.parallel.sharding import make_mesh, parse_mesh
-        try:
-            mesh = make_mesh(**parse_mesh(args.mesh))
-        except ValueError as e:
-            raise cli.UsageError(f"--mesh {args.mesh}: {e}") from None
+    mesh = model_mesh(args, model_cfg)
     from socialr1_jax.checkpoint.loading import load_model
 
     print(f"{args.benchmark}: {len(rows)} question(s) from {args.data or 'its default source'}"
