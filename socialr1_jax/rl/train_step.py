@@ -141,13 +141,12 @@ def init_train_state(params, optim_cfg: OptimConfig, mesh: Optional[Mesh] = None
     using `params` (e.g. as the frozen reference).
     """
     optimizer, _ = make_optimizer(optim_cfg, total_updates)
-    abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), params)
-    shardings = state_shardings(abstract, optimizer, mesh)
+    shardings = train_state_shardings(params, optim_cfg, mesh, total_updates=total_updates)
 
-    def build(p):
+    def fresh(p):
         return _new_state(jax.tree.map(jnp.copy, p), optim_cfg, optimizer)
 
-    return jax.jit(build, out_shardings=shardings)(params)
+    return jax.jit(fresh, out_shardings=shardings)(params)
 
 
 def abstract_train_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh],
@@ -168,6 +167,15 @@ def abstract_state_of(params, optim_cfg: OptimConfig, mesh: Optional[Mesh], *,
         return abstract
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
+
+
+def train_state_shardings(params, optim_cfg: OptimConfig, mesh: Optional[Mesh], *,
+                          total_updates: int = 1):
+    """The shardings of the TrainState around `params` on `mesh` (None without a mesh)."""
+    if mesh is None:
+        return None
+    return build.shardings_of(abstract_state_of(params, optim_cfg, mesh,
+                                                total_updates=total_updates))
 
 
 def batch_shardings(mesh: Optional[Mesh]):
@@ -237,15 +245,14 @@ def head_remat(grpo_cfg: GRPOConfig, rows: int, completion_len: int, vocab: int,
     return per_device > HEAD_REMAT_BYTES
 
 
-def policy_loss(graphdef, train_params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
-                temperature: float, compute_dtype=None, normalisers=None, remat_head=True):
-    """GRPO loss (and metrics) of `batch` under the policy with `train_params`.
+def policy_loss(graphdef, params, batch: TrainBatch, grpo_cfg: GRPOConfig, *,
+                temperature: float, normalisers=None, remat_head=True):
+    """GRPO loss (and metrics) of `batch` under the policy with `params` (in the model's dtype:
+    `apply_update` casts a master copy before calling it).
 
-    compute_dtype: the dtype the model runs in when `train_params` is an fp32 master copy.
     normalisers: (num_tokens, num_seqs, scale) of the whole batch when `batch` is a micro-batch.
     remat_head: recompute the head's logits in the backward pass (less memory, one more matmul).
     """
-    params = _cast(train_params, compute_dtype) if compute_dtype is not None else train_params
     model = nnx.merge(graphdef, params)
     out = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                               batch.completion_mask, temperature=temperature,
@@ -348,8 +355,7 @@ def jit_update(step, mesh: Optional[Mesh], params, optim_cfg: OptimConfig, batch
     `batch_type`) holds only [rows, T] arrays, each split by rows over the mesh's batch axes."""
     if mesh is None:
         return jit_step(step, None)
-    state_sh = jax.tree.map(lambda a: a.sharding, abstract_state_of(
-        params, optim_cfg, mesh, total_updates=total_updates))
+    state_sh = train_state_shardings(params, optim_cfg, mesh, total_updates=total_updates)
     rows = batch_sharding(mesh, 2)
     return jit_step(step, mesh, state_sh,
                     batch_type(*([rows] * len(dataclasses.fields(batch_type)))))
@@ -397,10 +403,7 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
                        adv_max=adv.max())
         return new_state, metrics
 
-    st_sh = None
-    if mesh is not None:
-        abstract = jax.eval_shape(lambda p: _new_state(p, optim_cfg, optimizer), abstract_params)
-        st_sh = state_shardings(abstract, optimizer, mesh)
+    st_sh = train_state_shardings(abstract_params, optim_cfg, mesh, total_updates=total_updates)
     return jit_step(step, mesh, st_sh, batch_shardings(mesh))
 
 
