@@ -33,7 +33,7 @@ import numpy as np
 from socialr1_jax.rl.train_config import MeshConfig, OptimConfig
 from socialr1_jax.social import rm_prompt
 from socialr1_jax.social.data import iter_jsonl
-from socialr1_jax.yaml_config import load_yaml
+from socialr1_jax.yaml_config import check_at_least, load_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +108,10 @@ class RMRunSection:
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("batch_size", "epochs", "log_every", "keep"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"run.{key}={getattr(self, key)} must be >= 1")
-        for key in ("micro_batch_size", "steps", "eval_every", "save_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"run.{key}={getattr(self, key)} must be >= 0")
+        check_at_least(self, "run", 1, "batch_size", "epochs", "log_every", "keep",
+                       error=ValueError)
+        check_at_least(self, "run", 0, "micro_batch_size", "steps", "eval_every", "save_every",
+                       error=ValueError)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"run.micro_batch_size={self.micro_batch_size} does not divide "
                              f"run.batch_size={self.batch_size}")

@@ -265,13 +265,8 @@ class RunConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"run.task={self.task!r}; expected one of {', '.join(TASKS)}")
-        if self.steps < 1:
-            raise ConfigError(f"run.steps={self.steps} must be >= 1")
-        if self.log_every < 1:
-            raise ConfigError(f"run.log_every={self.log_every} must be >= 1")
+        check_at_least(self, "run", 1, "steps", "log_every", "keep")
         check_at_least(self, "run", 0, "save_every", "samples_per_step")
-        if self.keep < 1:
-            raise ConfigError(f"run.keep={self.keep} must be >= 1")
         if self.resume and (not self.out_dir or "{time}" in self.out_dir):
             raise ConfigError("run.resume=true needs the run directory to continue: "
                               "run.out_dir=runs/NAME")
