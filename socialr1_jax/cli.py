@@ -93,17 +93,7 @@ def mesh_sizes(flag: str, spec: str) -> dict:
     """A mesh flag ('1x8x1' or 'data=1,fsdp=8,tensor=1') as {axis: size}, every size >= 1."""
     from socialr1_jax.parallel.sharding import parse_mesh
 
-    form = "expected DATAxFSDPxTENSOR such as 1x8x1, or data=1,fsdp=8,tensor=1"
-    try:
-        sizes = parse_mesh(spec)
-    except ValueError as e:
-        reason = str(e) if str(e).startswith("mesh spec") else form
-        raise UsageError(f"{flag} {spec!r}: {reason}") from None
-    bad = {k: v for k, v in sizes.items() if v < 1}
-    if bad:
-        k = next(iter(bad))
-        raise UsageError(f"{flag} {spec!r}: {k}={bad[k]} must be a positive integer")
-    return sizes
+    return checked(flag, spec, parse_mesh)
 
 
 def os_error(flag: str, path: str, e: OSError) -> UsageError:

@@ -76,25 +76,42 @@ def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1, *,
 
 
 def parse_mesh(spec: str) -> dict:
-    """'2x4x1' or 'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1}."""
+    """'2x4x1' or 'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1}.
+
+    ValueError (without the spec: callers name the flag or key it came from) for another form,
+    an unknown axis, a size that is not an integer or one below 1.
+    """
+    form = "expected DATAxFSDPxTENSOR such as 1x8x1, or data=1,fsdp=8,tensor=1"
     spec = spec.strip()
     if "=" in spec:
-        out = {}
-        for part in spec.split(","):
-            k, v = part.split("=")
-            if k.strip() not in AXES:
-                raise ValueError(f"mesh spec {spec!r}: unknown axis {k.strip()!r}; axes are {AXES}")
-            out[k.strip()] = int(v)
-        return out
-    sizes = [int(x) for x in spec.lower().split("x")]
-    if len(sizes) != 3:
-        raise ValueError(f"mesh spec {spec!r}: expected DATAxFSDPxTENSOR, e.g. 1x8x1")
-    return dict(zip(AXES, sizes))
+        pairs = [part.split("=") for part in spec.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(form)
+        unknown = [k.strip() for k, _ in pairs if k.strip() not in AXES]
+        if unknown:
+            raise ValueError(f"unknown axis {unknown[0]!r}; axes are {AXES}")
+        items = [(k.strip(), v) for k, v in pairs]
+    else:
+        parts = spec.lower().split("x")
+        if len(parts) != 3:
+            raise ValueError(form)
+        items = list(zip(AXES, parts))
+    out = {}
+    for k, v in items:
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise ValueError(form) from None
+        if out[k] < 1:
+            raise ValueError(f"{k}={out[k]} must be a positive integer")
+    return out
 
 
-def check_model_fits_mesh(cfg, mesh: Mesh) -> None:
-    """Refuse, before anything compiles, a tensor size that does not divide the heads."""
-    t = mesh.shape["tensor"]
+def check_model_fits_mesh(cfg, mesh) -> None:
+    """Refuse, before anything compiles, a tensor size that does not divide the heads.
+
+    mesh: a Mesh, or its sizes {axis: size} (to check a mesh before its devices exist)."""
+    t = (mesh.shape if isinstance(mesh, Mesh) else mesh)["tensor"]
     for what, n in (("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads),
                     ("intermediate_size", cfg.intermediate_size)):
         if n % t:

@@ -132,7 +132,10 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     if layers:
         changes["num_layers"] = layers
     cfg = get_preset(preset, **changes)
-    sizes = parse_mesh(mesh)
+    try:
+        sizes = parse_mesh(mesh)
+    except ValueError as e:
+        raise ValueError(f"--mesh {mesh}: {e}") from None
     devices = topology_devices(topology) if topology else jax.devices()
     if math.prod(sizes.values()) != len(devices):
         raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there are "
@@ -330,15 +333,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _check_setting(cli, cfg, args, mesh: str) -> None:
     """One --mesh against --devices, the model's heads and every --micro-batch (the rules the
     train step and the log-prob forward enforce), before anything compiles."""
-    import types
-
     from socialr1_jax.parallel.sharding import check_model_fits_mesh
 
     sizes = cli.mesh_sizes("--mesh", mesh)
     if not args.topology and math.prod(sizes.values()) != args.devices:
         raise cli.UsageError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there "
                              f"are {args.devices} (--devices)")
-    cli.checked("--mesh", mesh, lambda _: check_model_fits_mesh(cfg, types.SimpleNamespace(shape=sizes)))
+    cli.checked("--mesh", mesh, lambda _: check_model_fits_mesh(cfg, sizes))
     batch, shards = args.prompts * args.group, sizes["data"] * sizes["fsdp"]
     for flag, mb in [("--micro-batch", m) for m in args.micro_batches] + [
             ("--ref-micro-batch", args.ref_micro_batch or 0)]:
