@@ -144,11 +144,8 @@ def convert(hf_dir: str, out: str, *, dtype: str | None = None, overwrite: bool 
     def leaf(param):
         """One of our parameters; a stacked one written one HF tensor (layer) at a time."""
         parts = [Part(e.hf_name, lambda e=e: produce(e), raw(e)) for e in param.entries]
-        if param.stacked:
-            return StreamedTensor(param.shape, target, name=param.path, layers=parts,
-                                  on_written=on_written)
-        return StreamedTensor(param.shape, target, parts[0].produce, name=parts[0].name,
-                              raw=parts[0].raw, on_written=on_written)
+        return StreamedTensor(param.shape, target, parts, stacked=param.stacked,
+                              name=param.path if param.stacked else "", on_written=on_written)
 
     leaves = {path: leaf(param) for path, param in hf_layout.params(cfg).items()}
     checker = FiniteChecker(enabled=not allow_nonfinite)

@@ -63,18 +63,19 @@ class Part:
 class StreamedTensor:
     """A checkpoint leaf whose data is produced, part by part, only when Orbax writes it.
 
-    Whole: `produce` (and `raw`, see Part) give the array. Stacked: `layers`, one Part per index
-    of axis 0, each giving the slice [i]. on_written(part name, nbytes) follows every part.
+    parts: one Part giving the whole array, or with `stacked` one Part per index of axis 0, each
+    giving the slice [i]. name: default the first part's. on_written(part name, nbytes) follows
+    every part.
     """
 
-    def __init__(self, shape, dtype, produce: Callable[[], np.ndarray] | None = None, *,
-                 name: str = "", raw: tuple[str, int] | None = None,
-                 on_written: Callable[[str, int], None] | None = None,
-                 layers: list[Part] | None = None):
+    def __init__(self, shape, dtype, parts: list[Part], *, stacked: bool = False,
+                 name: str = "", on_written: Callable[[str, int], None] | None = None):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
-        self.stacked = layers is not None
-        self.parts = list(layers) if self.stacked else [Part(name, produce, raw)]
+        self.stacked = stacked
+        self.parts = list(parts)
+        if not stacked and len(self.parts) != 1:
+            raise ValueError(f"{name}: {len(self.parts)} parts for an unstacked tensor")
         if self.stacked and (not self.shape or len(self.parts) != self.shape[0]):
             raise ValueError(f"{name}: {len(self.parts)} layer parts for shape {self.shape}")
         self.name = name or self.parts[0].name
