@@ -117,46 +117,61 @@ def _client(flag: str, url: str, name: Optional[str], args):
         raise cli.UsageError(f"{flag} {url}: {e}") from None
 
 
-def _local_agent(flag: str, path: str, args, width: int):
-    from socialr1_jax.checkpoint.loading import load_model
+def _local_spec(flag: str, path: str, args) -> dict:
+    """A local agent's checkpoint config, tokenizer and stop ids, checked before any loading."""
     from socialr1_jax.rollout import tokenizer as tk
-    from socialr1_jax.social.sotopia.episodes import LocalAgent
 
-    cfg = check_model_dir(path) if flag == "--model" else _checked_dir(flag, path)
+    try:
+        cfg = check_model_dir(path)
+    except cli.UsageError as e:
+        raise cli.UsageError(str(e).replace("--model", flag, 1)) from None
     try:
         tok = tk.load_tokenizer(path)
         eos = tk.stop_ids(path, tok)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"{flag} {path}: {e}") from None
-    mesh = model_mesh(args, cfg)
-    model = load_model(path, dtype=args.dtype, mesh=mesh)
+    return {"path": path, "cfg": cfg, "tok": tok, "eos": eos, "mesh": model_mesh(args, cfg)}
+
+
+def _local_agent(spec: dict, args, width: int):
+    from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.social.sotopia.episodes import LocalAgent
+
+    model = load_model(spec["path"], dtype=args.dtype, mesh=spec["mesh"])
+    tok, eos = spec["tok"], spec["eos"]
     return LocalAgent(model, tok, eos_ids=eos, pad_id=tk.pad_id(tok, eos),
-                      name=os.path.abspath(path), batch_size=args.batch_size, width=width,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, mesh=mesh)
+                      name=os.path.abspath(spec["path"]), batch_size=args.batch_size,
+                      width=width, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                      seed=args.seed, mesh=spec["mesh"])
 
 
-def _checked_dir(flag: str, path: str):
-    try:
-        return check_model_dir(path)
-    except cli.UsageError as e:
-        raise cli.UsageError(str(e).replace("--model", flag, 1)) from None
-
-
-def build_agents(args, width: int) -> dict:
-    """{"model": backend, "partner": backend}; the same object when both are the same agent."""
+def check_agents(args) -> dict:
+    """Each agent flag checked (a checkpoint's files, an endpoint's served model) before any
+    model loads: {"model": spec, "partner": spec or None when it is the same agent}."""
     from socialr1_jax.social.sotopia.episodes import EndpointAgent
 
-    def make(flag, value, name):
+    def spec(flag, value, name):
         if is_url(value):
             return EndpointAgent(_client(flag, value, name, args),
                                  temperature=args.temperature, max_tokens=args.max_new_tokens)
-        return _local_agent(flag, value, args, width)
+        return _local_spec(flag, value, args)
 
-    model = make("--model", args.model, args.model_name)
     same = args.partner == args.model and args.partner_name == args.model_name
-    partner = model if same else make("--partner", args.partner, args.partner_name)
-    return {"model": model, "partner": partner}
+    model = spec("--model", args.model, args.model_name)
+    return {"model": model,
+            "partner": None if same else spec("--partner", args.partner, args.partner_name)}
+
+
+def build_agents(specs: dict, args, width: int) -> dict:
+    """{"model": backend, "partner": backend}; the same object when both are the same agent."""
+    def make(spec):
+        return spec if not isinstance(spec, dict) else _local_agent(spec, args, width)
+
+    model = make(specs["model"])
+    return {"model": model, "partner": model if specs["partner"] is None
+            else make(specs["partner"])}
 
 
 def plan_episodes(scenarios, args, done: set) -> list:
@@ -209,22 +224,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     use_host_devices(args)
     scenarios = _scenarios(args)
-    records = _prepare_out(args)
-    todo = plan_episodes(scenarios, args, {r["episode_id"] for r in records})
+    specs = check_agents(args)
     from tqdm import tqdm
 
     from socialr1_jax.social.sotopia.evaluator import Evaluator
     from socialr1_jax.social.sotopia.report import format_table, summary
     from socialr1_jax.social.sotopia.run import play
 
-    print(f"{len(scenarios)} scenario(s): {len(todo)} episode(s) to play, {len(records)} already "
-          f"in {args.out}", file=sys.stderr)
     evaluator = Evaluator(_client("--evaluator", args.evaluator, args.evaluator_model, args),
                           max_tokens=args.evaluator_max_tokens)
+    records = _prepare_out(args)
+    todo = plan_episodes(scenarios, args, {r["episode_id"] for r in records})
+    print(f"{len(scenarios)} scenario(s): {len(todo)} episode(s) to play, {len(records)} already "
+          f"in {args.out}", file=sys.stderr)
     failed = []
     if todo:
-        agents = build_agents(args, width=min(args.batch_size, args.parallel_episodes,
-                                              2 * len(todo)))
+        width = min(args.batch_size, args.parallel_episodes, len(todo))
+        agents = build_agents(specs, args, width=width)
         bar = tqdm(total=len(todo), desc="episodes", unit="ep", file=sys.stderr,
                    disable=(not sys.stderr.isatty()) if args.progress is None
                    else args.progress == "off")

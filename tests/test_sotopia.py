@@ -301,3 +301,81 @@ def test_agent_request_failure_loses_no_written_episode(server, tmp_path, capsys
     rc = run_cli(["--model", server.base_url, "--partner", dead, "--evaluator", server.base_url,
                   "--scenarios", path, "--out", tmp_path / "x.jsonl"])
     assert rc == 2 and "--partner" in capsys.readouterr().err
+
+
+# -- a tiny local checkpoint as the tested agent -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.hf_fixtures import make_tiny_chat_checkpoint
+
+    d = tmp_path_factory.mktemp("tiny_sotopia")
+    torch_model = make_tiny_chat_checkpoint(d, seed=3)
+    return str(d), torch_model
+
+
+def short_scenario(ident):
+    sc = scenario(ident, "script=plain")
+    for a in sc["agents"]:
+        a["public_info"] = a["personality_and_values"] = "-"
+    return sc
+
+
+@pytest.mark.slow
+def test_local_model_episodes_batched_end_to_end(server, tiny, tmp_path):
+    """4 episodes (2 scenarios x both sides): one sampler call per turn (plus one per turn with
+    a repair) for all of them; the model's first reply is transformers' greedy continuation."""
+    import torch
+
+    from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.social.sotopia.chat import ChatClient
+    from socialr1_jax.social.sotopia.episodes import EndpointAgent, Episode, LocalAgent
+    from socialr1_jax.social.sotopia.evaluator import Evaluator
+    from socialr1_jax.social.sotopia.run import play
+
+    path, torch_model = tiny
+    tok = tk.load_tokenizer(path)
+    eos = tk.stop_ids(path, tok)
+    local = LocalAgent(load_model(path), tok, eos_ids=eos, pad_id=tk.pad_id(tok, eos),
+                       name="tiny", batch_size=4, width=2, max_new_tokens=8, temperature=0.0)
+    partner = EndpointAgent(ChatClient(server.base_url))
+    evaluator = Evaluator(ChatClient(server.base_url))
+    scs = [parse_scenario("t", short_scenario(f"l{i}")) for i in range(2)]
+    eps = [Episode(id=f"{sc.id}/{side}", scenario=sc, model_side=side)
+           for sc in scs for side in (0, 1)]
+    records = []
+    assert play(eps, {"model": local, "partner": partner}, evaluator, records.append,
+                parallel=4, max_turns=3) == []
+    evaluator.close()
+    assert len(records) == 4
+    model_turns = [[t for t in r["turns"] if t["agent"] == int(r["model_side"][-1])]
+                   for r in records]
+    played = max(r["num_turns"] for r in records)
+    repair_calls = sum(any(t["turn"] == k and (t["repaired"] or t["malformed"])
+                           for ts in model_turns for t in ts) for k in range(played))
+    assert local.calls == played + repair_calls  # not one call per episode and turn
+    first = next(r for r in records if r["model_side"] == "agent_1")["turns"][0]
+    prompt = server_free_prompt(scs[0])
+    ids = tk.encode(tok, tk.chat_text(tok, prompt))
+    with torch.no_grad():
+        ref = torch_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=256)[0, len(ids):].tolist()
+    ref = ref[:next((k for k, i in enumerate(ref) if i in eos), len(ref))]
+    assert first["raw"][0] == tok.decode(ref, skip_special_tokens=True)
+
+    out = tmp_path / "cli.jsonl"  # the command, same settings: the compiled program is reused
+    rc = run_cli(["--model", path, "--partner", server.base_url, "--evaluator",
+                  server.base_url, "--scenarios", write_jsonl(tmp_path / "s.jsonl",
+                                                              [short_scenario("c0")]),
+                  "--out", out, "--max-turns", 3, "--max-new-tokens", 8, "--temperature", 0,
+                  "--batch-size", 4, "--parallel-episodes", 2])
+    assert rc == 0 and len(read(out)) == 2
+    assert json.load(open(tmp_path / "cli.summary.json"))["counts"]["episodes"] == 2
+
+
+def server_free_prompt(sc):
+    from socialr1_jax.social.sotopia.actions import agent_prompt, background_text
+
+    return agent_prompt(sc.agents[0].name, background_text(sc.scenario, agent_view(sc, 0)),
+                        [], 0)
