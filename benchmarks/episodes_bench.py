@@ -62,6 +62,7 @@ def build(path: str, preset_name: str):
 
 
 def episodes(n: int):
+    """n fresh episodes over the demo scenarios (cycled), the model on alternating sides."""
     from socialr1_jax.episodes import DEMO_SCENARIOS
     from socialr1_jax.social.sotopia.episodes import Episode
     from socialr1_jax.social.sotopia.scenarios import load_scenarios
@@ -81,6 +82,7 @@ def play(agent, eps, turns: int, pool) -> int:
 
 
 def main(argv=None) -> int:
+    """Build or reuse the model, time both modes, print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="bench-100m")
     ap.add_argument("--episodes", type=int, default=32)
