@@ -176,7 +176,7 @@ def scripted_kinds(script, turns):
 
 @pytest.fixture(scope="module")
 def server():
-    with EpisodeServer(SCRIPTS, sleep_s=0.8) as s:
+    with EpisodeServer(SCRIPTS, sleep_s=2.5) as s:
         yield s
 
 
@@ -219,7 +219,7 @@ def test_evaluator_faults_are_counted_never_zeroed(server, tmp_path):
     out = tmp_path / "ep.jsonl"
     rc = run_cli(["--model", server.base_url, "--evaluator", server.base_url, "--scenarios",
                   write_jsonl(tmp_path / "s.jsonl", rows), "--out", out, "--max-turns", 4,
-                  "--timeout-s", 0.3, "--max-retries", 1])
+                  "--timeout-s", 1.0, "--max-retries", 1])
     assert rc == 0
     recs = read(out)
     assert len(recs) == 2 * len(EVAL_MODES)  # every transcript written, rated or not
