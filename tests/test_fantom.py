@@ -333,15 +333,15 @@ def test_evaluate_fantom_end_to_end(tmp_path, server, capsys):
     ckpt = tmp_path / "ckpt"
     make_tiny_chat_checkpoint(ckpt, chat_template=QWEN3_LIKE_TEMPLATE)
     out = tmp_path / "r.json"
-    argv = ["--model", str(ckpt), "--benchmark", "fantom", "--data", "generated:2:1",
-            "--embedder", server.base_url, "--embedder-model", "bow", "--max-new-tokens", "8",
+    argv = ["--model", str(ckpt), "--benchmark", "fantom", "--data", "generated:1:1", "--instruction", "",
+            "--embedder", server.base_url, "--embedder-model", "bow", "--max-new-tokens", "4",
             "--batch-size", "64", "--max-prompt-tokens", "1500", "--out", str(out)]
     assert cli.run(E.main, argv) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^All\*\s+[\d.]+%\s+\d+", printed, re.M) and "FactQ token-F1" in printed
     rep = json.loads(out.read_text())
     preds = [json.loads(x) for x in open(rep["predictions_file"])]
-    sets = fantom_gen.generate(2, seed=1)
+    sets = fantom_gen.generate(1, seed=1)
     qs = fantom.expand(sets, "short")
     assert rep["questions"] == len(qs) == len(preds) and rep["dropped_sets"] == 0
     by_set = {}
@@ -349,5 +349,5 @@ def test_evaluate_fantom_end_to_end(tmp_path, server, capsys):
         by_set.setdefault(p["set_id"], []).append(p["completion"])
     rows = resolve_choices(expected_rows(sets, lambda s: by_set[s["set_id"]]), qs)
     check_report(rep, rows)
-    assert cli.run(E.main, argv[:6] + ["--embedder", server.base_url, "--judge-url", "x"]) == 2
+    assert cli.run(E.main, argv[:8] + ["--embedder", server.base_url, "--judge-url", "x"]) == 2
     assert "one of --embedder or --judge-url" in capsys.readouterr().err

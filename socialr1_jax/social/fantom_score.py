@@ -21,7 +21,7 @@ control), each as {"score", "n"} with scores as fractions (FanToM prints percent
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
