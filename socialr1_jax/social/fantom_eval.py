@@ -81,12 +81,16 @@ def _check_args(args) -> None:
                         "generated:N[:SEED])")
 
 
+def _question_text(q) -> str:
+    return q.prompt.rsplit("Question: ", 1)[-1].rsplit("\nAnswer:", 1)[0]
+
+
 def score_free_form(scorer, questions, replies) -> tuple[list[dict], dict]:
     """Records of free-form belief questions: by embedding similarity, or the judge's verdict."""
     from socialr1_jax.social.fantom_judge import FantomJudge
 
     if isinstance(scorer, FantomJudge):
-        verdicts, counts = scorer.judge([(q.id, q.prompt.rsplit("Question: ", 1)[-1], q.correct,
+        verdicts, counts = scorer.judge([(q.id, _question_text(q), q.correct,
                                           q.wrong, r) for q, r in zip(questions, replies)])
         recs = [{"correct": v, "word_overlap": (fantom_score.token_f1(q.correct, r) if v else
                                                 0.0)} for q, r, v in
