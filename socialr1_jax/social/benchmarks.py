@@ -116,3 +116,6 @@ register(Benchmark("tomi", "socialr1_jax.social.stories:load_benchmark",
                    "procedural ToMi stories (social/stories.py); --data SEED[:TYPES], e.g. 0 or "
                    "2:belief",
                    needs_data=False, options=("split",)))
+register(Benchmark("fantom", "socialr1_jax.social.fantom:not_multiple_choice",
+                   "FanToM's fantom_v1.json, or generated:N[:SEED] (open-ended: scored by "
+                   "social/fantom_eval.py, with --embedder or --judge-url)"))

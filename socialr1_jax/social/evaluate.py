@@ -281,6 +281,8 @@ def parse_args(argv=None):
                          "<out without .json>.predictions.jsonl as batches finish")
     ap.add_argument("--progress", default=None, choices=("on", "off"),
                     help="progress bar (default: on a terminal only)")
+    from socialr1_jax.social.fantom_eval import add_fantom_args
+    add_fantom_args(ap)  # FanToM: open-ended, its own runner (social/fantom_eval.py)
     args = ap.parse_args(argv)
     check_model_args(args)
     return args
@@ -306,6 +308,10 @@ def main(argv=None) -> int:
     """Run the command line: every check on user input happens before the model is loaded."""
     args = parse_args(argv)
     use_host_devices(args)  # before jax starts its backend
+    from socialr1_jax.social import fantom_eval
+    if args.benchmark == "fantom":
+        return fantom_eval.main(args)
+    fantom_eval.refuse_fantom_flags(args)
     from socialr1_jax.social.benchmarks import load_benchmark
     from socialr1_jax.social.data import column_map
 
