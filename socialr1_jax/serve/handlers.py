@@ -142,7 +142,8 @@ async def completions(server, body, rid: str):
             done = responses.finish(tokenizer, ids, eos, body.stops())
             completion_tokens += len(done.ids)
             lp = (responses.completion_logprobs(tokenizer, res.scored[j], p, done,
-                                                body.logprobs, body.echo, text)
+                                                body.logprobs, body.echo, text,
+                                                body.return_tokens_as_token_ids)
                   if want else None)
             choices.append({"index": i * body.n + j, "done": done,
                             "text": (text if body.echo else "") + done.text,
@@ -213,7 +214,8 @@ async def chat(server, body, rid: str):
     for j, ids in enumerate(res.completions):
         done = responses.finish(tokenizer, ids, eos, body.stops())
         completion_tokens += len(done.ids)
-        lp = (responses.chat_logprobs(tokenizer, res.scored[j], len(prompt), done, top)
+        lp = (responses.chat_logprobs(tokenizer, res.scored[j], len(prompt), done, top,
+                                      body.return_tokens_as_token_ids)
               if body.logprobs else None)
         choices.append({"index": j, "done": done,
                         "message": {"role": "assistant", "content": done.text},

@@ -52,21 +52,21 @@ def finish(tokenizer, ids: list[int], eos_ids, stops: list[str]) -> Finished:
     return Finished(text, ids, "stop" if ended else "length", offsets)
 
 
-def token_strings(tokenizer, ids: list[int]) -> list[str]:
-    """Each token's own text (as OpenAI's `tokens`; a piece of a UTF-8 character may show as
-    U+FFFD)."""
-    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+def token_string(tokenizer, tid: int, as_ids: bool) -> str:
+    """A token's own text as OpenAI's `tokens` show it (a piece of a UTF-8 character may show as
+    U+FFFD), or vLLM's `token_id:N` with return_tokens_as_token_ids (exact, for byte tokens)."""
+    return f"token_id:{tid}" if as_ids else tokenizer.decode([tid], skip_special_tokens=False)
 
 
-def _top(tokenizer, scored: Scored, at: int, k: int) -> dict:
+def _top(tokenizer, scored: Scored, at: int, k: int, as_ids: bool) -> dict:
     out: dict = {}
     for tid, lp in zip(scored.top_ids[at][:k], scored.top_logprobs[at][:k]):
-        out.setdefault(tokenizer.decode([tid], skip_special_tokens=False), lp)
+        out.setdefault(token_string(tokenizer, tid, as_ids), lp)
     return out
 
 
 def completion_logprobs(tokenizer, scored: Scored, prompt: list[int], done: Finished,
-                        k: int, echo: bool, prompt_text: str) -> dict:
+                        k: int, echo: bool, prompt_text: str, as_ids: bool = False) -> dict:
     """`choices[i].logprobs` of /v1/completions: tokens, token_logprobs, top_logprobs,
     text_offset; with echo the prompt's tokens come first (the very first has no log-prob)."""
     p = len(prompt)
@@ -77,24 +77,25 @@ def completion_logprobs(tokenizer, scored: Scored, prompt: list[int], done: Fini
     for j in range(len(ids)):
         at = first + j - 1  # scored[at] predicts token first + j
         lps.append(scored.logprobs[at] if at >= 0 else None)
-        tops.append(_top(tokenizer, scored, at, k) if at >= 0 and k > 0 else None)
+        tops.append(_top(tokenizer, scored, at, k, as_ids) if at >= 0 and k > 0 else None)
     if echo:
         prompt_offsets = _offsets(tokenizer, prompt, len(prompt_text))
         offsets = prompt_offsets + [len(prompt_text) + o for o in done.offsets]
     else:
         offsets = done.offsets
-    return {"tokens": token_strings(tokenizer, ids), "token_logprobs": lps,
+    return {"tokens": [token_string(tokenizer, i, as_ids) for i in ids], "token_logprobs": lps,
             "top_logprobs": tops if k > 0 else None, "text_offset": offsets}
 
 
-def chat_logprobs(tokenizer, scored: Scored, prompt_len: int, done: Finished, k: int) -> dict:
+def chat_logprobs(tokenizer, scored: Scored, prompt_len: int, done: Finished, k: int,
+                  as_ids: bool = False) -> dict:
     """`choices[i].logprobs` of /v1/chat/completions: one entry per completion token."""
     content = []
     for j, tid in enumerate(done.ids):
         at = prompt_len + j - 1
-        text = tokenizer.decode([tid], skip_special_tokens=False)
+        text = token_string(tokenizer, tid, as_ids)
         tops = [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                for t, lp in _top(tokenizer, scored, at, k).items()] if k > 0 else []
+                for t, lp in _top(tokenizer, scored, at, k, as_ids).items()] if k > 0 else []
         content.append({"token": text, "logprob": scored.logprobs[at],
                         "bytes": list(text.encode()), "top_logprobs": tops})
     return {"content": content}

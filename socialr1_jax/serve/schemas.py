@@ -40,6 +40,7 @@ class _Sampling(_Strict):
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
     logit_bias: Optional[dict[str, float]] = None
+    return_tokens_as_token_ids: bool = False  # vLLM's: log-prob tokens as "token_id:N"
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
