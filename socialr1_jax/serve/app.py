@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import secrets
 import threading
@@ -171,7 +170,7 @@ def create_app(server: Server) -> FastAPI:
         return PlainTextResponse(server.metrics.render(),
                                  media_type="text/plain; version=0.0.4")
 
-    async def _serve(request: Request, schema, endpoint: str, handle):
+    async def _serve(request: Request, schema, handle):
         server.check_ready()
         body = await read_body(request, schema, server.config.max_body_bytes)
         server.check_model(body.model)
@@ -182,15 +181,10 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await _serve(request, CompletionRequest, "completions", handlers.completions)
+        return await _serve(request, CompletionRequest, handlers.completions)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await _serve(request, ChatRequest, "chat", handlers.chat)
+        return await _serve(request, ChatRequest, handlers.chat)
 
     return app
-
-
-def dumps(obj) -> str:
-    """JSON for an SSE data line."""
-    return json.dumps(obj, ensure_ascii=False)

@@ -35,7 +35,8 @@ from socialr1_jax.rollout.sampler import sample
 
 TOP_LOGPROBS = 5        # the most alternatives `logprobs` may ask for (OpenAI's limit)
 MAX_PREFILL_CHUNK = 512  # prompt tokens per prefill pass (bounds the attention scores' memory)
-SCORE_CHUNK = 128       # positions per LM-head block when scoring (bounds [B, chunk, V] fp32)
+SCORE_CHUNK = 128       # most positions per LM-head block when scoring
+SCORE_BLOCK_BYTES = 256 << 20  # ... and at most this much fp32 [B, chunk, V] logits per block
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -177,6 +178,12 @@ class Engine:
         tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
         return [tokens[r, :lengths[r]].tolist() for r in range(len(prompts))]
 
+    def score_chunk(self, rows: int, t: int) -> int:
+        """Positions per LM-head block: a power of two within SCORE_CHUNK, SCORE_BLOCK_BYTES."""
+        fit = SCORE_BLOCK_BYTES // (4 * rows * self.model.cfg.vocab_size)
+        chunk = 1 << max(0, int(fit).bit_length() - 1)
+        return max(1, min(chunk, SCORE_CHUNK, t))
+
     def score(self, seqs: list[list[int]]) -> list[Scored]:
         """Log-probs of every token of each sequence after its first (one forward pass)."""
         longest = max(len(s) for s in seqs)
@@ -190,15 +197,14 @@ class Engine:
             ids[r, t - len(s):], mask[r, t - len(s):] = s, 1
         mask[len(seqs):, -1] = 1  # dummy rows: one token, so no row is all padding
         args = (ids, mask)
+        chunk = self.score_chunk(rows, t)
         if self.mesh is not None:
             args = tuple(jax.device_put(a, batch_sharding(self.mesh, 2)) for a in args)
             with jax.set_mesh(self.mesh):
-                out = _score(self.graphdef, self.state, *args, k=TOP_LOGPROBS,
-                             chunk=min(SCORE_CHUNK, t))
+                out = _score(self.graphdef, self.state, *args, k=TOP_LOGPROBS, chunk=chunk)
         else:
-            out = _score(self.graphdef, self.state, *args, k=TOP_LOGPROBS,
-                         chunk=min(SCORE_CHUNK, t))
-        chosen, top, idx = (np.asarray(x) for x in out)
+            out = _score(self.graphdef, self.state, *args, k=TOP_LOGPROBS, chunk=chunk)
+        chosen, top, idx = (np.asarray(x) for x in out)  # [rows, t - 1] (+ [.., k])
         scored = []
         for r, s in enumerate(seqs):
             lo = t - len(s)  # position lo holds token 0; it predicts token 1

@@ -148,7 +148,7 @@ async def completions(server, body, rid: str):
             choices.append({"index": i * body.n + j, "done": done,
                             "text": (text if body.echo else "") + done.text,
                             "logprobs": lp, "finish_reason": done.finish_reason})
-    _log(server, "completions", rid, start, prompts, results, completion_tokens)
+    _log(server, "/v1/completions", rid, start, prompts, results, completion_tokens)
     usage = _usage(sum(len(p) for p in prompts), completion_tokens)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": server.config.model_name}
@@ -220,7 +220,7 @@ async def chat(server, body, rid: str):
         choices.append({"index": j, "done": done,
                         "message": {"role": "assistant", "content": done.text},
                         "logprobs": lp, "finish_reason": done.finish_reason})
-    _log(server, "chat", rid, start, [prompt], [res], completion_tokens)
+    _log(server, "/v1/chat/completions", rid, start, [prompt], [res], completion_tokens)
     usage = _usage(len(prompt), completion_tokens)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": server.config.model_name}
