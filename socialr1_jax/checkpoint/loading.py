@@ -95,13 +95,15 @@ def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
 
 
 def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
-               allow_nonfinite: bool = False) -> Qwen3:
+               allow_nonfinite: bool = False, step: int | None = None) -> Qwen3:
     """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
 
     dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
     mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
     A parameter holding a NaN or Inf is refused (finite.NonFiniteError naming the tensor and the
     element) unless allow_nonfinite (for debugging).
+    step: which step of an Orbax checkpoint root (a training run's checkpoints/) to load
+    (default the latest); refused for an HF directory.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -109,7 +111,10 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
     if checkpoint.is_orbax_checkpoint(path):
-        model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh)
+        model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh, step=step)
+    elif step is not None:
+        raise CheckpointError(f"{path}: step {step} asked for, but this is no Orbax checkpoint "
+                              "with steps")
     elif os.path.exists(os.path.join(path, "config.json")):
         model = load_hf(path, dtype=dtype, mesh=mesh)
     else:

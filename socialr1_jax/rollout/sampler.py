@@ -350,6 +350,15 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     return bufs, steps
 
 
+def _check_shapes(shapes, longest: int, n_new: int, max_len: int, rows: int) -> tuple[int, int]:
+    """(prompt_len, new_len) of an explicit `shapes` request, or ValueError naming the gap."""
+    want_rows, p_len, n_len = (int(x) for x in shapes)
+    if want_rows < rows or p_len < longest or n_len < n_new or p_len + n_len > max_len:
+        raise ValueError(f"shapes {tuple(shapes)} do not hold {rows} row(s) of prompts up to "
+                         f"{longest} tokens and {n_new} new tokens within {max_len}")
+    return p_len, n_len
+
+
 # -- public entry point ------------------------------------------------------------------------
 
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -357,7 +366,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
            pad_id: int = 0, max_cache_len: Optional[int] = None,
            bucket_shapes: bool = True, prefill_chunk: int = 512,
-           unstack_layers: bool = True) -> SampleResult:
+           unstack_layers: bool = True, shapes: Optional[tuple[int, int, int]] = None
+           ) -> SampleResult:
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
@@ -377,6 +387,12 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     stacked weights and cache, whose per-layer slices XLA copies on every step (and, on
     XLA:CPU, the whole cache after each layer's write; see Qwen3.unstacked_layers and
     KVCache.unstacked).
+    shapes: (rows, prompt_len, new_len) to pad the batch to exactly, instead of bucketing (a
+    server that warms a fixed set of programs up front); the extra rows are inactive (done from
+    the first step), and rows >= len(prompts) * num_samples, prompt_len >= the longest prompt,
+    max_new_tokens <= new_len and prompt_len + new_len <= max_cache_len are required, and the
+    result keeps those padded shapes (inactive rows have an all-zero mask; positions past
+    max_new_tokens are masked).
     Raises ValueError naming the value for bad arguments.
     """
     cfg = model.cfg
@@ -389,7 +405,10 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                         max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
     n_new = int(max_new_tokens)
     longest = max(len(p) for p in prompts)
-    if bucket_shapes:
+    if shapes is not None:
+        p_len, n_len = _check_shapes(shapes, longest, n_new, max_len,
+                                     len(prompts) * num_samples)
+    elif bucket_shapes:
         p_len = min(bucket(longest), max_len - n_new)
         n_len = min(bucket(n_new), max_len - p_len)
     else:
@@ -399,7 +418,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
 
     rows = len(prompts) * num_samples
     shards = batch_shards(mesh) if mesh is not None else 1
-    padded_rows = -(-rows // shards) * shards
+    padded_rows = -(-max(rows, shapes[0] if shapes else 0) // shards) * shards
     ids = np.full((padded_rows, p_len), pad_id, np.int32)
     mask = np.zeros((padded_rows, p_len), np.int32)
     for r in range(padded_rows):
@@ -431,13 +450,18 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     else:
         (tokens, logps, cmask), steps = _generate(graphdef, state, *args, *scalars, plan=plan)
 
-    if padded_rows != rows or n_len != n_new:
+    # With explicit shapes the padded arrays come back as they are: slicing them to a request's
+    # own sizes would compile a small program per distinct size.
+    keep = rows if shapes is None else padded_rows
+    if shapes is None and (padded_rows != rows or n_len != n_new):
         tokens, logps, cmask = (x[:rows, :n_new] for x in (tokens, logps, cmask))
     # On a mesh the prompts come back with the batch sharding the completions have.
     p_ids, p_mask = (args[0], args[1]) if mesh is not None else (jnp.asarray(ids), jnp.asarray(mask))
+    if keep != padded_rows:
+        p_ids, p_mask = p_ids[:keep], p_mask[:keep]
     return SampleResult(tokens=tokens, logprobs=logps, mask=cmask,
                         lengths=cmask.sum(axis=1).astype(jnp.int32),
-                        prompt_ids=p_ids[:rows], prompt_mask=p_mask[:rows],
+                        prompt_ids=p_ids, prompt_mask=p_mask,
                         num_samples=int(num_samples), steps=steps)
 
 
