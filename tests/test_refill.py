@@ -106,3 +106,11 @@ def test_bad_slots(case):
         _run(case, 0.0, 2, unstack_layers=False)
     with pytest.raises(ArgumentError, match="one per row"):
         S.sample(case[0], case[1], max_new_tokens=[3, 4], num_samples=N_SAMPLES, slots=2)
+
+
+def test_generate_refuses_bad_slots(capsys):
+    from socialr1_jax import cli
+    from socialr1_jax.rollout import generate
+
+    code = cli.run(generate.main, ["--model", "unused", "--prompt", "hi", "--slots", "0"])
+    assert code == 2 and "error: --slots 0: must be a positive integer" in capsys.readouterr().err

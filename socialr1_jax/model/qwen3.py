@@ -335,6 +335,22 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     return constrain(x_btd, ACT_BTD), kv
 
 
+def _cache_masks(cache: KVCache, mask_bt):
+    """(valid_bs after writing the chunk at cache.index, mask_bts: query t may attend slot s).
+
+    A per-row index [B] (the refill sampler) writes one token per row, row b at slot index[b].
+    """
+    index, slot_s = cache.index, jnp.arange(cache.slots)
+    if index.ndim == 1:
+        if mask_bt.shape[1] != 1:
+            raise ValueError("a per-row cache index takes one token per row")
+        valid_bs = cache.valid_bs.at[jnp.arange(mask_bt.shape[0]), index].set(mask_bt[:, 0])
+        return valid_bs, (slot_s[None, :] <= index[:, None])[:, None, :] & valid_bs[:, None, :]
+    valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
+    query_slot_t = index + jnp.arange(mask_bt.shape[1])
+    return valid_bs, (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
+
+
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside the layer
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -409,17 +425,9 @@ class Qwen3(nnx.Module):
             return hidden, KVCache.from_prompt(*kv_l, mask_bt, prompt_cache_slots)
 
         index = cache.index
-        slot_s = jnp.arange(cache.slots)
-        if index.ndim == 1:  # a write slot per row (KVCache.index [B]): one token per row
-            if t != 1 or layer_weights is None:
-                raise ValueError("a per-row cache index takes one token per row and "
-                                 "per-layer weights")
-            valid_bs = cache.valid_bs.at[jnp.arange(b), index].set(mask_bt[:, 0])
-            mask_bts = (slot_s[None, :] <= index[:, None])[:, None, :] & valid_bs[:, None, :]
-        else:
-            valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
-            query_slot_t = index + jnp.arange(t)
-            mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
+        if index.ndim == 1 and layer_weights is None:
+            raise ValueError("a per-row cache index goes with per-layer weights")
+        valid_bs, mask_bts = _cache_masks(cache, mask_bt)
 
         kv = (cache.k_lbksh, cache.v_lbksh)
         if (layer_weights is not None) != cache.per_layer:

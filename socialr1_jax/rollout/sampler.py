@@ -212,23 +212,13 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     n_new = int(caps.max())
     check_sampling(max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                    top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
-    if slots is not None:
-        as_int("slots", slots, minimum=1)
-        if not unstack_layers:
-            raise ArgumentError("slots", slots, "needs unstack_layers=True (the refill loop "
-                                "decodes over per-layer weights and cache)")
+    _check_slots(slots, unstack_layers)
     prompts = token_lists(prompts)
     eos_ids = tuple(as_int("eos id", e) for e in eos_ids)
     check_against_model(prompts, vocab=cfg.vocab_size, max_len=max_len,
                         max_new_tokens=n_new, eos_ids=eos_ids, pad_id=pad_id)
-    longest = max(len(p) for p in prompts)
-    if bucket_shapes:
-        p_len = min(bucket(longest), max_len - n_new)
-        n_len = min(bucket(n_new), max_len - p_len)
-    else:
-        p_len, n_len = longest, n_new
-    if p_len > prefill_chunk:  # whole chunks: extra left padding changes nothing
-        p_len = -(-p_len // prefill_chunk) * prefill_chunk
+    p_len, n_len = _buffer_lengths(max(len(p) for p in prompts), n_new, max_len,
+                                   bucket_shapes, prefill_chunk)
     shards = batch_shards(mesh) if mesh is not None else 1
     padded_rows = -(-rows // shards) * shards
     ids, mask = _left_padded(prompts, num_samples, padded_rows, p_len, pad_id)
@@ -248,13 +238,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                else np.pad(caps, (0, padded_rows - rows), constant_values=1))
         out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan)
     else:
-        k = -(-min(int(slots), rows) // shards) * shards
-        g = int(num_samples)
-        shape = refill.RefillShape(slots=k, draw_rows=padded_rows, group=g,
-                                   first_group=g if g > 1 and k % g == 0 and k <= rows
-                                   and (k // g) % shards == 0 else 1)
-        out = _run(refill._generate_refill, model, mesh, (ids[:rows], mask[:rows]),
-                   (*scalars, caps.astype(np.int32)), plan=plan, shape=shape)
+        out = _run_refill(model, mesh, ids[:rows], mask[:rows], scalars, caps, plan,
+                          slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
     (tokens, logps, cmask), steps, *refills = out[0]
     if tokens.shape != (rows, n_new):
         tokens, logps, cmask = (x[:rows, :n_new] for x in (tokens, logps, cmask))
@@ -265,6 +250,39 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                         prompt_ids=p_ids[:rows], prompt_mask=p_mask[:rows],
                         num_samples=int(num_samples), steps=steps,
                         refills=refills[0] if refills else None)
+
+
+def _check_slots(slots, unstack_layers) -> None:
+    if slots is not None:
+        as_int("slots", slots, minimum=1)
+        if not unstack_layers:
+            raise ArgumentError("slots", slots, "needs unstack_layers=True (the refill loop "
+                                "decodes over per-layer weights and cache)")
+
+
+def _buffer_lengths(longest, n_new, max_len, bucket_shapes, prefill_chunk):
+    """(prompt length, generation length) of the program's buffers."""
+    if bucket_shapes:
+        p_len = min(bucket(longest), max_len - n_new)
+        n_len = min(bucket(n_new), max_len - p_len)
+    else:
+        p_len, n_len = longest, n_new
+    if p_len > prefill_chunk:  # whole chunks: extra left padding changes nothing
+        p_len = -(-p_len // prefill_chunk) * prefill_chunk
+    return p_len, n_len
+
+
+def _run_refill(model, mesh, ids, mask, scalars, caps, plan, *, slots, group, draw_rows):
+    """The refill program over `slots` slots (at most one per row, whole batch shards)."""
+    rows = ids.shape[0]
+    shards = batch_shards(mesh) if mesh is not None else 1
+    k = -(-min(slots, rows) // shards) * shards
+    # The first fill shares one prefill per prompt when the slots hold whole groups.
+    whole = group > 1 and k % group == 0 and k <= rows and (k // group) % shards == 0
+    shape = refill.RefillShape(slots=k, draw_rows=draw_rows, group=group,
+                               first_group=group if whole else 1)
+    return _run(refill._generate_refill, model, mesh, (ids, mask),
+                (*scalars, caps.astype(np.int32)), plan=plan, shape=shape)
 
 
 def _left_padded(prompts, num_samples, padded_rows, p_len, pad_id):
