@@ -209,7 +209,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     max_len = int(max_cache_len or cfg.max_position_embeddings)
     rows = len(prompts) * as_int("num_samples", num_samples, minimum=1)
     caps = new_token_caps(max_new_tokens, rows)
-    n_new = int(caps.max())
+    n_new = int(caps.max()) if rows else 1  # no prompts: check_against_model says so
     check_sampling(max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                    top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
     _check_slots(slots, unstack_layers)
