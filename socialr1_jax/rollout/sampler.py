@@ -30,6 +30,10 @@ length compiles a handful of programs. With a mesh the batch is split over ('dat
 `CACHE_LBKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
 sharding.
 
+With `slots=K` the rows go through `rollout.refill` instead: K decode slots, each finished row's
+slot prefilled with the next pending sequence inside the same compiled loop (continuous
+batching), with the same tokens and log-probs per sequence as here.
+
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
 vocabulary, before top-k / top-p truncation. This is what the trainer recomputes
 (`logprobs.completion_logprobs(..., temperature=T)`) and uses as the old policy in the GRPO ratio,
