@@ -7,12 +7,12 @@ sampler's tokens and mask exactly and its log-probs to float rounding, in the la
 
 import numpy as np
 import pytest
-import torch
 
 from socialr1_jax import load_model
 from socialr1_jax.rollout import sampler as S
 from socialr1_jax.rollout.checks import ArgumentError
 from tests.hf_fixtures import make_hf_checkpoint
+from tests.test_sampler import _hf_greedy
 
 N_SAMPLES = 2
 CAP = 24
@@ -29,15 +29,7 @@ def case(tmp_path_factory):
     rows = len(prompts) * N_SAMPLES
     caps = rng.integers(1, CAP + 1, rows)
     caps[3] = CAP  # one sequence runs to the longest cap
-    # transformers' greedy continuation of each prompt (no EOS), the reference for every prefix.
-    p = max(map(len, prompts))
-    ids = np.zeros((len(prompts), p), np.int64)
-    mask = np.zeros_like(ids)
-    for i, pr in enumerate(prompts):
-        ids[i, p - len(pr):], mask[i, p - len(pr):] = pr, 1
-    with torch.no_grad():
-        hf = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                          max_new_tokens=CAP, do_sample=False, pad_token_id=0)[:, p:].numpy()
+    hf = _hf_greedy(ref, prompts, CAP)  # transformers' greedy continuation, no EOS
     # EOS ids the greedy rows emit part-way (so some rows stop early by EOS, not by their cap).
     eos = sorted({int(hf[0, 4]), int(hf[2, 6])})
     return model, prompts, caps.tolist(), eos, np.repeat(hf, N_SAMPLES, axis=0)
