@@ -52,8 +52,9 @@ class KVCache:
     k_lbksh, v_lbksh: [L, B, K, S, H], heads before slots so a decode step's attention reads each
     head's keys contiguously; or, in the sampler's decode loop (`unstacked()`), a tuple of L
     arrays [B, K, S, H], one per layer. `valid_bs` marks slots written with a non-pad token;
-    `index` is the next slot to write (all rows advance together); `next_pos_b` is each row's
-    next RoPE position (its count of real tokens so far).
+    `index` is the next slot to write (all rows advance together), or [B] int32, one per row
+    (the refill sampler, whose rows hold sequences at different steps; one token per row per
+    call); `next_pos_b` is each row's next RoPE position (its count of real tokens so far).
     """
 
     k_lbksh: jax.Array
@@ -304,11 +305,14 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
             kv = (k_bksh, v_bksh)
         elif layer is None:
             k_c, v_c = kv
-            at = (0, 0, index, 0)
-            k_bksh = constrain(jax.lax.dynamic_update_slice(
-                k_c, k_bksh.astype(k_c.dtype), at), CACHE_BKSH)
-            v_bksh = constrain(jax.lax.dynamic_update_slice(
-                v_c, v_bksh.astype(v_c.dtype), at), CACHE_BKSH)
+            if jnp.ndim(index) == 1:  # one slot per row (the refill sampler): row b at index[b]
+                rows = jnp.arange(k_c.shape[0])
+                write = lambda c, x: c.at[rows, :, index].set(x[:, :, 0].astype(c.dtype))  # noqa: E731
+            else:
+                write = lambda c, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                    c, x.astype(c.dtype), (0, 0, index, 0))
+            k_bksh = constrain(write(k_c, k_bksh), CACHE_BKSH)
+            v_bksh = constrain(write(v_c, v_bksh), CACHE_BKSH)
             kv = (k_bksh, v_bksh)
         else:
             k_all, v_all = kv
@@ -329,6 +333,22 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
         x_btd = x_btd + swiglu_mlp(h_btd, w["gate_lfd"].astype(dt), w["up_lfd"].astype(dt),
                                    w["down_ldf"].astype(dt), prec)
     return constrain(x_btd, ACT_BTD), kv
+
+
+def _cache_masks(cache: KVCache, mask_bt):
+    """(valid_bs after writing the chunk at cache.index, mask_bts: query t may attend slot s).
+
+    A per-row index [B] (the refill sampler) writes one token per row, row b at slot index[b].
+    """
+    index, slot_s = cache.index, jnp.arange(cache.slots)
+    if index.ndim == 1:
+        if mask_bt.shape[1] != 1:
+            raise ValueError("a per-row cache index takes one token per row")
+        valid_bs = cache.valid_bs.at[jnp.arange(mask_bt.shape[0]), index].set(mask_bt[:, 0])
+        return valid_bs, (slot_s[None, :] <= index[:, None])[:, None, :] & valid_bs[:, None, :]
+    valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
+    query_slot_t = index + jnp.arange(mask_bt.shape[1])
+    return valid_bs, (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
 
 
 _REMAT_POLICIES = {
@@ -405,10 +425,9 @@ class Qwen3(nnx.Module):
             return hidden, KVCache.from_prompt(*kv_l, mask_bt, prompt_cache_slots)
 
         index = cache.index
-        valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
-        slot_s = jnp.arange(cache.slots)
-        query_slot_t = index + jnp.arange(t)
-        mask_bts = (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
+        if index.ndim == 1 and layer_weights is None:
+            raise ValueError("a per-row cache index goes with per-layer weights")
+        valid_bs, mask_bts = _cache_masks(cache, mask_bt)
 
         kv = (cache.k_lbksh, cache.v_lbksh)
         if (layer_weights is not None) != cache.per_layer:

@@ -61,6 +61,18 @@ def check_sampling(*, max_new_tokens, temperature, top_k, top_p, num_samples,
         raise ArgumentError("top_p", top_p, "must be in (0, 1]")
 
 
+def new_token_caps(max_new_tokens, rows: int) -> np.ndarray:
+    """max_new_tokens (one cap, or a sequence of one per row) as `rows` ints >= 1."""
+    if np.ndim(max_new_tokens) == 0:
+        return np.full((rows,), as_int("max_new_tokens", max_new_tokens, minimum=1), np.int64)
+    caps = list(max_new_tokens)
+    if len(caps) != rows:
+        raise ArgumentError("max_new_tokens", f"<{len(caps)} caps>", f"must be one cap or one "
+                            f"per row ({rows} = prompts x num_samples)")
+    return np.asarray([as_int(f"max_new_tokens[{i}]", v, minimum=1) for i, v in enumerate(caps)],
+                      np.int64)
+
+
 def token_lists(prompts) -> list[list[int]]:
     """Prompts (a sequence of token-id sequences) as lists of ints; text or non-integers refused."""
     if isinstance(prompts, (str, bytes)):

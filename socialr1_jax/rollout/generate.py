@@ -43,12 +43,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_sampling_args(ap, temperature=1.0, max_new_tokens=256,
                       samples_help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=None,
+                    help="refill (continuous batching): decode this many rows at a time, each "
+                         "finished row's slot taking the next completion (default: all at once)")
     add_model_args(ap)
     ap.add_argument("--out", default=None, help="write JSONL here instead of printing")
     ap.add_argument("--allow-nonfinite", action="store_true",
                     help="load weights with NaN/Inf instead of refusing them (debugging only)")
     args = ap.parse_args(argv)
     check_sampling_flags(args)
+    if args.slots is not None and args.slots < 1:
+        raise cli.UsageError(f"--slots {args.slots}: must be a positive integer")
     check_model_args(args)
     if args.out:
         args.out = cli.writable_file("--out", args.out)
@@ -225,7 +230,7 @@ def generate(argv=None) -> list[dict]:
     res = sample(model, prompts, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  num_samples=args.num_samples, eos_ids=eos, seed=args.seed, mesh=mesh,
-                 pad_id=pad)
+                 pad_id=pad, slots=args.slots)
     tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
     elapsed = time.perf_counter() - start
     compiling = min(sum(compile_s), elapsed)

@@ -30,6 +30,10 @@ length compiles a handful of programs. With a mesh the batch is split over ('dat
 `CACHE_LBKSH`; the draws (one uniform per row and step, inverse CDF) do not depend on the
 sharding.
 
+With `slots=K` the rows go through `rollout.refill` instead: K decode slots, each finished row's
+slot prefilled with the next pending sequence inside the same compiled loop (continuous
+batching), with the same tokens and log-probs per sequence as here.
+
 Log-probs: each sampled token's log-prob is taken under softmax(logits / T) over the whole
 vocabulary, before top-k / top-p truncation. This is what the trainer recomputes
 (`logprobs.completion_logprobs(..., temperature=T)`) and uses as the old policy in the GRPO ratio,
@@ -48,14 +52,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from socialr1_jax.model.qwen3 import KVCache
-from socialr1_jax.rollout.checks import as_int, check_against_model, check_sampling, token_lists
-from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, CACHE_BKSH, CACHE_LBKSH,
-                                            constrain, param_shardings, TOKENS_BT)
-
-# When only top-p is asked, the nucleus is first looked for among this many highest logits (a
-# partial sort); only if some row's nucleus is wider does the step fall back to a bisection.
-TOP_P_CANDIDATES = 1024
+from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, constrain,
+                                            param_shardings, TOKENS_BT)
+from socialr1_jax.rollout import refill
+from socialr1_jax.rollout.checks import (ArgumentError, as_int, check_against_model, check_sampling,
+                                         new_token_caps, token_lists)
+# The token choice lives in `draw` (shared with the refill sampler); its names stay importable here.
+from socialr1_jax.rollout.draw import (_nucleus_threshold_bisect, argmax_first, head,  # noqa: F401
+                                       inverse_cdf_sample, sample_step, truncate_logits,
+                                       TOP_P_CANDIDATES)
+from socialr1_jax.rollout.prefill import prefill_prompts
 
 
 @dataclasses.dataclass
@@ -78,6 +84,8 @@ class SampleResult:
     prompt_mask: jax.Array
     num_samples: int = 1
     steps: Optional[jax.Array] = None  # positions generated until every row was done
+    # (with slots: decode iterations of the refill loop)
+    refills: Optional[jax.Array] = None  # with slots: sequences prefilled into a freed slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,178 +115,11 @@ def bucket(n: int, minimum: int = 16) -> int:
     return -(-n // 1024) * 1024
 
 
-# -- one sampling step on logits ---------------------------------------------------------------
-# Everything here is a few linear passes over [B, V]: XLA's CPU sort of a 151,936-wide row takes
-# ~30 ms and jax.random.categorical (V Gumbel draws per row) ~4 ms per row, either of which
-# would cost more than a whole decode step of the 100M benchmark model.
-
-def argmax_first(x_bv):
-    """Index of the first maximum per row (as argmax), from two plain reductions."""
-    v = x_bv.shape[-1]
-    top = jnp.max(x_bv, axis=-1, keepdims=True)
-    return jnp.min(jnp.where(x_bv == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
-
-
-def _keep_threshold(sorted_desc, probs_sorted, top_p):
-    """The smallest kept value per row: the nucleus is the shortest prefix with mass >= top_p."""
-    cum = jnp.cumsum(probs_sorted, axis=-1)
-    keep = (cum - probs_sorted) < top_p  # mass strictly before a token < p: always >= 1 kept
-    n_keep = jnp.maximum(jnp.sum(keep, axis=-1), 1)
-    return jnp.take_along_axis(sorted_desc, (n_keep - 1)[:, None], axis=-1)[:, 0]
-
-
-def _ordered_key(x):
-    """int32 keys with the order of the float32 values (for exact bisection over floats)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-
-
-def _nucleus_threshold_bisect(scaled_bv, lse_b1, top_p):
-    """Largest value t per row with mass(x >= t) >= top_p: the last value of the nucleus.
-
-    32 halvings of the int32 key range, each a masked sum over the row: exact, no sort.
-    """
-    key_bv = _ordered_key(scaled_bv)
-    p_bv = jnp.exp(scaled_bv - lse_b1)
-    b = scaled_bv.shape[0]
-    lo = jnp.full((b,), jnp.iinfo(jnp.int32).min, jnp.int32)  # mass(key >= lo) = 1 >= p
-    hi = jnp.max(key_bv, axis=-1) + 1                           # mass(key >= hi) = 0 < p
-
-    def halve(_, lo_hi):
-        lo, hi = lo_hi
-        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
-        ok = jnp.sum(jnp.where(key_bv >= mid[:, None], p_bv, 0.0), axis=-1) >= top_p
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, 33, halve, (lo, hi))
-    # The smallest real value whose key is >= lo (the boundary token itself).
-    return jnp.min(jnp.where(key_bv >= lo[:, None], scaled_bv, jnp.inf), axis=-1)
-
-
-def truncate_logits(scaled_bv, *, top_k: int, top_p, use_top_p: bool,
-                    candidates: int = TOP_P_CANDIDATES):
-    """Logits with everything outside top-k, then top-p (of the renormalised rest), at -inf.
-
-    Order as in transformers' and vLLM's samplers: temperature, top-k, top-p. Tokens tied with
-    the last kept value are kept too (measure-zero for real logits). With top-p alone the
-    nucleus is looked for among the `candidates` highest logits and, only when some row's
-    nucleus is wider than that, by an exact bisection over the whole row (`lax.cond`).
-    """
-    if top_k <= 0 and not use_top_p:
-        return scaled_bv
-    v = scaled_bv.shape[-1]
-    if top_k > 0:
-        vals, _ = jax.lax.top_k(scaled_bv, min(top_k, v))
-        thresh = vals[:, -1]
-        if use_top_p:
-            thresh = _keep_threshold(vals, jax.nn.softmax(vals, axis=-1), top_p)
-    else:
-        lse = jax.nn.logsumexp(scaled_bv, axis=-1, keepdims=True)
-        vals, _ = jax.lax.top_k(scaled_bv, min(candidates, v))
-        probs = jnp.exp(vals - lse)
-        if candidates >= v:
-            thresh = _keep_threshold(vals, probs, top_p)
-        else:
-            covered = jnp.all(jnp.sum(probs, axis=-1) >= top_p)
-            thresh = jax.lax.cond(covered, lambda: _keep_threshold(vals, probs, top_p),
-                                  lambda: _nucleus_threshold_bisect(scaled_bv, lse, top_p))
-    return jnp.where(scaled_bv >= thresh[:, None], scaled_bv, -jnp.inf)
-
-
-def _last_positive(x_bn):
-    n = x_bn.shape[-1]
-    return jnp.max(jnp.where(x_bn > 0, jnp.arange(n, dtype=jnp.int32), 0), axis=-1)
-
-
-def inverse_cdf_sample(u_b, kept_bv, chunk: int = 1024):
-    """Token per row drawn from softmax(kept) with uniforms u_b in [0, 1) (inverse CDF).
-
-    Two levels so no [B, V] cumulative sum is needed: the chunk of `chunk` tokens holding the
-    u-quantile from per-chunk masses, then the token inside it. A row can only land on a token
-    of positive probability (rounding at the very top of the range falls back to the last one).
-    """
-    b, v = kept_bv.shape
-    chunk = min(chunk, v)
-    pad = -v % chunk
-    p_bv = jnp.exp(kept_bv - jnp.max(kept_bv, axis=-1, keepdims=True))  # -inf -> 0
-    p_bnc = jnp.pad(p_bv, ((0, 0), (0, pad))).reshape(b, -1, chunk)
-    mass_bn = jnp.sum(p_bnc, axis=-1)
-    cum_bn = jnp.cumsum(mass_bn, axis=-1)
-    target = u_b * cum_bn[:, -1]
-    ci = jnp.minimum(jnp.sum(cum_bn <= target[:, None], axis=-1), _last_positive(mass_bn))
-    before = jnp.where(ci > 0, jnp.take_along_axis(cum_bn, jnp.maximum(ci - 1, 0)[:, None],
-                                                   axis=-1)[:, 0], 0.0)
-    row_bc = jnp.take_along_axis(p_bnc, ci[:, None, None], axis=1)[:, 0]
-    inner = before[:, None] + jnp.cumsum(row_bc, axis=-1)
-    j = jnp.minimum(jnp.sum(inner <= target[:, None], axis=-1), _last_positive(row_bc))
-    return (ci * chunk + j).astype(jnp.int32)
-
-
-def sample_step(key, logits_bv, temperature, top_p, *, greedy: bool, top_k: int,
-                use_top_p: bool, candidates: int = TOP_P_CANDIDATES):
-    """Choose one token per row from logits [B, V]; returns (tokens [B], logprobs [B]).
-
-    The log-prob is under softmax(logits / T) before truncation (T = 1 when greedy).
-    """
-    logits_bv = logits_bv.astype(jnp.float32)
-    if greedy:
-        tok = argmax_first(logits_bv)
-        scaled = logits_bv
-    else:
-        scaled = logits_bv / temperature
-        kept = truncate_logits(scaled, top_k=top_k, top_p=top_p, use_top_p=use_top_p,
-                               candidates=candidates)
-        tok = inverse_cdf_sample(jax.random.uniform(key, (scaled.shape[0],)), kept)
-    lse = jax.nn.logsumexp(scaled, axis=-1)
-    logp = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
-    return tok, logp
-
-
-# -- the compiled program ----------------------------------------------------------------------
-
-def _head(h_bd, w_vd, precision):
-    return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype), precision=precision,
-                      preferred_element_type=jnp.float32)
-
-
-def _pin_cache(cache: KVCache) -> KVCache:
-    """The cache with its rows over the batch shards and KV heads over 'tensor'."""
-    if cache.per_layer:
-        pin = lambda kv: tuple(constrain(a, CACHE_BKSH) for a in kv)  # noqa: E731
-    else:
-        pin = partial(constrain, spec=CACHE_LBKSH)
-    return dataclasses.replace(cache, k_lbksh=pin(cache.k_lbksh), v_lbksh=pin(cache.v_lbksh),
-                               valid_bs=constrain(cache.valid_bs, TOKENS_BT))
-
-
-def _prefill(model, prompt_ids, prompt_mask, cache, chunk: int, layers=None):
-    """Write the prompts into the cache `chunk` tokens per forward pass; last hidden [B, D].
-
-    Chunking bounds the attention scores to [B, heads, chunk, S] however long the prompt.
-    layers: per-layer weights (with a per-layer cache), as in the decode loop.
-    """
-    b, p = prompt_ids.shape
-    forward = partial(model.hidden_states, layer_weights=layers)
-    if chunk >= p:
-        hidden, cache = forward(prompt_ids, prompt_mask, cache=cache)
-        return hidden[:, -1], cache
-    ids_cbt = prompt_ids.reshape(b, p // chunk, chunk).swapaxes(0, 1)
-    mask_cbt = prompt_mask.reshape(b, p // chunk, chunk).swapaxes(0, 1)
-
-    def one(carry, xs):
-        cache, _ = carry
-        hidden, cache = forward(xs[0], xs[1], cache=cache)
-        return (cache, hidden[:, -1]), None
-
-    h0 = jnp.zeros((b, model.cfg.hidden_size), model.cfg.jnp_dtype)
-    (cache, last), _ = jax.lax.scan(one, (cache, h0), (ids_cbt, mask_cbt))
-    return last, cache
-
 
 @partial(jax.jit, static_argnames=("graphdef", "plan"))
 def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperature, top_p,
               eos_ids, max_new, *, plan: _Plan):
-    """Prefill + while_loop decode.
+    """Prefill + while_loop decode. max_new: the new-token cap, one for all rows or one per row.
 
     Returns (tokens, logprobs, mask) [B, plan.new_len] and the number of positions generated.
     """
@@ -286,48 +127,31 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
     cfg = model.cfg
     b, p = prompt_ids.shape
     n = plan.new_len
-    w_vd = model.lm_head_weight()
-    head = partial(_head, w_vd=w_vd, precision=cfg.precision)
+    max_new_b = jnp.broadcast_to(jnp.asarray(max_new, jnp.int32), (b,))
+    logits = partial(head, w_vd=model.lm_head_weight(), precision=cfg.precision)
     choose = partial(sample_step, temperature=temperature, top_p=top_p, greedy=plan.greedy,
                      top_k=plan.top_k, use_top_p=plan.use_top_p,
                      candidates=plan.top_p_candidates)
 
     def emit(i, tok, logp, done, bufs):
-        """Write step i's token for rows not yet done; a row is done after its EOS."""
+        """Write step i's token for rows not yet done; a row is done after its EOS or cap."""
         tokens, logps, mask = bufs
         live = ~done
         tokens = jax.lax.dynamic_update_slice(
             tokens, jnp.where(live, tok, plan.pad_id)[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, jnp.where(live, logp, 0.0)[:, None], (0, i))
         mask = jax.lax.dynamic_update_slice(mask, live.astype(jnp.int32)[:, None], (0, i))
-        done = done | jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+        done = done | jnp.any(tok[:, None] == eos_ids[None, :], axis=-1) | (i + 1 >= max_new_b)
         return done, (tokens, logps, mask)
 
     # Per-layer weights and cache (see Qwen3.unstacked_layers and KVCache.unstacked): a loop that
     # carries the stacked cache copies it whole after each layer's write.
     layers = model.unstacked_layers() if plan.unstack_layers else None
-
-    def prefill(ids, mask):
-        """(last hidden [rows, D], a cache holding the prompts) for rows of prompts."""
-        if layers is not None and plan.prefill_chunk >= p:
-            # The whole prompt in one pass: a scan over the stacked layers (one layer in the
-            # program) whose keys and values become the per-layer cache.
-            hidden, cache = model.hidden_states(ids, mask, prompt_cache_slots=p + n)
-            return hidden[:, -1], _pin_cache(cache)
-        cache = KVCache.zeros(cfg, ids.shape[0], p + n)
-        cache = _pin_cache(cache.unstacked() if layers is not None else cache)
-        return _prefill(model, ids, mask, cache, plan.prefill_chunk, layers)
-
     # Left padding puts every row's last prompt token at the last position.
-    g = plan.shared_prefill
-    if g > 1:
-        # The n samples of a prompt have the same prompt: run it once and copy its cache.
-        last_bd, small = prefill(prompt_ids[::g], prompt_mask[::g])
-        last_bd = jnp.repeat(last_bd, g, axis=0)
-        cache = _pin_cache(small.repeat_rows(g))
-    else:
-        last_bd, cache = prefill(prompt_ids, prompt_mask)
-    tok, logp = choose(jax.random.fold_in(key, 0), head(last_bd))
+    last_bd, cache = prefill_prompts(model, prompt_ids, prompt_mask, slots=p + n,
+                                     chunk=plan.prefill_chunk, layers=layers,
+                                     group=plan.shared_prefill)
+    tok, logp = choose(jax.random.fold_in(key, 0), logits(last_bd))
     bufs = (constrain(jnp.full((b, n), plan.pad_id, jnp.int32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.float32), TOKENS_BT),
             constrain(jnp.zeros((b, n), jnp.int32), TOKENS_BT))
@@ -335,13 +159,13 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
 
     def cond(carry):
         i, _, done, _, _ = carry
-        return (i < max_new) & ~jnp.all(done)
+        return (i < jnp.max(max_new_b)) & ~jnp.all(done)
 
     def body(carry):
         i, prev, done, cache, bufs = carry
         hidden, cache = model.hidden_states(prev[:, None], jnp.ones((b, 1), jnp.int32),
                                             cache=cache, layer_weights=layers)
-        tok, logp = choose(jax.random.fold_in(key, i), head(hidden[:, 0]))
+        tok, logp = choose(jax.random.fold_in(key, i), logits(hidden[:, 0]))
         done, bufs = emit(i, tok, logp, done, bufs)
         return i + 1, tok, done, cache, bufs
 
@@ -361,21 +185,22 @@ def _check_shapes(shapes, longest: int, n_new: int, max_len: int, rows: int) -> 
 
 # -- public entry point ------------------------------------------------------------------------
 
-def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
            eos_ids: Sequence[int] = (), seed: int = 0, mesh: Optional[Mesh] = None,
            pad_id: int = 0, max_cache_len: Optional[int] = None,
            bucket_shapes: bool = True, prefill_chunk: int = 512,
-           unstack_layers: bool = True, shapes: Optional[tuple[int, int, int]] = None
-           ) -> SampleResult:
+           unstack_layers: bool = True, slots: Optional[int] = None,
+           shapes: Optional[tuple[int, int, int]] = None) -> SampleResult:
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
     truncated to the top_k highest (0 = off), then to the smallest set whose renormalised mass is
     >= top_p (always at least the top token), renormalised. A row stops after emitting any of
-    `eos_ids` (that EOS is part of the completion and its mask) or at `max_new_tokens`; the
-    program stops when every row has. Returned log-probs are those of the sampled tokens under the
-    untruncated softmax(logits / T) (T = 1 for greedy): what GRPO uses as old log-probs.
+    `eos_ids` (that EOS is part of the completion and its mask) or at `max_new_tokens` (one cap,
+    or one per row in the order i*n + j); the program stops when every row has. Returned
+    log-probs are those of the sampled tokens under the untruncated softmax(logits / T) (T = 1
+    for greedy): what GRPO uses as old log-probs.
 
     mesh: split the batch over ('data', 'fsdp') (padded with dummy rows that are dropped);
     pad_id fills the prompt padding and the completion after EOS; max_cache_len (default the
@@ -387,6 +212,11 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     stacked weights and cache, whose per-layer slices XLA copies on every step (and, on
     XLA:CPU, the whole cache after each layer's write; see Qwen3.unstacked_layers and
     KVCache.unstacked).
+    slots: None decodes every row at once (one static batch). K: refill (continuous batching,
+    `rollout.refill`): K rows decode at a time over a KV cache of K rows (rounded up to the
+    mesh's batch shards, at most the number of rows), each finished row's slot prefilled with
+    the next sequence; same tokens and log-probs per sequence as the static batch with the same
+    seed (up to float rounding), and `SampleResult.refills` counts the refills.
     shapes: (rows, prompt_len, new_len) to pad the batch to exactly, instead of bucketing (a
     server that warms a fixed set of programs up front); the extra rows are inactive (done from
     the first step), and rows >= len(prompts) * num_samples, prompt_len >= the longest prompt,
@@ -397,36 +227,23 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     """
     cfg = model.cfg
     max_len = int(max_cache_len or cfg.max_position_embeddings)
-    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+    rows = len(prompts) * as_int("num_samples", num_samples, minimum=1)
+    caps = new_token_caps(max_new_tokens, rows)
+    n_new = int(caps.max()) if rows else 1  # no prompts: check_against_model says so
+    check_sampling(max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                    top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
+    _check_slots(slots, unstack_layers)
     prompts = token_lists(prompts)
     eos_ids = tuple(as_int("eos id", e) for e in eos_ids)
     check_against_model(prompts, vocab=cfg.vocab_size, max_len=max_len,
-                        max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
-    n_new = int(max_new_tokens)
-    longest = max(len(p) for p in prompts)
-    if shapes is not None:
-        p_len, n_len = _check_shapes(shapes, longest, n_new, max_len,
-                                     len(prompts) * num_samples)
-    elif bucket_shapes:
-        p_len = min(bucket(longest), max_len - n_new)
-        n_len = min(bucket(n_new), max_len - p_len)
-    else:
-        p_len, n_len = longest, n_new
-    if p_len > prefill_chunk:  # whole chunks: extra left padding changes nothing
-        p_len = -(-p_len // prefill_chunk) * prefill_chunk
-
-    rows = len(prompts) * num_samples
+                        max_new_tokens=n_new, eos_ids=eos_ids, pad_id=pad_id)
+    p_len, n_len = _buffer_lengths(max(len(p) for p in prompts), n_new, max_len,
+                                   bucket_shapes, prefill_chunk, shapes, rows)
+    if shapes is not None and slots is not None:
+        raise ArgumentError("slots", slots, "cannot be combined with explicit shapes")
     shards = batch_shards(mesh) if mesh is not None else 1
-    padded_rows = -(-max(rows, shapes[0] if shapes else 0) // shards) * shards
-    ids = np.full((padded_rows, p_len), pad_id, np.int32)
-    mask = np.zeros((padded_rows, p_len), np.int32)
-    for r in range(padded_rows):
-        pr = prompts[min(r, rows - 1) // num_samples]  # dummy rows copy the last prompt
-        ids[r, p_len - len(pr):] = pr
-        mask[r, p_len - len(pr):] = 1
-    active = np.arange(padded_rows) < rows
-
+    padded_rows = -(-max(rows, int(shapes[0]) if shapes else 0) // shards) * shards
+    ids, mask = _left_padded(prompts, num_samples, padded_rows, p_len, pad_id)
     # Shared prefill needs whole groups (no dummy rows) that still split evenly over the mesh.
     share = (num_samples > 1 and padded_rows == rows
              and (rows // num_samples) % shards == 0)
@@ -436,33 +253,95 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  shared_prefill=int(num_samples) if share else 1,
                  unstack_layers=bool(unstack_layers))
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
-    graphdef, state = nnx.split(model)
-    args = [ids, mask, active]
-    if mesh is not None:
-        state = jax.device_put(state, param_shardings(state, mesh))
-        args = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in args]
     scalars = (jax.random.key(seed), jnp.float32(temperature if temperature > 0 else 1.0),
-               jnp.float32(top_p), jnp.asarray(eos), jnp.int32(n_new))
-    if mesh is not None:
-        with jax.set_mesh(mesh):
-            (tokens, logps, cmask), steps = _generate(graphdef, state, *args, *scalars,
-                                                      plan=plan)
+               jnp.float32(top_p), jnp.asarray(eos))
+    if slots is None:
+        cap = (jnp.int32(n_new) if np.ndim(max_new_tokens) == 0
+               else np.pad(caps, (0, padded_rows - rows), constant_values=1))
+        out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan)
     else:
-        (tokens, logps, cmask), steps = _generate(graphdef, state, *args, *scalars, plan=plan)
-
+        out = _run_refill(model, mesh, ids[:rows], mask[:rows], scalars, caps, plan,
+                          slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
+    (tokens, logps, cmask), steps, *refills = out[0]
     # With explicit shapes the padded arrays come back as they are: slicing them to a request's
     # own sizes would compile a small program per distinct size.
     keep = rows if shapes is None else padded_rows
-    if shapes is None and (padded_rows != rows or n_len != n_new):
+    if shapes is None and tokens.shape != (rows, n_new):
         tokens, logps, cmask = (x[:rows, :n_new] for x in (tokens, logps, cmask))
     # On a mesh the prompts come back with the batch sharding the completions have.
-    p_ids, p_mask = (args[0], args[1]) if mesh is not None else (jnp.asarray(ids), jnp.asarray(mask))
-    if keep != padded_rows:
+    p_ids, p_mask = out[1]
+    if p_ids.shape[0] != keep:
         p_ids, p_mask = p_ids[:keep], p_mask[:keep]
     return SampleResult(tokens=tokens, logprobs=logps, mask=cmask,
                         lengths=cmask.sum(axis=1).astype(jnp.int32),
                         prompt_ids=p_ids, prompt_mask=p_mask,
-                        num_samples=int(num_samples), steps=steps)
+                        num_samples=int(num_samples), steps=steps,
+                        refills=refills[0] if refills else None)
+
+
+def _check_slots(slots, unstack_layers) -> None:
+    if slots is not None:
+        as_int("slots", slots, minimum=1)
+        if not unstack_layers:
+            raise ArgumentError("slots", slots, "needs unstack_layers=True (the refill loop "
+                                "decodes over per-layer weights and cache)")
+
+
+def _buffer_lengths(longest, n_new, max_len, bucket_shapes, prefill_chunk, shapes, rows):
+    """(prompt length, generation length) of the program's buffers."""
+    if shapes is not None:
+        p_len, n_len = _check_shapes(shapes, longest, n_new, max_len, rows)
+    elif bucket_shapes:
+        p_len = min(bucket(longest), max_len - n_new)
+        n_len = min(bucket(n_new), max_len - p_len)
+    else:
+        p_len, n_len = longest, n_new
+    if p_len > prefill_chunk:  # whole chunks: extra left padding changes nothing
+        p_len = -(-p_len // prefill_chunk) * prefill_chunk
+    return p_len, n_len
+
+
+def _run_refill(model, mesh, ids, mask, scalars, caps, plan, *, slots, group, draw_rows):
+    """The refill program over `slots` slots (at most one per row, whole batch shards)."""
+    rows = ids.shape[0]
+    shards = batch_shards(mesh) if mesh is not None else 1
+    k = -(-min(slots, rows) // shards) * shards
+    # The first fill shares one prefill per prompt when the slots hold whole groups.
+    whole = group > 1 and k % group == 0 and k <= rows and (k // group) % shards == 0
+    shape = refill.RefillShape(slots=k, draw_rows=draw_rows, group=group,
+                               first_group=group if whole else 1)
+    return _run(refill._generate_refill, model, mesh, (ids, mask),
+                (*scalars, caps.astype(np.int32)), plan=plan, shape=shape)
+
+
+def _left_padded(prompts, num_samples, padded_rows, p_len, pad_id):
+    """ids, mask [padded_rows, p_len]: row i*n+j holds prompt i at the right; dummy rows copy
+    the last prompt."""
+    rows = len(prompts) * num_samples
+    ids = np.full((padded_rows, p_len), pad_id, np.int32)
+    mask = np.zeros((padded_rows, p_len), np.int32)
+    for r in range(padded_rows):
+        pr = prompts[min(r, rows - 1) // num_samples]
+        ids[r, p_len - len(pr):] = pr
+        mask[r, p_len - len(pr):] = 1
+    return ids, mask
+
+
+def _run_static(model, mesh, ids, mask, rows, scalars, cap, plan):
+    active = np.arange(ids.shape[0]) < rows
+    return _run(_generate, model, mesh, (ids, mask, active), (*scalars, cap), plan=plan)
+
+
+def _run(program, model, mesh, arrays, scalars, **static):
+    """program(graphdef, state, *arrays, *scalars) with the arrays over the mesh's batch shards;
+    returns (its outputs, (prompt ids, mask) as laid out for it)."""
+    graphdef, state = nnx.split(model)
+    if mesh is None:
+        return program(graphdef, state, *arrays, *scalars, **static), arrays[:2]
+    state = jax.device_put(state, param_shardings(state, mesh))
+    arrays = [jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in arrays]
+    with jax.set_mesh(mesh):
+        return program(graphdef, state, *arrays, *scalars, **static), arrays[:2]
 
 
 def compiled_programs() -> int:
