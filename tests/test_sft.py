@@ -13,9 +13,9 @@ import pytest
 from flax import nnx
 
 from socialr1_jax.checkpoint.loading import load_model
-from socialr1_jax.rl import sft
+from socialr1_jax.jobs import sft
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.train_config import OptimConfig, WarmStartConfig
+from socialr1_jax.jobs.train_config import OptimConfig, WarmStartConfig
 from socialr1_jax.rollout import tokenizer as tk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

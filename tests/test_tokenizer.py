@@ -98,7 +98,7 @@ def test_saved_and_loaded_like_a_checkpoint(tok, tmp_path):
 
 def test_run_tokenizer_choices(tmp_path):
     from socialr1_jax.cli import UsageError
-    from socialr1_jax.rl.train_config import ModelSection
+    from socialr1_jax.jobs.train_config import ModelSection
 
     assert len(tk.run_tokenizer(ModelSection(tokenizer="demo"))) > 300
     with pytest.raises(UsageError, match="model.tokenizer is required"):

@@ -23,7 +23,7 @@ from typing import Optional
 
 import yaml
 
-from socialr1_jax.rl.train_config import TrainConfig
+from socialr1_jax.jobs.train_config import TrainConfig
 from socialr1_jax.yaml_config import ConfigError, to_dict
 
 CONFIG = "config.yaml"

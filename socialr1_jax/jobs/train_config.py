@@ -350,7 +350,7 @@ class SFTDataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartConfig:
-    """Supervised fine-tuning on (prompt, response) pairs before GRPO (`rl/sft.py`; also the
+    """Supervised fine-tuning on (prompt, response) pairs before GRPO (`jobs/sft.py`; also the
     `sft` section of `python -m socialr1_jax.sft`). steps: updates (0 = none); batch_size: pairs
     per update; micro_batch_size: pairs per forward/backward (0 = the batch); max lengths in
     tokens, longer pairs dropped and counted or refused (`on_too_long`); `optim` its own AdamW;

@@ -19,14 +19,14 @@ update; the TrainState from `init_train_state`, parameters, master copy and mome
 the policy's rules). Held-out pairs are scored at the start, every `run.eval_every` updates and
 at the end: loss and pair accuracy (the share with r_c > r_r).
 
-`run.out_dir` is laid out as the GRPO job's run directory (`rl/run_dir.py`): config.yaml,
+`run.out_dir` is laid out as the GRPO job's run directory (`jobs/run_dir.py`): config.yaml,
 metrics.jsonl (one row per step), eval.jsonl, tensorboard/, and checkpoints/<step>, the whole
 TrainState through `checkpoint/train_checkpoint.py` (asynchronous, the last `run.keep` kept;
 the root also loads as a reward model). `run.resume=true` continues from the latest step
 exactly (the data order is a function of the step); SIGTERM (a pod's preemption) or Ctrl-C
 finishes the update in hand, evaluates, saves it and exits with 143 / 130. With
 `run.export_hf`, an HF Qwen3ForSequenceClassification directory that transformers loads with
-the same scores. See `rl/rm_data.py` for the config keys and the data format.
+the same scores. See `jobs/rm_data.py` for the config keys and the data format.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from jax.sharding import Mesh
 from socialr1_jax import cli
 from socialr1_jax.model.reward_model import RewardModel, make_score_fn
 from socialr1_jax.parallel.sharding import batch_sharding, batch_shards, make_mesh
-from socialr1_jax.rl import run_dir
+from socialr1_jax.jobs import run_dir
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.preemption import StopSignals
-from socialr1_jax.rl.rm_data import (PairDataError, RMTrainConfig, Tokenized, batch_order,
+from socialr1_jax.jobs.preemption import StopSignals
+from socialr1_jax.jobs.rm_data import (PairDataError, RMTrainConfig, Tokenized, batch_order,
                                      load_data, load_rm_config, pair_arrays, tokenize_pairs)
 from socialr1_jax.social import rm_prompt
 
@@ -362,7 +362,7 @@ def parse_args(argv=None) -> RMTrainConfig:
     """--config FILE.yaml plus key=value overrides."""
     p = cli.ArgumentParser(prog="python -m socialr1_jax.train_rm", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (see rl/rm_data.py for the keys)")
+    p.add_argument("--config", help="YAML config (see jobs/rm_data.py for the keys)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data.train=pairs.jsonl")
     a = p.parse_args(argv)
     try:

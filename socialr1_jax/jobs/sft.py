@@ -40,7 +40,7 @@ from socialr1_jax import cli
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
+from socialr1_jax.jobs.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
                                          WarmStartConfig)
 from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import load_yaml
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
                    help="key=value, e.g. sft.steps=200 sft.optim.lr=1e-5 sft.data.path=x.jsonl")
     a = p.parse_args(argv)
     cfg = load_sft_config(a.config, a.overrides)
-    from socialr1_jax.rl.train import build_mesh, load_policy
+    from socialr1_jax.jobs.train import build_mesh, load_policy
     from socialr1_jax.rollout import tokenizer as tk
 
     tokenizer = tk.run_tokenizer(cfg.model)

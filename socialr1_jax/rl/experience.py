@@ -24,7 +24,7 @@ from socialr1_jax.parallel.sharding import batch_sharding
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.task import PromptBatch, Scores, as_scores
-from socialr1_jax.rl.train_config import TrainConfig
+from socialr1_jax.jobs.train_config import TrainConfig
 from socialr1_jax.rollout.sampler import sample
 
 

@@ -7,7 +7,7 @@ Config (`load_rm_config(path, overrides)`, YAML + `key=value` overrides like the
             (-1 = the checkpoint's config.json, else the tokenizer's), seed (the new head's draw)
     data:   train / eval (JSONL; eval '' = hold out eval_fraction of train), prompt_template
             ('' = rm_prompt.DEFAULT_TEMPLATE), max_length, chosen_key / rejected_key
-    optim:  AdamW as the GRPO job's (rl/train_config.OptimConfig), lr 1e-5 by default
+    optim:  AdamW as the GRPO job's (jobs/train_config.OptimConfig), lr 1e-5 by default
     mesh:   data / fsdp / tensor
     run:    batch_size (pairs per update), micro_batch_size, epochs, steps (0 = the epochs),
             eval_every, out_dir (the GRPO job's run-directory layout: config.yaml,
@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from socialr1_jax.rl.train_config import MeshConfig, OptimConfig
+from socialr1_jax.jobs.train_config import MeshConfig, OptimConfig
 from socialr1_jax.social import rm_prompt
 from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import check_at_least, load_yaml

@@ -30,13 +30,13 @@ from flax import nnx
 
 from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
-from socialr1_jax.rl import periodic_eval, run_dir
+from socialr1_jax.jobs import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.console import Console, summary  # noqa: F401  summary: train.summary
-from socialr1_jax.rl.preemption import StopSignals
-from socialr1_jax.rl.rollout import Programs, sample_rows, score_metrics
+from socialr1_jax.jobs.console import Console, summary  # noqa: F401  summary: train.summary
+from socialr1_jax.jobs.preemption import StopSignals
+from socialr1_jax.rl.experience import Programs, sample_rows, score_metrics
 from socialr1_jax.rl.task import Task
-from socialr1_jax.rl.train_config import TrainConfig, load_train_config
+from socialr1_jax.jobs.train_config import TrainConfig, load_train_config
 from socialr1_jax.yaml_config import ConfigError
 
 # The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree; docs/demo.md): the
@@ -260,10 +260,10 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
 
 
 def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary):
-    """The `sft` section before GRPO (rl/sft.py: trained and saved to RUN/warm_start, or loaded
+    """The `sft` section before GRPO (jobs/sft.py: trained and saved to RUN/warm_start, or loaded
     from there on resume), with a held-out evaluation of the model before it when evaluating.
     Returns (model, {"loss_first", "loss_last", "eval_before"} of a fresh warm start)."""
-    from socialr1_jax.rl import sft
+    from socialr1_jax.jobs import sft
     from socialr1_jax.rollout import tokenizer as tk
 
     say = (log or print) if primary else (lambda line: None)
