@@ -17,6 +17,7 @@ from socialr1_jax.jobs import sft
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.jobs.train_config import OptimConfig, WarmStartConfig
 from socialr1_jax.rollout import tokenizer as tk
+from socialr1_jax.social.demo_tokenizer import demo_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +94,7 @@ def test_loss_falls_on_a_tiny_set():
 
 
 def test_encode_pairs_templates_appends_eos_and_drops_too_long():
-    tok = tk.demo_tokenizer()
+    tok = demo_tokenizer()
     pairs = [("Where is the apple?", "<think>Cue: x</think><Answer>A</Answer>"),
              ("the " * 50, "ok")]
     ex, dropped = sft.encode_pairs(tok, pairs, max_prompt_len=40)

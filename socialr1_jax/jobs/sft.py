@@ -380,10 +380,10 @@ def main(argv=None) -> int:
                    help="key=value, e.g. sft.steps=200 sft.optim.lr=1e-5 sft.data.path=x.jsonl")
     a = p.parse_args(argv)
     cfg = load_sft_config(a.config, a.overrides)
-    from socialr1_jax.jobs.train import build_mesh, load_policy
+    from socialr1_jax.jobs.setup import build_mesh, load_policy, run_tokenizer
     from socialr1_jax.rollout import tokenizer as tk
 
-    tokenizer = tk.run_tokenizer(cfg.model)
+    tokenizer = run_tokenizer(cfg.model)
     warm_start_pairs(cfg.sft.data)  # a missing or bad file fails before any model is built
     mesh = build_mesh(cfg)
     check_batch_fits_mesh(cfg.sft, mesh)

@@ -32,6 +32,7 @@ from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
 from socialr1_jax.jobs import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
+from socialr1_jax.jobs.setup import broadcast_str, build_mesh, load_policy, run_tokenizer  # noqa: F401
 from socialr1_jax.jobs.console import Console, summary  # noqa: F401  summary: train.summary
 from socialr1_jax.jobs.preemption import StopSignals
 from socialr1_jax.rl.experience import Programs, sample_rows, score_metrics
@@ -91,34 +92,6 @@ class TrainResult:
         return self.history[-1]["reward_mean"] if self.history else math.nan
 
 
-def build_mesh(cfg: TrainConfig):
-    """The run's (data, fsdp, tensor) mesh over every visible device."""
-    from socialr1_jax.parallel.sharding import make_mesh
-
-    m = cfg.mesh
-    m.check_devices(jax.device_count())
-    return make_mesh(m.data, m.fsdp or None, m.tensor)
-
-
-def load_policy(cfg: TrainConfig, mesh):
-    """The initial policy: a checkpoint (model.path) or a random preset, sharded on `mesh`."""
-    from socialr1_jax.checkpoint.loading import load_model
-    from socialr1_jax.model.build import abstract_model, create_model
-
-    sec = cfg.model
-    if sec.path:
-        try:
-            model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
-        except (OSError, ValueError) as e:  # CheckpointError is a ValueError
-            raise cli.UsageError(f"model.path={sec.path}: {e}") from None
-        mcfg = model.cfg.replace(remat=sec.remat, matmul_precision=sec.matmul_precision,
-                                 **({"dtype": sec.dtype} if sec.dtype else {}))
-        if mcfg != model.cfg:  # same parameters, different static settings
-            model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
-        return model
-    return create_model(sec.preset_config(), mesh=mesh, seed=sec.seed)
-
-
 def make_task(cfg: TrainConfig, vocab_size: int, prep: Optional["Prepared"] = None) -> Task:
     """The task named by run.task (social-r1: the rows, reward set and tokenizer `prepare`
     resolved)."""
@@ -157,19 +130,6 @@ def check_task(cfg: TrainConfig) -> None:
             raise ConfigError(f"sft.data.path={d.path}: no such file")
 
 
-def _broadcast_str(text: str) -> str:
-    """Process 0's `text` on every process."""
-    if jax.process_count() == 1:
-        return text
-    from jax.experimental import multihost_utils
-
-    buf = np.zeros(4096, np.uint8)
-    raw = text.encode()[:4096]
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-    return bytes(out[out != 0]).decode()
-
-
 @dataclasses.dataclass
 class Prepared:
     """What `prepare` checked and resolved: the run directory, what to resume (None for a
@@ -197,7 +157,7 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
         if rows is not None:
             from socialr1_jax.rollout import tokenizer as tk
 
-            tokenizer = tk.run_tokenizer(cfg.model)
+            tokenizer = run_tokenizer(cfg.model)
         prep = _prepare_run(cfg, task_given, rows, rewards)
         prep.tokenizer = tokenizer
         return prep
@@ -245,7 +205,7 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
         raise ConfigError(f"model.path={cfg.model.path} does not exist")
     out_dir = cfg.run.out_dir
     if out_dir:
-        out_dir = _broadcast_str(run_dir.expand_out_dir(out_dir)
+        out_dir = broadcast_str(run_dir.expand_out_dir(out_dir)
                                  if jax.process_index() == 0 else "")
     resume = run_dir.check_run_dir(cfg, out_dir)
     evaluator = periodic_eval.make(cfg)
@@ -267,7 +227,7 @@ def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, lo
     from socialr1_jax.rollout import tokenizer as tk
 
     say = (log or print) if primary else (lambda line: None)
-    tokenizer = getattr(task, "tokenizer", None) or tk.run_tokenizer(cfg.model)
+    tokenizer = getattr(task, "tokenizer", None) or run_tokenizer(cfg.model)
     sft.check_batch_fits_mesh(cfg.sft, mesh)
     info: dict = {}
     root = os.path.join(out_dir, sft.WARM_START_DIR) if out_dir else ""
