@@ -15,7 +15,7 @@ from flax import nnx
 from socialr1_jax.checkpoint.loading import load_model
 from socialr1_jax.jobs import sft
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.jobs.train_config import OptimConfig, WarmStartConfig
+from socialr1_jax.jobs.train_config import OptimConfig, SFTSection
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.social.demo_tokenizer import demo_tokenizer
 
@@ -86,7 +86,7 @@ def test_loss_falls_on_a_tiny_set():
 
     model = create_model(preset("tiny", vocab_size=64), seed=0)
     ex = _examples(np.random.default_rng(2), 8, 64, 0)
-    res = sft.train_sft(model, ex, WarmStartConfig(steps=40, batch_size=8, log_every=100),
+    res = sft.train_sft(model, ex, SFTSection(steps=40, batch_size=8, log_every=100),
                         OptimConfig(lr=1e-2, weight_decay=0.0), pad_id=0, log=lambda s: None)
     assert len(res.history) == 40
     assert res.first_loss > 3.5 and res.last_loss < 0.3 * res.first_loss, (res.first_loss,

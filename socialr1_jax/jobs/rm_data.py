@@ -106,10 +106,11 @@ class RMRunSection:
     log_every: int = 10
     progress: bool = True
     seed: int = 0
+    max_consecutive_skips: int = 3  # stop after this many non-finite updates in a row
 
     def __post_init__(self):
         check_at_least(self, "run", 1, "batch_size", "epochs", "log_every", "keep",
-                       error=ValueError)
+                       "max_consecutive_skips", error=ValueError)
         check_at_least(self, "run", 0, "micro_batch_size", "steps", "eval_every", "save_every",
                        error=ValueError)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -226,7 +227,7 @@ def pair_arrays(data: Tokenized, idx: Sequence[int], pad_id: int,
     return (*rm_prompt.pad_rows(rows_c, pad_id, length), *rm_prompt.pad_rows(rows_r, pad_id, length))
 
 
-def batch_order(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+def pair_batch_order(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     """The pair indices of update `step`: epochs of seeded permutations, the last partial batch
     of each epoch dropped (a fixed batch shape)."""
     per_epoch = n // batch_size

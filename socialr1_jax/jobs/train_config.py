@@ -245,7 +245,7 @@ class ToyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTDataConfig:
+class SFTDataSection:
     """The warm start's pairs: `path` a JSONL file (`prompt_key` / `response_key` name its
     fields; `chat` makes the prompt the user turn of the chat template), or 'tomi': `rows`
     procedural ToMi stories (seed `seed`, training split) with their Social-R1 traces, rendered
@@ -261,7 +261,7 @@ class SFTDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmStartConfig:
+class SFTSection:
     """Supervised fine-tuning on (prompt, response) pairs before GRPO (`jobs/sft.py`; also the
     `sft` section of `python -m socialr1_jax.sft`). steps: updates (0 = none); batch_size: pairs
     per update; micro_batch_size: pairs per forward/backward (0 = the batch); max lengths in
@@ -278,7 +278,7 @@ class WarmStartConfig:
     seed: int = 0
     log_every: int = 25
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-5))
-    data: SFTDataConfig = dataclasses.field(default_factory=SFTDataConfig)
+    data: SFTDataSection = dataclasses.field(default_factory=SFTDataSection)
 
     def __post_init__(self):
         if self.steps < 0:
@@ -311,7 +311,7 @@ class TrainConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     reward: RewardSetConfig = dataclasses.field(default_factory=RewardSetConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
-    sft: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    sft: SFTSection = dataclasses.field(default_factory=SFTSection)
 
     @property
     def rollout_size(self) -> int:
