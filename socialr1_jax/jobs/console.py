@@ -2,8 +2,7 @@
 
 One implementation for every job (GRPO, SFT, the reward model: each gives its line and bar
 figures). GRPO's bar (tqdm, on stderr) shows step, reward, KL, accuracy and generated tokens/s;
-it is off when
-stderr is not a terminal (a log file, a pod's log collector), where only the step lines appear.
+it is off when stderr is not a terminal (a log file, a pod's log collector), where only the step lines appear.
 On a pod only process 0 prints.
 """
 

@@ -32,8 +32,9 @@ from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
 from socialr1_jax.jobs import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.jobs.setup import broadcast_str, build_mesh, load_policy, run_tokenizer  # noqa: F401
-from socialr1_jax.jobs.console import Console, summary  # noqa: F401  summary: train.summary
+# build_mesh, load_policy: train.build_mesh / train.load_policy for the library's users
+from socialr1_jax.jobs.setup import broadcast_str, build_mesh, load_policy, run_tokenizer
+from socialr1_jax.jobs.console import summary  # noqa: F401  summary: train.summary
 from socialr1_jax.jobs import harness
 from socialr1_jax.jobs.harness import Run
 from socialr1_jax.jobs.preemption import StopSignals
