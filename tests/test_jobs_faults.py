@@ -139,3 +139,13 @@ def test_sigterm_in_the_warm_start_saves_it_and_the_run_resumes(tmp_path):
     res2 = train_mod.train(cfg2, log=lines.append)
     assert res2.exit_code == 0 and len(res2.history) == 1, lines
     assert any("holds 1 of 3 steps (stopped); running it again" in ln for ln in lines), lines
+
+
+def test_train_rm_reads_its_nan_skip_stop_from_the_config():
+    from socialr1_jax.jobs.rm_data import load_rm_config
+
+    base = ["model.path=m", "data.train=t.jsonl"]
+    assert load_rm_config(None, base + ["run.max_consecutive_skips=5"]).run \
+        .max_consecutive_skips == 5
+    with pytest.raises(ValueError, match="run.max_consecutive_skips"):
+        load_rm_config(None, base + ["run.max_consecutive_skips=0"])
