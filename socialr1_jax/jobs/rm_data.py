@@ -7,12 +7,13 @@ Config (`load_rm_config(path, overrides)`, YAML + `key=value` overrides like the
             (-1 = the checkpoint's config.json, else the tokenizer's), seed (the new head's draw)
     data:   train / eval (JSONL; eval '' = hold out eval_fraction of train), prompt_template
             ('' = rm_prompt.DEFAULT_TEMPLATE), max_length, chosen_key / rejected_key
-    optim:  AdamW as the GRPO job's (jobs/train_config.OptimConfig), lr 1e-5 by default
+    optim:  AdamW as the GRPO job's (rl/config.OptimConfig), lr 1e-5 by default
     mesh:   data / fsdp / tensor
     run:    batch_size (pairs per update), micro_batch_size, epochs, steps (0 = the epochs),
             eval_every, out_dir (the GRPO job's run-directory layout: config.yaml,
             metrics.jsonl, eval.jsonl, tensorboard/, checkpoints/), save_every, keep,
-            async_save, resume, allow_config_change, export_hf, log_every, progress, seed
+            async_save, resume, allow_config_change, export_hf, log_every, progress, seed,
+            max_consecutive_skips (stop after this many non-finite updates in a row; 3)
 
 Data: one JSON object per line with the template's fields (`story`, `question`, optionally
 `options`, a list) and two reasonings, `chosen` (preferred) and `rejected`:
