@@ -86,6 +86,7 @@ def _hint(lines):
     return words[3:]
 
 
+@pytest.mark.slow
 def test_sigterm_hint_resumes_as_printed_over_a_damaged_newest_checkpoint(tmp_path, capsys):
     """A --config run stopped by SIGTERM prints a hint; its newest checkpoint is then cut short
     on disk; the hint, run as printed, resumes from the step before with a warning naming the
@@ -115,6 +116,7 @@ def test_sigterm_hint_resumes_as_printed_over_a_damaged_newest_checkpoint(tmp_pa
     assert sorted(int(s) for s in os.listdir(out / "checkpoints") if s.isdigit())[-1] == 3
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_warm_start_saves_it_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     warm = ["model.tokenizer=demo", "model.vocab_size=512", "sft.steps=3", "sft.batch_size=8",
