@@ -72,7 +72,7 @@ def bench_init4b() -> dict:
 
 
 def bench_train4b() -> dict:
-    from socialr1_jax.rl import memory_plan
+    from socialr1_jax.jobs import memory_plan
 
     p = memory_plan.plan(preset="qwen3-4b", mesh="1x8x1", remat="full", micro_batch=8)
     return {"setting": "qwen3-4b 1x8x1 remat full micro-batch 8 (8 x 5 x (512 + 2048))",

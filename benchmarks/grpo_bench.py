@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 from socialr1_jax import load_model, preset, sample  # noqa: E402
 from socialr1_jax.rl import grpo  # noqa: E402
 from socialr1_jax.rl import train_step as ts  # noqa: E402
-from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig  # noqa: E402
+from socialr1_jax.rl.config import GRPOConfig, OptimConfig  # noqa: E402
 import torch_grpo  # noqa: E402
 from bench_common import git_commit, wait_for_quiet  # noqa: E402
 

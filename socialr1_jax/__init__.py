@@ -4,7 +4,8 @@ One subpackage per stage of the pipeline:
 
     social/      ToM data -> prompts; the Social-R1 rewards and judges; evaluation
     rollout/     sampling with a KV cache (sampler), tokenizers, `generate`
-    rl/          advantages and loss (grpo) -> the jitted update (train_step) -> the job (train)
+    jobs/        the run harness and the jobs on it: GRPO (train), SFT (sft), reward model
+    rl/          advantages and loss (grpo) -> the jitted update (train_step); the Task protocol
     checkpoint/  HF <-> ours layout, safetensors, Orbax checkpoints, loading
     model/       Qwen3 in Flax NNX, its config, log-probs
     parallel/    the (data, fsdp, tensor) mesh, partition rules, multi-host

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from socialr1_jax.rl import train as train_mod
+from socialr1_jax.jobs import train as train_mod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,9 @@ import pytest
 
 from socialr1_jax.social import judge_prompts
 from socialr1_jax.social.http_judge import chat_url
+from socialr1_jax.social.judge_kinds import build_judge
 from socialr1_jax.social.judges import (SIP_MARKERS, SIP_STAGES, JudgeConfig, JudgeConfigError,
-                                        JudgeError, JudgeItem, JudgeUnavailable, build_judge,
+                                        JudgeError, JudgeItem, JudgeUnavailable,
                                         content_heuristic, structure_heuristic)
 from socialr1_jax.yaml_config import to_dict
 from tests.judge_server import JudgeServer, free_port_url

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from socialr1_jax.rl import memory_plan
+from socialr1_jax.jobs import memory_plan
 from socialr1_jax.model.config import preset
 from socialr1_jax.checkpoint.hf_layout import layout
 

@@ -210,7 +210,7 @@ def test_two_process_training_run_saves_a_checkpoint_that_restores_on_one_proces
     0 logs; the checkpoint restores onto 1 process x 8 devices (and onto another mesh) with the
     parameters of the same run on one process."""
     from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
-    from socialr1_jax.rl import train as train_mod
+    from socialr1_jax.jobs import train as train_mod
     from socialr1_jax.rl import train_step as ts
 
     from tests.train_args import TOY

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from socialr1_jax.social import rm_prompt
-from socialr1_jax.social.judges import JudgeConfig, JudgeConfigError, JudgeItem, build_judge
+from socialr1_jax.social.judge_kinds import build_judge
+from socialr1_jax.social.judges import JudgeConfig, JudgeConfigError, JudgeItem
 from socialr1_jax.social.reward_fns import RewardSet, RewardSetConfig
 from socialr1_jax.social.rewards import RewardConfig
 from tests.rm_fixtures import PAD, make_hf_reward_checkpoint, torch_scores

@@ -13,10 +13,11 @@ import pytest
 from flax import nnx
 
 from socialr1_jax.checkpoint.loading import load_model
-from socialr1_jax.rl import sft
+from socialr1_jax.jobs import sft
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.train_config import OptimConfig, WarmStartConfig
+from socialr1_jax.jobs.train_config import OptimConfig, SFTSection
 from socialr1_jax.rollout import tokenizer as tk
+from socialr1_jax.social.demo_tokenizer import demo_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +86,7 @@ def test_loss_falls_on_a_tiny_set():
 
     model = create_model(preset("tiny", vocab_size=64), seed=0)
     ex = _examples(np.random.default_rng(2), 8, 64, 0)
-    res = sft.train_sft(model, ex, WarmStartConfig(steps=40, batch_size=8, log_every=100),
+    res = sft.train_sft(model, ex, SFTSection(steps=40, batch_size=8, log_every=100),
                         OptimConfig(lr=1e-2, weight_decay=0.0), pad_id=0, log=lambda s: None)
     assert len(res.history) == 40
     assert res.first_loss > 3.5 and res.last_loss < 0.3 * res.first_loss, (res.first_loss,
@@ -93,7 +94,7 @@ def test_loss_falls_on_a_tiny_set():
 
 
 def test_encode_pairs_templates_appends_eos_and_drops_too_long():
-    tok = tk.demo_tokenizer()
+    tok = demo_tokenizer()
     pairs = [("Where is the apple?", "<think>Cue: x</think><Answer>A</Answer>"),
              ("the " * 50, "ok")]
     ex, dropped = sft.encode_pairs(tok, pairs, max_prompt_len=40)

@@ -7,6 +7,7 @@ import pytest
 
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.social import stories
+from socialr1_jax.social.demo_tokenizer import demo_tokenizer
 from socialr1_jax.social.judges import JudgeConfig
 from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSet, RewardSetConfig
@@ -16,7 +17,7 @@ from socialr1_jax.social.task import SocialR1Task
 
 @pytest.fixture(scope="module")
 def tok():
-    return tk.demo_tokenizer()
+    return demo_tokenizer()
 
 
 @pytest.fixture(scope="module")

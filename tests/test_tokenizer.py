@@ -8,11 +8,13 @@ import pytest
 
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.social import stories
+from socialr1_jax.social.demo_tokenizer import demo_tokenizer
+from socialr1_jax.jobs.setup import run_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return tk.demo_tokenizer()
+    return demo_tokenizer()
 
 
 def test_builds_offline_and_is_small(tok, monkeypatch):
@@ -23,7 +25,7 @@ def test_builds_offline_and_is_small(tok, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
-    built = tk.demo_tokenizer()
+    built = demo_tokenizer()
     assert len(built) == len(tok)
     assert 300 < len(tok) <= 640  # a few hundred rows, not Qwen3's 151,936
 
@@ -98,12 +100,12 @@ def test_saved_and_loaded_like_a_checkpoint(tok, tmp_path):
 
 def test_run_tokenizer_choices(tmp_path):
     from socialr1_jax.cli import UsageError
-    from socialr1_jax.rl.train_config import ModelSection
+    from socialr1_jax.jobs.train_config import ModelSection
 
-    assert len(tk.run_tokenizer(ModelSection(tokenizer="demo"))) > 300
+    assert len(run_tokenizer(ModelSection(tokenizer="demo"))) > 300
     with pytest.raises(UsageError, match="model.tokenizer is required"):
-        tk.run_tokenizer(ModelSection(preset="tiny"))
+        run_tokenizer(ModelSection(preset="tiny"))
     with pytest.raises(UsageError, match="model.tokenizer="):
-        tk.run_tokenizer(ModelSection(tokenizer=str(tmp_path / "nowhere")))
+        run_tokenizer(ModelSection(tokenizer=str(tmp_path / "nowhere")))
     with pytest.raises(UsageError, match="vocabulary"):
-        tk.check_vocab(tk.demo_tokenizer(), 256)
+        tk.check_vocab(demo_tokenizer(), 256)

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from socialr1_jax.rl import run_dir
-from socialr1_jax.rl import train as train_mod
+from socialr1_jax.jobs import run_dir
+from socialr1_jax.jobs import train as train_mod
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.task import Scores
 from socialr1_jax.rl.toy_task import ToyTask
@@ -328,7 +328,7 @@ def test_secrets_never_reach_config_yaml():
     config.yaml is written."""
     import dataclasses
 
-    from socialr1_jax.rl.train_config import TrainConfig
+    from socialr1_jax.jobs.train_config import TrainConfig
 
     @dataclasses.dataclass(frozen=True)
     class Judge:
@@ -345,7 +345,7 @@ def test_secrets_never_reach_config_yaml():
 
 
 def test_step_lines_fit_100_columns():
-    from socialr1_jax.rl.console import step_line
+    from socialr1_jax.jobs.console import step_line
 
     m = {"reward_mean": 12345.678, "accuracy": 0.5, "kl": 123.4567, "loss": -1234.5678,
          "entropy": 11.9, "grad_norm": 1234.5, "response_len": 2048.0, "tokens_per_s": 123456.0,
@@ -360,7 +360,7 @@ def test_docs_describe_every_config_key():
     import dataclasses
     import re
 
-    from socialr1_jax.rl.train_config import TrainConfig
+    from socialr1_jax.jobs.train_config import TrainConfig
 
     text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")).read()
     table = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
@@ -375,7 +375,7 @@ def test_sigterm_and_ctrl_c_become_a_stop_request():
     aborts at once; the handlers are restored afterwards."""
     import signal
 
-    from socialr1_jax.rl.preemption import StopSignals
+    from socialr1_jax.jobs.preemption import StopSignals
 
     before = signal.getsignal(signal.SIGINT)
     notes = []
@@ -395,7 +395,7 @@ def test_sigterm_and_ctrl_c_become_a_stop_request():
 def test_progress_bar_only_on_a_terminal(capsys):
     import io
 
-    from socialr1_jax.rl.console import Console
+    from socialr1_jax.jobs.console import Console
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from socialr1_jax import load_model
-from socialr1_jax.rl import train as train_mod
+from socialr1_jax.jobs import train as train_mod
 from tests.hf_fixtures import make_tiny_chat_checkpoint
 from tests.tom_data import toy_rows, write_jsonl
 from tests.train_args import TOY

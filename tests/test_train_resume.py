@@ -17,7 +17,7 @@ import pytest
 from socialr1_jax import make_mesh
 from socialr1_jax.checkpoint.orbax_io import list_steps
 from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
-from socialr1_jax.rl import train as train_mod
+from socialr1_jax.jobs import train as train_mod
 from socialr1_jax.rl import train_step as ts
 from tests.test_train import read_events
 from tests.train_args import TOY

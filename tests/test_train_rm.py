@@ -15,9 +15,9 @@ from socialr1_jax import cli
 from socialr1_jax.checkpoint import rm_io
 from socialr1_jax.model.config import preset
 from socialr1_jax.model.reward_model import create_reward_model
-from socialr1_jax.rl import train_rm as tr
+from socialr1_jax.jobs import train_rm as tr
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.rm_data import RMOptimConfig
+from socialr1_jax.jobs.rm_data import RMOptimConfig
 from tests.hf_fixtures import make_tiny_chat_checkpoint
 from tests.rm_fixtures import PAD, preference_rows, torch_scores, write_jsonl
 

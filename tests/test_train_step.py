@@ -13,7 +13,7 @@ from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_schedule
 from socialr1_jax.model.build import create_model
 from socialr1_jax.parallel.sharding import path_str
-from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
+from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 
 CFG = preset("tiny")
 

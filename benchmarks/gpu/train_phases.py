@@ -3,7 +3,7 @@
     python3 benchmarks/gpu/train_phases.py [--config FILE.yaml] [key=value ...]
 
 The trainer reports one rollout time (sampling, scoring, reference log-probs together) and the
-update's. This wrapper runs the same entry point (`socialr1_jax.rl.train.main`, what
+update's. This wrapper runs the same entry point (`socialr1_jax.jobs.train.main`, what
 `python -m socialr1_jax.train` calls) after wrapping three of the trainer's calls with timers
 that wait for the devices: `Programs.sample` (the rollout's sampling), `Programs.rollout`
 (sampling + the reference log-prob forward + scoring and advantages) and
@@ -21,8 +21,8 @@ import time
 import jax
 
 from socialr1_jax import cli
-from socialr1_jax.rl import rollout as rollout_mod
-from socialr1_jax.rl import train as train_mod
+from socialr1_jax.rl import experience as rollout_mod
+from socialr1_jax.jobs import train as train_mod
 from socialr1_jax.rl import train_step as ts
 
 _current: dict = {}

@@ -158,6 +158,23 @@ class TrainCheckpointer:
         state = dataclasses.replace(out[TRAIN_STATE], params=restored_params)
         return state, dict(out[orbax_io.META])
 
+    def restore_newest_good(self, abstract_state):
+        """(TrainState, meta, [(bad step, why)]): the newest step that restores, trying older
+        ones when a newer one is damaged (a truncated or missing file: a disk filled up, a copy
+        cut short). When none restores, the newest step's error is raised: a state that does
+        not fit this run fails on every step alike, and is no damage to skip."""
+        bad = []
+        for step in reversed(self.steps()):
+            try:
+                state, meta = self.restore(abstract_state, step)
+            except Exception as e:  # noqa: BLE001  Orbax / TensorStore raise many kinds
+                bad.append((step, e))
+                continue
+            return state, meta, [(s, _first_line(e)) for s, e in bad]
+        if bad:
+            raise bad[0][1]
+        raise CheckpointError(f"{self.root}: no complete checkpoint step to resume from")
+
     def wait(self) -> None:
         """Block until every save started so far is complete on disk."""
         self._mgr.wait_until_finished()
@@ -166,6 +183,11 @@ class TrainCheckpointer:
         """Finish pending saves and release the manager."""
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def read_meta(root: str, step: int) -> dict:

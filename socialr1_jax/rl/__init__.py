@@ -1,6 +1,5 @@
-"""Stage: learning. GRPO advantages and loss (`grpo`), the jitted update (`train_step`), the
-trainer's task protocol (`task`, the toy task in `toy_task`), one step's data path (`rollout`),
-the training job and its config (`train`, `train_config`) with its run directory (`run_dir`),
-console (`console`), preemption handling (`preemption`) and periodic evaluation
-(`periodic_eval`), the reward-model trainer (`train_rm`, `rm_data`), and the abstract memory
-plan (`memory_plan`)."""
+"""Stage: learning, the algorithm. GRPO advantages and loss (`grpo`), the jitted update
+(`train_step`), the optimizer (`optimizer`) and the `optim` / `grpo` config sections (`config`),
+the trainer's task protocol (`task`, the toy task in `toy_task`) and one step's experience:
+rollouts sampled, scored and laid out as a train batch (`experience`). The jobs that run it
+are in `socialr1_jax/jobs/`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import optax
 
 from socialr1_jax.model.config import parse_dtype
-from socialr1_jax.rl.train_config import OptimConfig
+from socialr1_jax.rl.config import OptimConfig
 
 
 def make_schedule(cfg: OptimConfig, total_updates: int):

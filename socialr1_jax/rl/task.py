@@ -2,7 +2,7 @@
 
 A task hands the trainer prompts (token-id lists) and scores completions. The toy task
 (`toy_task.py`) and the Social-R1 task (`social/task.py`) implement it; so can a user's own
-class, passed to `rl.train.train(cfg, task=...)`.
+class, passed to `jobs.train.train(cfg, task=...)`.
 
 Required:
     eos_ids, pad_id

@@ -57,7 +57,7 @@ from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.parallel.sharding import (BATCH, batch_sharding, batch_shards, constrain,
                                             param_shardings)
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
+from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 
 
 @jax.tree_util.register_dataclass

@@ -145,21 +145,6 @@ def build_demo_tokenizer(words: list[str]):
     return fast
 
 
-def demo_tokenizer():
-    """The demo's tokenizer: the words of the ToMi story generator and the Social-R1 prompt."""
-    from socialr1_jax.social import stories
-
-    return build_demo_tokenizer(stories.vocabulary() + DEMO_PROMPT_WORDS)
-
-
-# Words of the prompt layout and the Social-R1 instruction (kept here so the demo tokenizer
-# does not depend on the prompt module).
-DEMO_PROMPT_WORDS = (
-    "You should first think about the reasoning process in the mind and then provide with "
-    "answer The are enclosed within tags respectively Story Question Options Answer user "
-    "assistant system").split()
-
-
 def stop_tokens(tokenizer) -> list[int]:
     """Qwen3's stop ids for a chat reply when the tokenizer has them (<|im_end|>, then
     <|endoftext|>), else the tokenizer's EOS."""
@@ -182,26 +167,6 @@ def save_tokenizer_files(out_dir: str, tokenizer, eos_ids: Optional[list[int]] =
             json.dump({"eos_token_id": eos, "pad_token_id": pad_id(tokenizer, eos)}, f, indent=2)
         os.replace(tmp, gen)
     return out_dir
-
-
-def run_tokenizer(model_section):
-    """The tokenizer of a run's `model` section: `model.tokenizer` = 'demo' (the offline demo
-    tokenizer), a directory with tokenizer files, or '' for the checkpoint's own (model.path)."""
-    from socialr1_jax.cli import UsageError
-
-    name = getattr(model_section, "tokenizer", "") or ""
-    if name == "demo":
-        return demo_tokenizer()
-    path = name or model_section.path
-    if not path:
-        raise UsageError("model.tokenizer is required when the model is a preset "
-                         "(model.tokenizer=demo for the offline demo tokenizer, or a directory "
-                         "with tokenizer.json)")
-    try:
-        return load_tokenizer(path)
-    except (FileNotFoundError, OSError) as e:
-        key = "model.tokenizer" if name else "model.path"
-        raise UsageError(f"{key}={path}: {e}") from None
 
 
 def check_vocab(tokenizer, vocab_size: int) -> None:

@@ -25,7 +25,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import re
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -51,6 +51,11 @@ class JudgeUnavailable(JudgeError):
 
 class JudgeConfigError(ValueError):
     """A judge configuration that cannot work (unknown kind, missing URL or API-key variable)."""
+
+
+# The judge kinds a JudgeConfig may name; judge_kinds.py builds each (the http and model
+# judges import this module, so their factories live there, above all three).
+JUDGE_KINDS = ("heuristic", "http", "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,35 +279,3 @@ class HeuristicJudge(Judge):
 
     def __repr__(self):
         return f"HeuristicJudge(role={self.role!r})"
-
-
-# ----------------------------------------------------------------------------- registry
-def _http_judge(cfg: JudgeConfig, role: str) -> Judge:
-    from socialr1_jax.social.http_judge import HttpJudge  # httpx only when asked for
-    return HttpJudge(cfg, role)
-
-
-def _model_judge(cfg: JudgeConfig, role: str) -> Judge:
-    from socialr1_jax.social.rm_judge import ModelJudge  # jax and the model only when asked for
-    return ModelJudge(cfg, role)
-
-
-JudgeFactory = Callable[[JudgeConfig, str], Judge]
-JUDGE_KINDS: dict[str, JudgeFactory] = {
-    "heuristic": HeuristicJudge,
-    "http": _http_judge,
-    "model": _model_judge,
-}
-
-
-def register_judge(kind: str, factory: JudgeFactory) -> None:
-    """Make `JudgeConfig(kind=kind)` build `factory(cfg, role)` (e.g. the in-process model)."""
-    JUDGE_KINDS[kind] = factory
-
-
-def build_judge(cfg: JudgeConfig, role: str) -> Judge:
-    """The judge `cfg.kind` for `role` ('struct' or 'content'); configuration errors (a missing
-    API-key variable, an unknown kind) surface here, at start."""
-    if role not in ROLES:
-        raise JudgeConfigError(choice_error("role", role, ROLES))
-    return JUDGE_KINDS[cfg.kind](cfg, role)

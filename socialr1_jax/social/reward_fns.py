@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from socialr1_jax.social.judges import (Judge, JudgeConfig, JudgeItem, JudgeUnavailable,
-                                        build_judge)
+from socialr1_jax.social.judge_kinds import build_judge
+from socialr1_jax.social.judges import Judge, JudgeConfig, JudgeItem, JudgeUnavailable
 from socialr1_jax.social.rewards import (TERMS, RewardConfig, check_variant, parse_completion,
                                          score_parsed)
 from socialr1_jax.social.answers import normalize_letter

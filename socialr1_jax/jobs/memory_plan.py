@@ -126,7 +126,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     from socialr1_jax.model.config import preset as get_preset
     from socialr1_jax.model.build import abstract_state
     from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
-    from socialr1_jax.rl.train_config import GRPOConfig, OptimConfig
+    from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 
     changes = dict(param_dtype=param_dtype, dtype=param_dtype, remat=remat)
     if layers:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import yaml
 
-from socialr1_jax.rl.train_config import TrainConfig
+from socialr1_jax.jobs.train_config import TrainConfig
 from socialr1_jax.yaml_config import ConfigError, to_dict
 
 CONFIG = "config.yaml"
@@ -106,7 +106,13 @@ def check_run_dir(cfg: TrainConfig, out_dir: str, *, free=RESUME_FREE) -> Option
         if exists and holds_run(out_dir):
             raise ConfigError(f"run.out_dir={out_dir} already holds a run; continue it with "
                               "run.resume=true, or choose another run.out_dir")
-        _check_writable(out_dir)
+        clash = [n for n in (SAMPLES, EVAL, TENSORBOARD)
+                 if os.path.lexists(os.path.join(out_dir, n))]
+        if exists and clash:
+            raise ConfigError(f"run.out_dir={out_dir} is not a run directory but holds "
+                              f"{', '.join(clash)}, which a run would replace; choose another "
+                              "run.out_dir")
+        check_writable(out_dir)
         return None
     if not exists:
         raise ConfigError(f"run.resume=true but run.out_dir={out_dir} does not exist")
@@ -123,14 +129,33 @@ def check_run_dir(cfg: TrainConfig, out_dir: str, *, free=RESUME_FREE) -> Option
         raise ConfigError(f"run.resume=true with a config that differs from {stored} in "
                           f"{'; '.join(changes)}; resume with the same values, or set "
                           "run.allow_config_change=true to continue anyway")
-    _check_writable(out_dir)
+    check_writable(out_dir)
     return {"config": old, "changes": changes}
 
 
-def _check_writable(out_dir: str) -> None:
+def check_outside_inputs(out_dir: str, inputs: dict) -> None:
+    """Refuse a run.out_dir that is, holds or lies in an input folder ({key: path}): writing
+    the run there would rewrite the input's files (its tokenizer_config.json, config.json)."""
+    if not out_dir:
+        return
+    out = os.path.realpath(out_dir)
+    for key, inp in inputs.items():
+        if not inp:
+            continue
+        real = os.path.realpath(inp)
+        if out == real or out.startswith(real + os.sep) or real.startswith(out + os.sep):
+            raise ConfigError(f"run.out_dir={out_dir} is, holds or lies in the input {key}={inp}; "
+                              "choose a folder outside it")
+
+
+def check_writable(out_dir: str) -> None:
+    """Refuse, as a ConfigError naming run.out_dir, a folder that cannot be created or written:
+    its nearest existing ancestor must be a writable directory."""
     parent = out_dir if os.path.isdir(out_dir) else os.path.dirname(os.path.abspath(out_dir))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"run.out_dir={out_dir}: cannot be created ({parent} is a file)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"run.out_dir={out_dir}: {parent} is not writable")
 

@@ -30,13 +30,17 @@ from flax import nnx
 
 from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
-from socialr1_jax.rl import periodic_eval, run_dir
+from socialr1_jax.jobs import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
-from socialr1_jax.rl.console import Console, summary  # noqa: F401  summary: train.summary
-from socialr1_jax.rl.preemption import StopSignals
-from socialr1_jax.rl.rollout import Programs, sample_rows, score_metrics
+# build_mesh, load_policy: train.build_mesh / train.load_policy for the library's users
+from socialr1_jax.jobs.setup import broadcast_str, build_mesh, load_policy, run_tokenizer
+from socialr1_jax.jobs.console import summary  # noqa: F401  summary: train.summary
+from socialr1_jax.jobs import harness
+from socialr1_jax.jobs.harness import Run
+from socialr1_jax.jobs.preemption import StopSignals
+from socialr1_jax.rl.experience import Programs, sample_rows, score_metrics
 from socialr1_jax.rl.task import Task
-from socialr1_jax.rl.train_config import TrainConfig, load_train_config
+from socialr1_jax.jobs.train_config import TrainConfig, load_train_config
 from socialr1_jax.yaml_config import ConfigError
 
 # The tiny CPU demo (== configs/tiny_cpu.yaml; a test checks they agree; docs/demo.md): the
@@ -91,34 +95,6 @@ class TrainResult:
         return self.history[-1]["reward_mean"] if self.history else math.nan
 
 
-def build_mesh(cfg: TrainConfig):
-    """The run's (data, fsdp, tensor) mesh over every visible device."""
-    from socialr1_jax.parallel.sharding import make_mesh
-
-    m = cfg.mesh
-    m.check_devices(jax.device_count())
-    return make_mesh(m.data, m.fsdp or None, m.tensor)
-
-
-def load_policy(cfg: TrainConfig, mesh):
-    """The initial policy: a checkpoint (model.path) or a random preset, sharded on `mesh`."""
-    from socialr1_jax.checkpoint.loading import load_model
-    from socialr1_jax.model.build import abstract_model, create_model
-
-    sec = cfg.model
-    if sec.path:
-        try:
-            model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
-        except (OSError, ValueError) as e:  # CheckpointError is a ValueError
-            raise cli.UsageError(f"model.path={sec.path}: {e}") from None
-        mcfg = model.cfg.replace(remat=sec.remat, matmul_precision=sec.matmul_precision,
-                                 **({"dtype": sec.dtype} if sec.dtype else {}))
-        if mcfg != model.cfg:  # same parameters, different static settings
-            model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
-        return model
-    return create_model(sec.preset_config(), mesh=mesh, seed=sec.seed)
-
-
 def make_task(cfg: TrainConfig, vocab_size: int, prep: Optional["Prepared"] = None) -> Task:
     """The task named by run.task (social-r1: the rows, reward set and tokenizer `prepare`
     resolved)."""
@@ -157,19 +133,6 @@ def check_task(cfg: TrainConfig) -> None:
             raise ConfigError(f"sft.data.path={d.path}: no such file")
 
 
-def _broadcast_str(text: str) -> str:
-    """Process 0's `text` on every process."""
-    if jax.process_count() == 1:
-        return text
-    from jax.experimental import multihost_utils
-
-    buf = np.zeros(4096, np.uint8)
-    raw = text.encode()[:4096]
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-    return bytes(out[out != 0]).decode()
-
-
 @dataclasses.dataclass
 class Prepared:
     """What `prepare` checked and resolved: the run directory, what to resume (None for a
@@ -197,7 +160,7 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
         if rows is not None:
             from socialr1_jax.rollout import tokenizer as tk
 
-            tokenizer = tk.run_tokenizer(cfg.model)
+            tokenizer = run_tokenizer(cfg.model)
         prep = _prepare_run(cfg, task_given, rows, rewards)
         prep.tokenizer = tokenizer
         return prep
@@ -239,15 +202,38 @@ def social_inputs(cfg: TrainConfig):
     return rows, rewards
 
 
+def check_batch_splits(cfg: TrainConfig, devices: int) -> None:
+    """Refuse micro-batches that do not split over the mesh's batch shards, naming the keys the
+    user set (the micro-batch is the mini-batch, or the whole rollout, unless set)."""
+    m = cfg.mesh
+    shards = m.data * (m.fsdp or devices // (m.data * m.tensor))
+    mu = cfg.micro_batch
+    if mu % shards == 0:
+        return
+    g, r = cfg.grpo, cfg.rollout
+    if g.micro_batch_size:
+        what = f"grpo.micro_batch_size={mu}"
+    elif g.mini_batch_size:
+        what = f"grpo.mini_batch_size={mu} (the micro-batch, grpo.micro_batch_size unset)"
+    else:
+        what = (f"rollout.prompts_per_step={r.prompts_per_step} x grpo.group_size="
+                f"{g.group_size} = {mu} sequences per update")
+    raise ConfigError(f"{what} is not a multiple of the mesh's {shards} batch shards "
+                      "(data x fsdp); choose sizes that split evenly over them")
+
+
 def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
     cfg.mesh.check_devices(jax.device_count())
     if cfg.model.path and not os.path.exists(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path} does not exist")
     out_dir = cfg.run.out_dir
     if out_dir:
-        out_dir = _broadcast_str(run_dir.expand_out_dir(out_dir)
+        out_dir = broadcast_str(run_dir.expand_out_dir(out_dir)
                                  if jax.process_index() == 0 else "")
+    run_dir.check_outside_inputs(out_dir, {"model.path": cfg.model.path,
+                                           "model.tokenizer": cfg.model.tokenizer})
     resume = run_dir.check_run_dir(cfg, out_dir)
+    check_batch_splits(cfg, jax.device_count())
     evaluator = periodic_eval.make(cfg)
     if evaluator is not None and not task_given and cfg.run.task == "toy" and \
             not periodic_eval.has_tokenizer(cfg.model.path):
@@ -259,15 +245,16 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
     return Prepared(out_dir, resume, evaluator, rows, rewards)
 
 
-def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary):
-    """The `sft` section before GRPO (rl/sft.py: trained and saved to RUN/warm_start, or loaded
+def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary,
+                stop=None):
+    """The `sft` section before GRPO (jobs/sft.py: trained and saved to RUN/warm_start, or loaded
     from there on resume), with a held-out evaluation of the model before it when evaluating.
     Returns (model, {"loss_first", "loss_last", "eval_before"} of a fresh warm start)."""
-    from socialr1_jax.rl import sft
+    from socialr1_jax.jobs import sft
     from socialr1_jax.rollout import tokenizer as tk
 
     say = (log or print) if primary else (lambda line: None)
-    tokenizer = getattr(task, "tokenizer", None) or tk.run_tokenizer(cfg.model)
+    tokenizer = getattr(task, "tokenizer", None) or run_tokenizer(cfg.model)
     sft.check_batch_fits_mesh(cfg.sft, mesh)
     info: dict = {}
     root = os.path.join(out_dir, sft.WARM_START_DIR) if out_dir else ""
@@ -279,7 +266,8 @@ def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, lo
             f"({info['eval_before']['eval/unparsable']} unparsable)")
     model, res = sft.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
                                       prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
-                                      progress=cfg.run.progress and primary, meta=info)
+                                      progress=cfg.run.progress and primary, meta=info,
+                                      stop=stop)
     if res is not None:
         info.update(loss_first=res.first_loss, loss_last=res.last_loss)
     return model, info
@@ -304,7 +292,8 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
           log: Optional[Callable[[str], None]] = None,
           on_step: Optional[Callable[[int, ts.TrainState, dict], None]] = None) -> TrainResult:
     """Run GRPO for cfg.run.steps steps (or until too many non-finite updates in a row, or a
-    SIGTERM / Ctrl-C), writing the run directory cfg.run.out_dir ('' = nothing).
+    SIGTERM / Ctrl-C, caught from here on: during the warm start too), writing the run
+    directory cfg.run.out_dir ('' = nothing).
 
     task: defaults to the one named by cfg.run.task; model: the initial policy (and reference),
     defaults to `load_policy(cfg)`; log: where lines go (default: the console);
@@ -312,135 +301,104 @@ def train(cfg: TrainConfig, *, task: Optional[Task] = None, model=None,
     is donated to the next step, so copy what you keep.
     """
     prep = prepare(cfg, task_given=task is not None)
+    primary = jax.process_index() == 0
+    say = (log or print) if primary else None
     try:
-        return _train(cfg, prep, task, model, log, on_step)
+        with StopSignals(notify=say) as stop:
+            run = Run(cfg, prep.out_dir, prep.resume, command="train", stop=stop,
+                      primary=primary, log=log, keep=cfg.run.keep, async_save=cfg.run.async_save,
+                      max_skips=cfg.grpo.max_consecutive_skips,
+                      skips_key="grpo.max_consecutive_skips", save_every=cfg.run.save_every,
+                      console={"log_every": cfg.run.log_every, "progress": cfg.run.progress})
+            try:
+                return _train(cfg, prep, run, task, model, on_step)
+            finally:
+                run.close()
     finally:
         if prep.rewards is not None:
             prep.rewards.close()
 
 
-def _train(cfg: TrainConfig, prep: Prepared, task, model, log, on_step) -> TrainResult:
-    out_dir, resume, evaluator = prep.out_dir, prep.resume, prep.evaluator
-    primary = jax.process_index() == 0
+def _train(cfg: TrainConfig, prep: Prepared, run: Run, task, model, on_step) -> TrainResult:
     mesh = build_mesh(cfg)
     if model is None:
         model = load_policy(cfg, mesh)
     mcfg = model.cfg
     task = task or make_task(cfg, mcfg.vocab_size, prep)
-    if evaluator is not None:
-        evaluator.attach(task)
+    if prep.evaluator is not None:
+        prep.evaluator.attach(task)
     warm = {}
     if cfg.sft.steps:
-        model, warm = _warm_start(cfg, model, task, mesh, out_dir, evaluator, log, primary)
-    g, r = cfg.grpo, cfg.rollout
+        model, warm = _warm_start(cfg, model, task, mesh, prep.out_dir, prep.evaluator,
+                                  run.log, run.primary, run.stop)
     graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
     del model
+    if run.stop.signum is not None:  # stopped in the warm start: its checkpoint is saved
+        run.open(cfg.run.steps)  # config.yaml: the folder is a run that resumes
+        out = run.loop(harness.Job(0, None, None, eval_at_end=False), None)
+        return TrainResult([], None, out.status, mcfg, prep.out_dir, out.exit_code,
+                           warm_start=warm)
     programs = Programs(cfg, mcfg, graphdef, mesh)
+    state, meta = run.start(
+        lambda: ts.abstract_train_state(mcfg, cfg.optim, mesh, total_updates=cfg.total_updates),
+        lambda: ts.init_train_state(ref_params, cfg.optim, mesh,
+                                    total_updates=cfg.total_updates))
+    if meta and "task_state" in meta and hasattr(task, "load_state_dict"):
+        task.load_state_dict(meta["task_state"])
+    if run.ckpt is not None:
+        run.ckpt.write_side_files(mcfg, source=cfg.model.path or None, task=task,
+                                  eos_ids=task.eos_ids, pad_id=task.pad_id)
+    run.open(cfg.run.steps)
+    job = _grpo_job(cfg, run, task, programs, graphdef, ref_params, mesh, prep.evaluator,
+                    on_step)
+    out = run.loop(job, state)
+    return TrainResult(history=out.history, state=out.state, status=out.status,
+                       model_cfg=mcfg, out_dir=prep.out_dir, exit_code=out.exit_code,
+                       first_step=run.first, evaluations=out.evaluations, warm_start=warm)
 
-    ckpt = None
-    if out_dir:
-        from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
-        ckpt = TrainCheckpointer(os.path.join(out_dir, run_dir.CHECKPOINTS), keep=cfg.run.keep,
-                                 async_save=cfg.run.async_save)
-    first, note = 0, ""
-    if resume is not None and ckpt is not None and ckpt.latest() is not None:
-        abstract = ts.abstract_train_state(mcfg, cfg.optim, mesh,
-                                           total_updates=cfg.total_updates)
-        state, meta = ckpt.restore(abstract)
-        first = int(meta["step"])
-        if "task_state" in meta and hasattr(task, "load_state_dict"):
-            task.load_state_dict(meta["task_state"])
-        note = f"resumed {out_dir} at step {first} ({int(state.step)} updates)"
-    else:
-        state = ts.init_train_state(ref_params, cfg.optim, mesh, total_updates=cfg.total_updates)
-        if resume is not None:
-            note = f"resumed {out_dir}: no checkpoint yet, starting at step 0"
-    if ckpt is not None:
-        ckpt.write_side_files(mcfg, source=cfg.model.path or None, task=task,
-                              eos_ids=task.eos_ids, pad_id=task.pad_id)
-    logs = run_dir.RunLogs(cfg, out_dir, first, primary=primary)
-    console = Console(cfg.run.steps, first, log_every=cfg.run.log_every,
-                      progress=cfg.run.progress, enabled=primary, log=log)
-    if note:
-        console.print(note)
-    for change in (resume or {}).get("changes", []):
-        console.print(f"warning: config changed since the run started: {change}")
 
-    def evaluate(done: int) -> None:
+def _grpo_job(cfg, run: Run, task, programs, graphdef, ref_params, mesh, evaluator,
+              on_step) -> harness.Job:
+    """GRPO's part of a run: one step = rollout -> scores -> the updates of its mini-batches."""
+    g, r = cfg.grpo, cfg.rollout
+
+    def step(k: int, state):
+        t0 = time.perf_counter()
+        prompts = task.prompts(k, r.prompts_per_step)
+        too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
+        if too_long:
+            raise ValueError(f"step {k}: prompt(s) {too_long[:5]} are longer than "
+                             f"rollout.max_prompt_len={r.max_prompt_len}")
+        ro = programs.rollout(task, state, ref_params, prompts,
+                              seed=cfg.run.seed * 1_000_003 + k)
+        t1 = time.perf_counter()
+        if run.stop.requested():  # the update has not started: the state is intact
+            return None
+        state, updates = ts.rollout_updates(
+            programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
+            epochs=g.epochs, shuffle=g.shuffle, seed=cfg.run.seed * 7919 + k, mesh=mesh)
+        m = _mean_updates(updates)
+        t2 = time.perf_counter()
+        m.update(score_metrics(ro, mesh, g.group_size))
+        gen = programs.generated_tokens(ro)
+        m.update(response_len=gen / ro.rewards.shape[0], rollout_s=t1 - t0, update_s=t2 - t1,
+                 tokens_per_s=gen / max(t2 - t0, 1e-9), updates=int(state.step),
+                 skipped_total=int(state.skipped))
+        run.logs.samples(sample_rows(ro, prompts, k, cfg.run.samples_per_step, g.group_size,
+                                     mesh))
+        return state, m
+
+    def evaluate(done: int, state):
         m = evaluator(graphdef, state.params, mesh, eos_ids=task.eos_ids, pad_id=task.pad_id)
-        evaluations.append((done, m))
-        logs.evaluation(done, m)
-        console.print(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
-                      f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
+        run.say(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
+                f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
+        return m
 
-    history, evaluations, status, exit_code, done = [], [], "done", 0, first
-    stop = StopSignals(notify=console.print if primary else None)
-    try:
-        with stop:
-            if evaluator is not None and first == 0 and cfg.eval.at_start:
-                evaluate(0)
-            for step in range(first, cfg.run.steps):
-                t0 = time.perf_counter()
-                prompts = task.prompts(step, r.prompts_per_step)
-                too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
-                if too_long:
-                    raise ValueError(f"step {step}: prompt(s) {too_long[:5]} are longer than "
-                                     f"rollout.max_prompt_len={r.max_prompt_len}")
-                ro = programs.rollout(task, state, ref_params, prompts,
-                                      seed=cfg.run.seed * 1_000_003 + step)
-                t1 = time.perf_counter()
-                if stop.requested():  # the update has not started: the state is intact
-                    break
-                state, updates = ts.rollout_updates(
-                    programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
-                    epochs=g.epochs, shuffle=g.shuffle, seed=cfg.run.seed * 7919 + step,
-                    mesh=mesh)
-                m = _mean_updates(updates)
-                t2 = time.perf_counter()
-                m.update(score_metrics(ro, mesh, g.group_size))
-                gen = programs.generated_tokens(ro)
-                m.update(response_len=gen / ro.rewards.shape[0], rollout_s=t1 - t0,
-                         update_s=t2 - t1, tokens_per_s=gen / max(t2 - t0, 1e-9),
-                         updates=int(state.step), skipped_total=int(state.skipped))
-                done = step + 1
-                history.append(dict(m, step=step))
-                logs.step(step, m)
-                logs.samples(sample_rows(ro, prompts, step, cfg.run.samples_per_step,
-                                         g.group_size, mesh))
-                console.step(step, m)
-                if on_step is not None:
-                    on_step(step, state, m)
-                if int(state.consecutive_skips) >= g.max_consecutive_skips:
-                    status = (f"stopped at step {step}: {int(state.consecutive_skips)} "
-                              "consecutive updates with NaN/Inf loss or gradients "
-                              f"(grpo.max_consecutive_skips={g.max_consecutive_skips}); the "
-                              "state is the last good one")
-                    exit_code = 1
-                    console.print(status)
-                    break
-                if evaluator is not None and (evaluator.due(done) or done == cfg.run.steps):
-                    evaluate(done)  # before the save: a resume never skips an evaluation
-                if ckpt is not None and cfg.run.save_every and done % cfg.run.save_every == 0:
-                    ckpt.save(done, state, _meta(cfg, done, state, task))
-                if stop.requested():
-                    break
-            if stop.signum is not None:
-                status = f"stopped by {stop.name} after {done} steps"
-                exit_code = stop.exit_code
-        if ckpt is not None and done > 0:
-            ckpt.save(done, state, _meta(cfg, done, state, task))
-            ckpt.wait()
-            console.print(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
-        if stop.signum is not None and out_dir:
-            console.print(f"resume with: run.resume=true run.out_dir={out_dir}")
-    finally:
-        console.close()
-        logs.close()
-        if ckpt is not None:
-            ckpt.close()
-    return TrainResult(history=history, state=state, status=status, model_cfg=mcfg,
-                       out_dir=out_dir, exit_code=exit_code, first_step=first,
-                       evaluations=evaluations, warm_start=warm)
+    return harness.Job(
+        cfg.run.steps, step, lambda done, state: _meta(cfg, done, state, task),
+        evaluate=evaluate if evaluator is not None else None,
+        due=evaluator.due if evaluator is not None else (lambda done: False),
+        eval_at_start=cfg.eval.at_start, eval_at_end=False, after_step=on_step)
 
 
 def parse_command(argv=None):

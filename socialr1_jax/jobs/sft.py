@@ -40,14 +40,16 @@ from socialr1_jax import cli
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataConfig,
-                                         WarmStartConfig)
+from socialr1_jax.jobs import run_dir
+from socialr1_jax.jobs.console import Console
+from socialr1_jax.jobs.train_config import (MeshConfig, ModelSection, OptimConfig, SFTDataSection,
+                                           SFTSection)
 from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import load_yaml
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTRunConfig:
+class SFTRunSection:
     """out_dir: the checkpoint written at the end (required); progress: a tqdm bar on a TTY."""
 
     out_dir: str = ""
@@ -60,9 +62,9 @@ class SFTConfig:
     section as the GRPO job's warm start (steps, batch, lengths, `sft.optim`, `sft.data`)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    sft: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    sft: SFTSection = dataclasses.field(default_factory=SFTSection)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    run: SFTRunConfig = dataclasses.field(default_factory=SFTRunConfig)
+    run: SFTRunSection = dataclasses.field(default_factory=SFTRunSection)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, multiple: int = 16) 
     return SFTBatch(pi, pm, ri, rm)
 
 
-def batch_order(n: int, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
+def sft_batch_order(n: int, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
     """Indices of each step's batch: shuffled epochs over the n examples, deterministic."""
     rng = np.random.default_rng(seed)
     order: list[int] = []
@@ -212,13 +214,14 @@ class SFTResult:
         return self.history[-1]["loss"] if self.history else math.nan
 
 
-def train_sft(model, examples: Sequence[Example], section: WarmStartConfig, optim: OptimConfig, *,
+def train_sft(model, examples: Sequence[Example], section: SFTSection, optim: OptimConfig, *,
               pad_id: int, mesh=None, log: Callable[[str], None] = print,
-              progress: bool = False,
-              on_step: Optional[Callable[[int, object], None]] = None) -> SFTResult:
+              progress: bool = False, on_step: Optional[Callable[[int, object], None]] = None,
+              stop=None) -> SFTResult:
     """`section.steps` updates of `sft_loss` over shuffled batches of `examples`, starting from
     `model` (left unchanged). Returns the new model (same graph, new params) and the metrics.
-    on_step(steps_done, params): after each update (snapshots, hooks)."""
+    on_step(steps_done, params): after each update (snapshots, hooks). stop: a StopSignals
+    polled after each update; when it fired, the updates done so far are returned."""
     if not examples:
         raise ValueError("no examples to train on")
     cfg = model.cfg
@@ -226,16 +229,14 @@ def train_sft(model, examples: Sequence[Example], section: WarmStartConfig, opti
     state = ts.init_train_state(params, optim, mesh, total_updates=section.steps)
     step_fn = make_sft_step(cfg, optim, mesh, micro_batch_size=section.micro_batch_size,
                             total_updates=section.steps, chunk=section.logprob_chunk)
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=section.steps, desc="SFT", unit="step", file=sys.stderr)
-        log = bar.write
+    console = Console(section.steps, log_every=section.log_every, progress=progress,
+                      log=None if log is print else log,
+                      desc="SFT", line=sft_line, postfix=lambda m: {"loss": f"{m['loss']:.3f}"})
     history = []
     t0 = time.perf_counter()
     try:
-        for s, idx in enumerate(batch_order(len(examples), section.steps, section.batch_size,
-                                            section.seed)):
+        for s, idx in enumerate(sft_batch_order(len(examples), section.steps,
+                                                section.batch_size, section.seed)):
             batch = make_batch([examples[i] for i in idx], pad_id)
             if mesh is not None:
                 from socialr1_jax.parallel.sharding import batch_sharding
@@ -244,18 +245,20 @@ def train_sft(model, examples: Sequence[Example], section: WarmStartConfig, opti
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             m.update(step=s, elapsed_s=time.perf_counter() - t0)
             history.append(m)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}")
+            console.step(s, m)
             if on_step is not None:
                 on_step(s + 1, state.params)
-            if s % section.log_every == 0 or s == section.steps - 1:
-                log(f"sft step {s:4d} loss {m['loss']:.4f} |g| {m['grad_norm']:.3f} "
-                    f"lr {m['lr']:.2e} tokens {int(m['tokens'])} t {m['elapsed_s']:.1f}s")
+            if stop is not None and stop.requested():
+                break
     finally:
-        if bar is not None:
-            bar.close()
+        console.close()
     return SFTResult(model=nnx.merge(graphdef, state.params), history=history)
+
+
+def sft_line(step: int, steps: int, m: dict) -> str:
+    """One console line of an SFT step."""
+    return (f"sft step {step:4d} loss {m['loss']:.4f} |g| {m['grad_norm']:.3f} "
+            f"lr {m['lr']:.2e} tokens {int(m['tokens'])} t {m['elapsed_s']:.1f}s")
 
 
 def save_sft(out_dir: str, model, tokenizer, *, step: int, meta: Optional[dict] = None) -> str:
@@ -272,7 +275,7 @@ def save_sft(out_dir: str, model, tokenizer, *, step: int, meta: Optional[dict] 
 
 # -- the warm start of a GRPO run -------------------------------------------------------------
 
-def warm_start_pairs(data: SFTDataConfig, prompt_cfg=None) -> tuple[list[tuple[str, str]], str]:
+def warm_start_pairs(data: SFTDataSection, prompt_cfg=None) -> tuple[list[tuple[str, str]], str]:
     """The (prompt, response) strings of `data` and where they came from: a JSONL file, or
     'tomi' (procedural stories of the training split with their Social-R1 traces, each prompt
     the user message of `prompt_cfg`'s layout, the prompt module's default when None)."""
@@ -294,8 +297,9 @@ def warm_start_pairs(data: SFTDataConfig, prompt_cfg=None) -> tuple[list[tuple[s
     return pairs, what
 
 
-def warm_start(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=None,
-               log: Callable[[str], None] = print, progress: bool = False) -> SFTResult:
+def warm_start(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
+               log: Callable[[str], None] = print, progress: bool = False,
+               stop=None) -> SFTResult:
     """Run the `sft` section on `model` (the GRPO job's cold start): read or generate the pairs,
     encode them, `cfg.steps` updates. Errors in the data are UsageErrors naming the key."""
     from socialr1_jax.rollout import tokenizer as tk
@@ -312,35 +316,46 @@ def warm_start(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=
                              f"sft.max_prompt_len / sft.max_response_len")
     return train_sft(model, examples, cfg, cfg.optim,
                      pad_id=tk.pad_id(tokenizer, tk.stop_tokens(tokenizer)), mesh=mesh, log=log,
-                     progress=progress)
+                     progress=progress, stop=stop)
 
 
 WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of a GRPO run
 
 
-def warm_start_stage(model, tokenizer, cfg: WarmStartConfig, *, mesh=None, prompt_cfg=None,
+def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
                      out_dir: str = "", log: Callable[[str], None] = print,
-                     progress: bool = False, meta: Optional[dict] = None):
+                     progress: bool = False, meta: Optional[dict] = None, stop=None):
     """The GRPO job's cold start: `warm_start` on `model`, saved to OUT/warm_start, or, when that
     checkpoint exists (a resumed run), loaded from it so that the resumed GRPO keeps the same
-    reference model. Returns (model, SFTResult or None when loaded)."""
+    reference model. Returns (model, SFTResult or None when loaded).
+
+    A stop signal (`stop`) ends the warm start early: the steps done are saved as
+    OUT/warm_start/<steps done>, and a resume, finding fewer than cfg.steps there, runs the
+    warm start again from the start (its data order and initialisation are seeded, so the
+    result is the uninterrupted one's)."""
     from socialr1_jax.checkpoint.loading import load_model
     from socialr1_jax.checkpoint.orbax_io import list_steps
 
     root = os.path.join(out_dir, WARM_START_DIR) if out_dir else ""
-    if root and os.path.isdir(root) and list_steps(root):
+    steps = list_steps(root) if root and os.path.isdir(root) else []
+    if steps and steps[-1] >= cfg.steps:
         loaded = load_model(root, mesh=mesh)
-        log(f"warm start: loaded {root} (step {list_steps(root)[-1]})")
+        log(f"warm start: loaded {root} (step {steps[-1]})")
         return nnx.merge(nnx.graphdef(model), nnx.state(loaded)), None
+    if steps:
+        log(f"warm start: {root} holds {steps[-1]} of {cfg.steps} steps (stopped); running it "
+            "again from the start")
     res = warm_start(model, tokenizer, cfg, mesh=mesh, prompt_cfg=prompt_cfg, log=log,
-                     progress=progress)
-    if root:
-        save_sft(root, res.model, tokenizer, step=cfg.steps,
-                 meta={"loss_first": res.first_loss, "loss_last": res.last_loss, **(meta or {})})
+                     progress=progress, stop=stop)
+    if root and res.history:
+        done = len(res.history)
+        save_sft(root, res.model, tokenizer, step=done,
+                 meta={"loss_first": res.first_loss, "loss_last": res.last_loss,
+                       "steps_done": done, "complete": done == cfg.steps, **(meta or {})})
     return res.model, res
 
 
-def check_batch_fits_mesh(cfg: WarmStartConfig, mesh) -> None:
+def check_batch_fits_mesh(cfg: SFTSection, mesh) -> None:
     """Refuse a batch (or micro-batch) that does not split over the mesh's batch shards."""
     from socialr1_jax.parallel.sharding import batch_shards
 
@@ -369,9 +384,30 @@ def load_sft_config(path: Optional[str], overrides: Sequence[str]) -> SFTConfig:
     return cfg
 
 
+def check_out_dir(cfg: SFTConfig) -> None:
+    """Refuse a run.out_dir that holds anything already (a rerun would put its step beside the
+    old ones, and loaders pick the newest), or that is, holds or lies in an input folder."""
+    run_dir.check_outside_inputs(cfg.run.out_dir, {
+        "model.path": cfg.model.path,
+        "model.tokenizer": "" if cfg.model.tokenizer == "demo" else cfg.model.tokenizer})
+    out = cfg.run.out_dir
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise cli.UsageError(f"run.out_dir={cfg.run.out_dir} is a file, not a directory")
+        if os.listdir(out):
+            raise cli.UsageError(f"run.out_dir={cfg.run.out_dir} is not empty; choose a new "
+                                 "folder (sft writes a whole checkpoint)")
+    run_dir.check_writable(cfg.run.out_dir)
+
+
 def main(argv=None) -> int:
-    """Read the config and the pairs, train, write the checkpoint; see the module docstring."""
+    """Read the config and the pairs, train, write the checkpoint; see the module docstring.
+    SIGTERM / Ctrl-C save the updates done so far and exit with 143 / 130."""
     import argparse
+
+    from socialr1_jax.jobs.preemption import StopSignals
+    from socialr1_jax.jobs.setup import build_mesh, load_policy, run_tokenizer
+    from socialr1_jax.rollout import tokenizer as tk
 
     p = cli.ArgumentParser(prog="python -m socialr1_jax.sft", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,21 +416,28 @@ def main(argv=None) -> int:
                    help="key=value, e.g. sft.steps=200 sft.optim.lr=1e-5 sft.data.path=x.jsonl")
     a = p.parse_args(argv)
     cfg = load_sft_config(a.config, a.overrides)
-    from socialr1_jax.rl.train import build_mesh, load_policy
-    from socialr1_jax.rollout import tokenizer as tk
-
-    tokenizer = tk.run_tokenizer(cfg.model)
-    warm_start_pairs(cfg.sft.data)  # a missing or bad file fails before any model is built
-    mesh = build_mesh(cfg)
-    check_batch_fits_mesh(cfg.sft, mesh)
-    model = load_policy(cfg, mesh)
-    tk.check_vocab(tokenizer, model.cfg.vocab_size)
-    result = warm_start(model, tokenizer, cfg.sft, mesh=mesh, progress=cfg.run.progress)
-    s = cfg.sft
-    path = save_sft(cfg.run.out_dir, result.model, tokenizer, step=s.steps,
-                    meta={"sft_loss_first": result.first_loss, "sft_loss_last": result.last_loss})
-    print(f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} over {s.steps} steps; "
+    with StopSignals(notify=print) as stop:
+        check_out_dir(cfg)
+        tokenizer = run_tokenizer(cfg.model)
+        warm_start_pairs(cfg.sft.data)  # a missing or bad file fails before any model is built
+        mesh = build_mesh(cfg)
+        check_batch_fits_mesh(cfg.sft, mesh)
+        model = load_policy(cfg, mesh)
+        tk.check_vocab(tokenizer, model.cfg.vocab_size)
+        result = warm_start(model, tokenizer, cfg.sft, mesh=mesh, progress=cfg.run.progress,
+                            stop=stop)
+        done = len(result.history)
+        if not done:
+            print(f"stopped by {stop.name} before the first step; nothing written")
+            return stop.exit_code
+        path = save_sft(cfg.run.out_dir, result.model, tokenizer, step=done,
+                        meta={"sft_loss_first": result.first_loss,
+                              "sft_loss_last": result.last_loss, "steps_done": done})
+    print(f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} over {done} steps; "
           f"checkpoint: {path}")
+    if stop.signum is not None:
+        print(f"stopped by {stop.name} after {done} of {cfg.sft.steps} steps")
+        return stop.exit_code
     return 0
 
 

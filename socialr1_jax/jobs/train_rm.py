@@ -19,14 +19,14 @@ update; the TrainState from `init_train_state`, parameters, master copy and mome
 the policy's rules). Held-out pairs are scored at the start, every `run.eval_every` updates and
 at the end: loss and pair accuracy (the share with r_c > r_r).
 
-`run.out_dir` is laid out as the GRPO job's run directory (`rl/run_dir.py`): config.yaml,
+`run.out_dir` is laid out as the GRPO job's run directory (`jobs/run_dir.py`): config.yaml,
 metrics.jsonl (one row per step), eval.jsonl, tensorboard/, and checkpoints/<step>, the whole
 TrainState through `checkpoint/train_checkpoint.py` (asynchronous, the last `run.keep` kept;
 the root also loads as a reward model). `run.resume=true` continues from the latest step
 exactly (the data order is a function of the step); SIGTERM (a pod's preemption) or Ctrl-C
 finishes the update in hand, evaluates, saves it and exits with 143 / 130. With
 `run.export_hf`, an HF Qwen3ForSequenceClassification directory that transformers loads with
-the same scores. See `rl/rm_data.py` for the config keys and the data format.
+the same scores. See `jobs/rm_data.py` for the config keys and the data format.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ from jax.sharding import Mesh
 from socialr1_jax import cli
 from socialr1_jax.model.reward_model import RewardModel, make_score_fn
 from socialr1_jax.parallel.sharding import batch_sharding, batch_shards, make_mesh
-from socialr1_jax.rl import run_dir
+from socialr1_jax.jobs import run_dir
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.preemption import StopSignals
-from socialr1_jax.rl.rm_data import (PairDataError, RMTrainConfig, Tokenized, batch_order,
+from socialr1_jax.jobs.harness import Job, Run
+from socialr1_jax.jobs.preemption import StopSignals
+from socialr1_jax.jobs.rm_data import (PairDataError, RMTrainConfig, Tokenized, pair_batch_order,
                                      load_data, load_rm_config, pair_arrays, tokenize_pairs)
 from socialr1_jax.social import rm_prompt
 
@@ -120,12 +121,13 @@ def evaluate(score: Callable, data: Tokenized, *, pad_id: int, batch_size: int,
 # Everything but these may change when a run resumes (see run_dir.config_changes).
 RESUME_FREE = ("run.steps", "run.save_every", "run.keep", "run.async_save", "run.log_every",
                "run.progress", "run.resume", "run.allow_config_change", "run.out_dir",
-               "run.eval_every", "run.export_hf", "run.micro_batch_size", "mesh.", "model.remat")
+               "run.eval_every", "run.export_hf", "run.micro_batch_size", "mesh.", "model.remat",
+               "run.max_consecutive_skips")
 
 
 def _meta(cfg: RMTrainConfig, done: int, state: ts.TrainState, train_pairs: int) -> dict:
     """A checkpoint's meta: steps done, where the data continues (batch k's pairs are
-    `batch_order(train_pairs, batch_size, k, seed)`, so the next step is the whole position),
+    `pair_batch_order(train_pairs, batch_size, k, seed)`, so the next step is the whole position),
     and the counters. Nothing else is random during training."""
     return {"steps_done": done, "updates": int(state.step), "skipped": int(state.skipped),
             "seed": cfg.run.seed, "data": {"next_step": done, "batch_size": cfg.run.batch_size,
@@ -199,6 +201,8 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
                              f"{e}") from None
     if cfg.run.resume and not cfg.run.out_dir:
         raise cli.UsageError("run.resume=true needs run.out_dir, the run to continue")
+    run_dir.check_outside_inputs(cfg.run.out_dir, {"model.path": path,
+                                                   "model.tokenizer": cfg.model.tokenizer})
     resume = run_dir.check_run_dir(cfg, cfg.run.out_dir, free=RESUME_FREE)
     if cfg.run.export_hf and os.path.lexists(cfg.run.export_hf):
         raise cli.UsageError(f"run.export_hf: {cfg.run.export_hf} already exists")
@@ -221,63 +225,84 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
 
 def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
              log: Callable[[str], None] = print) -> RMTrainResult:
-    """Run the pairwise training the config describes (see the module docstring)."""
+    """Run the pairwise training the config describes (see the module docstring). SIGTERM /
+    Ctrl-C are caught from the start: the steps done are evaluated and saved."""
+    primary = jax.process_index() == 0
+    with StopSignals(notify=log if primary else None) as stop:
+        prep = prepared or prepare(cfg)
+        run = cfg.run
+        harness = Run(cfg, run.out_dir, prep.resume, command="train_rm", stop=stop,
+                      primary=primary, log=log, samples=False, keep=run.keep,
+                      async_save=run.async_save, max_skips=run.max_consecutive_skips,
+                      skips_key="run.max_consecutive_skips", save_every=run.save_every,
+                      console={"log_every": run.log_every, "progress": run.progress,
+                               "desc": "train_rm", "line": _rm_line, "postfix": _rm_postfix})
+        try:
+            return _train_rm(cfg, prep, harness, log)
+        finally:
+            harness.close()
+
+
+def _initial_model(cfg: RMTrainConfig, prep: Prepared, resuming: bool, log):
+    """The reward model to start from: shapes from the run's own config.json when resuming
+    (the restore replaces every weight), else the starting checkpoint's (its head or a new
+    one)."""
     from socialr1_jax.checkpoint import orbax_io
-    from socialr1_jax.checkpoint.rm_io import hf_config, init_reward_model, save_hf
-    from socialr1_jax.checkpoint.train_checkpoint import TrainCheckpointer
+    from socialr1_jax.checkpoint.rm_io import init_reward_model
     from socialr1_jax.model.reward_model import abstract_reward_model, with_settings
 
-    prep = prepared or prepare(cfg)
-    mesh, run, pad = prep.mesh, cfg.run, prep.pad_id
-    ckpt = None
-    if run.out_dir:
-        ckpt = TrainCheckpointer(os.path.join(run.out_dir, run_dir.CHECKPOINTS), keep=run.keep,
-                                 async_save=run.async_save)
-    resuming = ckpt is not None and run.resume and ckpt.latest() is not None
     if resuming:
-        # The restore replaces every weight, so the starting checkpoint is not read: the shapes
-        # and dtypes come from the config.json the run wrote beside its steps.
+        root = os.path.join(cfg.run.out_dir, run_dir.CHECKPOINTS)
         model = abstract_reward_model(
-            orbax_io.read_config(ckpt.root, dtype=cfg.model.param_dtype or None), pad)
-        source = f"the checkpoints of {run.out_dir}"
+            orbax_io.read_config(root, dtype=cfg.model.param_dtype or None), prep.pad_id)
+        source = f"the checkpoints of {cfg.run.out_dir}"
     else:
-        model, had_head = init_reward_model(cfg.model.path, pad_token_id=pad, mesh=mesh,
-                                            dtype=cfg.model.param_dtype or None,
+        model, had_head = init_reward_model(cfg.model.path, pad_token_id=prep.pad_id,
+                                            mesh=prep.mesh, dtype=cfg.model.param_dtype or None,
                                             seed=cfg.model.seed)
         source = f"{cfg.model.path} ({'its head' if had_head else 'a new head'})"
-    model = with_settings(model, remat=cfg.model.remat,
-                          **({"dtype": cfg.model.dtype} if cfg.model.dtype else {}))
-    log(f"reward model from {source}, pad id {pad}; {len(prep.train)} training pairs, "
+    log(f"reward model from {source}, pad id {prep.pad_id}; {len(prep.train)} training pairs, "
         f"{len(prep.eval)} held out, {prep.train.truncated + prep.eval.truncated} texts cut to "
         "data.max_length")
-    per_epoch = len(prep.train) // run.batch_size
-    total = run.steps or run.epochs * per_epoch
+    return with_settings(model, remat=cfg.model.remat,
+                         **({"dtype": cfg.model.dtype} if cfg.model.dtype else {}))
+
+
+def _train_rm(cfg: RMTrainConfig, prep: Prepared, harness: Run, log) -> RMTrainResult:
+    from socialr1_jax.checkpoint.rm_io import hf_config, save_hf
+    from socialr1_jax.model.reward_model import with_settings
+
+    run, mesh, pad = cfg.run, prep.mesh, prep.pad_id
+    resuming = harness.ckpt is not None and run.resume and harness.ckpt.latest() is not None
+    model = _initial_model(cfg, prep, resuming, log)
+    total = run.steps or run.epochs * (len(prep.train) // run.batch_size)
     step_fn = make_rm_step(model, cfg.optim, mesh, micro_batch_size=run.micro_batch_size,
                            total_updates=total)
     scorer = make_score_fn(with_settings(model, remat="none"), mesh)
-    graphdef = nnx.graphdef(model)
-
-    first = 0
-    if resuming:
-        # The whole TrainState, each array read into its sharding on this run's mesh.
-        abstract = ts.abstract_state_of(nnx.state(model), cfg.optim, mesh, total_updates=total)
-        state, meta = ckpt.restore(abstract)
-        first = int(meta["step"])
-        log(f"resumed {run.out_dir} at step {first} ({int(state.step)} updates)")
-    else:
-        state = ts.init_train_state(nnx.state(model), cfg.optim, mesh, total_updates=total)
-        if run.resume:
-            log(f"resumed {run.out_dir}: no checkpoint yet, starting at step 0")
-    if ckpt is not None:
+    graphdef, params = nnx.graphdef(model), nnx.state(model)
+    del model
+    state, _ = harness.start(
+        lambda: ts.abstract_state_of(params, cfg.optim, mesh, total_updates=total),
+        lambda: ts.init_train_state(params, cfg.optim, mesh, total_updates=total))
+    if harness.ckpt is not None:
         # The root loads as a reward model (judge `checkpoint`, rm_io.load_reward_model): the
         # sequence-classification config.json, then the tokenizer files.
         current = nnx.merge(graphdef, state.params)
-        ckpt.write_side_files(current.cfg, source=prep.tokenizer_dir, hf_config=hf_config(current))
-    for change in (prep.resume or {}).get("changes", []):
-        log(f"warning: config changed since the run started: {change}")
-    model = None
+        harness.ckpt.write_side_files(current.cfg, source=prep.tokenizer_dir,
+                                      hf_config=hf_config(current))
+    harness.open(total)
+    two = batch_sharding(mesh, 2)
 
-    def held_out(step: int) -> Optional[dict]:
+    def step(k: int, state):
+        t0 = time.perf_counter()
+        arrays = pair_arrays(prep.train, pair_batch_order(len(prep.train), run.batch_size, k,
+                                                          run.seed), pad, cfg.data.max_length)
+        state, m = step_fn(state, PairBatch(*[jax.device_put(a, two) for a in arrays]))
+        m = {key: float(v) for key, v in jax.device_get(m).items()}
+        m.update(tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
+        return state, m
+
+    def held_out(done: int, state) -> Optional[dict]:
         if not len(prep.eval):
             return None
         # Rows per call: one training forward's (micro-batch), so evaluation fits where
@@ -285,84 +310,36 @@ def train_rm(cfg: RMTrainConfig, *, prepared: Optional[Prepared] = None,
         e = evaluate(lambda ids, mask: scorer(state.params, ids, mask), prep.eval, pad_id=pad,
                      batch_size=run.micro_batch_size or run.batch_size,
                      max_length=cfg.data.max_length)
-        logs.evaluation(step, e)
-        log(f"eval @ {step}: loss {e['eval_loss']:.4f} accuracy {e['eval_accuracy']:.3f} "
-            f"margin {e['eval_margin']:+.3f}")
-        return dict(e, step=step)
+        harness.say(f"eval @ {done}: loss {e['eval_loss']:.4f} accuracy "
+                    f"{e['eval_accuracy']:.3f} margin {e['eval_margin']:+.3f}")
+        return e
 
-    logs = run_dir.RunLogs(cfg, run.out_dir, first, primary=jax.process_index() == 0,
-                           samples=False)
-    bar = None
-    if run.progress and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=first, desc="train_rm", unit="step", file=sys.stderr)
-        log = bar.write
-    two = batch_sharding(mesh, 2)
-    history, evals, status, done, exit_code = [], [], "done", first, 0
-    with StopSignals(notify=log if jax.process_index() == 0 else None) as stop:
-        try:
-            if first == 0:  # a resumed run's evaluation at `first` is in eval.jsonl already
-                e = held_out(first)
-                evals += [e] if e else []
-            for k in range(first, total):
-                t0 = time.perf_counter()
-                arrays = pair_arrays(prep.train, batch_order(len(prep.train), run.batch_size, k,
-                                                             run.seed), pad, cfg.data.max_length)
-                batch = PairBatch(*[jax.device_put(a, two) for a in arrays])
-                state, m = step_fn(state, batch)
-                m = {key: float(v) for key, v in jax.device_get(m).items()}
-                m.update(tokens=int(arrays[0].shape[1]), step_s=time.perf_counter() - t0)
-                logs.step(k, m)
-                done = k + 1
-                history.append(dict(m, step=k))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.2f}")
-                if done % run.log_every == 0 or done == total:
-                    log(f"step {done:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
-                        f"margin {m['margin']:+.3f} |g| {m['grad_norm']:.3f} lr {m['lr']:.2e} "
-                        f"t {m['step_s']:.2f}s")
-                if int(state.consecutive_skips) >= 3:
-                    status = (f"stopped at step {done}: 3 consecutive updates with NaN/Inf loss "
-                              "or gradients; the state is the last good one")
-                    log(status)
-                    break
-                if run.eval_every and done % run.eval_every == 0 and done < total:
-                    e = held_out(done)  # before the save: a resume never skips an evaluation
-                    evals += [e] if e else []
-                if ckpt is not None and run.save_every and done % run.save_every == 0:
-                    ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
-                if stop.requested():  # the update in hand is done: save it below and exit
-                    status = f"stopped by {stop.name} after {done} steps"
-                    exit_code = stop.exit_code
-                    log(status + (f"; continue with run.out_dir={run.out_dir} run.resume=true"
-                                  if run.out_dir else ""))
-                    break
-            if history:
-                e = held_out(done)
-                evals += [e] if e else []
-            if ckpt is not None and history:
-                ckpt.save(done, state, _meta(cfg, done, state, len(prep.train)))
-                ckpt.wait()
-                log(f"checkpoint: {os.path.join(ckpt.root, str(done))}")
-            final = nnx.merge(graphdef, state.params)
-            if run.export_hf:
-                exported = save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)
-                log(f"HF export: {exported}")
-        finally:
-            if bar is not None:
-                bar.close()
-            logs.close()
-            if ckpt is not None:
-                ckpt.close()
-    return RMTrainResult(history, evals, state, final, status, exit_code)
+    job = Job(total, step, lambda done, st: _meta(cfg, done, st, len(prep.train)),
+              evaluate=held_out, due=lambda done: bool(run.eval_every)
+              and done % run.eval_every == 0)
+    out = harness.loop(job, state)
+    final = nnx.merge(graphdef, out.state.params)
+    if run.export_hf:
+        log(f"HF export: {save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)}")
+    evals = [dict(e, step=done) for done, e in out.evaluations]
+    return RMTrainResult(out.history, evals, out.state, final, out.status, out.exit_code)
+
+
+def _rm_line(k: int, steps: int, m: dict) -> str:
+    return (f"step {k + 1:5d} loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
+            f"margin {m['margin']:+.3f} |g| {m['grad_norm']:.3f} lr {m['lr']:.2e} "
+            f"t {m['step_s']:.2f}s")
+
+
+def _rm_postfix(m: dict) -> dict:
+    return {"loss": f"{m['loss']:.4f}", "acc": f"{m['accuracy']:.2f}"}
 
 
 def parse_args(argv=None) -> RMTrainConfig:
     """--config FILE.yaml plus key=value overrides."""
     p = cli.ArgumentParser(prog="python -m socialr1_jax.train_rm", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (see rl/rm_data.py for the keys)")
+    p.add_argument("--config", help="YAML config (see jobs/rm_data.py for the keys)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data.train=pairs.jsonl")
     a = p.parse_args(argv)
     try:

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Optional
 
-from socialr1_jax.rl import grpo
+from socialr1_jax.rl.config import GRPOConfig, OptimConfig  # noqa: F401  (sections of TrainConfig)
 from socialr1_jax.model.config import MATMUL_PRECISIONS, PRESETS, ModelConfig, parse_dtype, preset
 from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSetConfig
@@ -97,94 +97,6 @@ class ModelSection:
         if self.vocab_size:
             changes["vocab_size"] = self.vocab_size
         return preset(self.preset, **changes)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with global-norm clipping (verl's defaults: betas 0.9/0.999, wd 0.01, clip 1.0).
-
-    schedule: 'constant' or 'cosine' (to min_lr_ratio * lr at decay_steps, 0 = the run's last
-    update), after `warmup_steps` linear warm-up from 0. Steps count optimizer updates.
-    master_dtype: dtype of the optimizer moments and of the master copy of the weights kept when
-    the parameters are stored in a lower precision (bf16 weights cannot absorb updates of 5e-7).
-    """
-
-    lr: float = 5e-7
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    decay_steps: int = 0
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    master_dtype: str = "float32"
-
-    def __post_init__(self):
-        for key in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "eps", "max_grad_norm"):
-            if not math.isfinite(getattr(self, key)):
-                raise ConfigError(f"optim.{key}={getattr(self, key)} must be finite")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'")
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ConfigError("optim.warmup_steps and optim.decay_steps must be >= 0")
-        parse_dtype(self.master_dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-    """The GRPO objective and how a rollout batch is consumed.
-
-    group_size: completions per prompt. normalize_adv: std-normalised advantages (False =
-    Dr.GRPO). dual_clip: 0 turns it off. loss_scale_factor: K of seq-mean-token-sum-norm
-    (0 = the completion length). mini_batch_size: sequences per optimizer update (0 = the whole
-    rollout: one update per step); epochs: passes over the rollout; micro_batch_size: sequences
-    per forward/backward inside one update (0 = the mini-batch). recompute_old_logp: recompute
-    the old log-probs with the policy instead of taking the sampler's. max_consecutive_skips:
-    stop the run after this many non-finite updates in a row. head_remat: recompute the LM
-    head's logits in the backward pass ('always'), keep them ('never'), or 'auto': keep them when
-    one micro-batch's fp32 logits take at most 1 GiB per device (saves one head matmul).
-    """
-
-    group_size: int = 5
-    beta: float = 0.04
-    kl: str = "k3"
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float = 3.0
-    agg: str = "token-mean"
-    loss_scale_factor: int = 0
-    normalize_adv: bool = True
-    epochs: int = 1
-    mini_batch_size: int = 0
-    micro_batch_size: int = 0
-    shuffle: bool = True
-    recompute_old_logp: bool = False
-    compute_entropy: bool = True
-    logprob_chunk: int = 256
-    head_remat: str = "auto"
-    max_consecutive_skips: int = 3
-
-    def __post_init__(self):
-        if self.kl not in grpo.KL_TYPES:
-            raise ConfigError(f"grpo.kl={self.kl!r}; expected one of {grpo.KL_TYPES}")
-        if self.agg not in grpo.AGG_MODES:
-            raise ConfigError(f"grpo.agg={self.agg!r}; expected one of {grpo.AGG_MODES}")
-        if self.group_size < 1:
-            raise ConfigError(f"grpo.group_size={self.group_size} must be >= 1")
-        if self.normalize_adv and self.group_size == 1:
-            raise ConfigError("grpo.group_size=1 with grpo.normalize_adv=true: the std of a group "
-                             "of one is undefined; use group_size >= 2 or normalize_adv=false")
-        if self.head_remat not in ("auto", "always", "never"):
-            raise ConfigError(f"grpo.head_remat={self.head_remat!r}; expected 'auto', 'always' "
-                             "or 'never'")
-        if self.dual_clip and self.dual_clip <= 1.0:
-            raise ConfigError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
-        check_at_least(self, "grpo", 1, "epochs", "max_consecutive_skips", "logprob_chunk")
-        check_at_least(self, "grpo", 0, "mini_batch_size", "micro_batch_size", "loss_scale_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +245,7 @@ class ToyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTDataConfig:
+class SFTDataSection:
     """The warm start's pairs: `path` a JSONL file (`prompt_key` / `response_key` name its
     fields; `chat` makes the prompt the user turn of the chat template), or 'tomi': `rows`
     procedural ToMi stories (seed `seed`, training split) with their Social-R1 traces, rendered
@@ -349,8 +261,8 @@ class SFTDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmStartConfig:
-    """Supervised fine-tuning on (prompt, response) pairs before GRPO (`rl/sft.py`; also the
+class SFTSection:
+    """Supervised fine-tuning on (prompt, response) pairs before GRPO (`jobs/sft.py`; also the
     `sft` section of `python -m socialr1_jax.sft`). steps: updates (0 = none); batch_size: pairs
     per update; micro_batch_size: pairs per forward/backward (0 = the batch); max lengths in
     tokens, longer pairs dropped and counted or refused (`on_too_long`); `optim` its own AdamW;
@@ -366,7 +278,7 @@ class WarmStartConfig:
     seed: int = 0
     log_every: int = 25
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-5))
-    data: SFTDataConfig = dataclasses.field(default_factory=SFTDataConfig)
+    data: SFTDataSection = dataclasses.field(default_factory=SFTDataSection)
 
     def __post_init__(self):
         if self.steps < 0:
@@ -399,7 +311,7 @@ class TrainConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     reward: RewardSetConfig = dataclasses.field(default_factory=RewardSetConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
-    sft: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    sft: SFTSection = dataclasses.field(default_factory=SFTSection)
 
     @property
     def rollout_size(self) -> int:

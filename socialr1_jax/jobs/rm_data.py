@@ -7,12 +7,13 @@ Config (`load_rm_config(path, overrides)`, YAML + `key=value` overrides like the
             (-1 = the checkpoint's config.json, else the tokenizer's), seed (the new head's draw)
     data:   train / eval (JSONL; eval '' = hold out eval_fraction of train), prompt_template
             ('' = rm_prompt.DEFAULT_TEMPLATE), max_length, chosen_key / rejected_key
-    optim:  AdamW as the GRPO job's (rl/train_config.OptimConfig), lr 1e-5 by default
+    optim:  AdamW as the GRPO job's (rl/config.OptimConfig), lr 1e-5 by default
     mesh:   data / fsdp / tensor
     run:    batch_size (pairs per update), micro_batch_size, epochs, steps (0 = the epochs),
             eval_every, out_dir (the GRPO job's run-directory layout: config.yaml,
             metrics.jsonl, eval.jsonl, tensorboard/, checkpoints/), save_every, keep,
-            async_save, resume, allow_config_change, export_hf, log_every, progress, seed
+            async_save, resume, allow_config_change, export_hf, log_every, progress, seed,
+            max_consecutive_skips (stop after this many non-finite updates in a row; 3)
 
 Data: one JSON object per line with the template's fields (`story`, `question`, optionally
 `options`, a list) and two reasonings, `chosen` (preferred) and `rejected`:
@@ -30,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from socialr1_jax.rl.train_config import MeshConfig, OptimConfig
+from socialr1_jax.jobs.train_config import MeshConfig, OptimConfig
 from socialr1_jax.social import rm_prompt
 from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import check_at_least, load_yaml
@@ -106,10 +107,11 @@ class RMRunSection:
     log_every: int = 10
     progress: bool = True
     seed: int = 0
+    max_consecutive_skips: int = 3  # stop after this many non-finite updates in a row
 
     def __post_init__(self):
         check_at_least(self, "run", 1, "batch_size", "epochs", "log_every", "keep",
-                       error=ValueError)
+                       "max_consecutive_skips", error=ValueError)
         check_at_least(self, "run", 0, "micro_batch_size", "steps", "eval_every", "save_every",
                        error=ValueError)
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -226,7 +228,7 @@ def pair_arrays(data: Tokenized, idx: Sequence[int], pad_id: int,
     return (*rm_prompt.pad_rows(rows_c, pad_id, length), *rm_prompt.pad_rows(rows_r, pad_id, length))
 
 
-def batch_order(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+def pair_batch_order(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     """The pair indices of update `step`: epochs of seeded permutations, the last partial batch
     of each epoch dropped (a fixed batch shape)."""
     per_epoch = n // batch_size

@@ -1,7 +1,8 @@
 """What a run prints: a progress bar on a terminal, labelled step lines that fit 100 columns.
 
-The bar (tqdm, on stderr) shows step, reward, KL, accuracy and generated tokens/s; it is off when
-stderr is not a terminal (a log file, a pod's log collector), where only the step lines appear.
+One implementation for every job (GRPO, SFT, the reward model: each gives its line and bar
+figures). GRPO's bar (tqdm, on stderr) shows step, reward, KL, accuracy and generated tokens/s;
+it is off when stderr is not a terminal (a log file, a pod's log collector), where only the step lines appear.
 On a pod only process 0 prints.
 """
 
@@ -46,21 +47,35 @@ def step_line(step: int, steps: int, m: dict) -> str:
     return line if len(line) <= WIDTH else line[:WIDTH - 1] + "~"
 
 
+def grpo_postfix(m: dict) -> dict:
+    """The GRPO bar's figures: reward, KL, accuracy (when scored) and generated tokens/s."""
+    post = {"reward": _num(m.get("reward_mean"), ".3f"), "kl": _num(m.get("kl"), ".4f")}
+    if m.get("accuracy") is not None:
+        post["acc"] = _num(m["accuracy"], ".3f")
+    post["tok/s"] = _num(m.get("tokens_per_s"), ".0f")
+    return post
+
+
 class Console:
-    """Step lines every `log_every` steps and a progress bar when `stream` is a terminal.
+    """Step lines every `log_every` steps and a progress bar when `stream` is a terminal: the one
+    console of every job. desc: the bar's label; line(step, steps, m): a step's line (default:
+    GRPO's `step_line`); postfix(m): the figures beside the bar (default: GRPO's).
 
     `enabled=False` (processes other than 0) prints nothing.
     """
 
     def __init__(self, steps: int, first: int = 0, *, log_every: int = 1, progress: bool = True,
-                 enabled: bool = True, stream=None, log: Optional[Callable[[str], None]] = None):
+                 enabled: bool = True, stream=None, log: Optional[Callable[[str], None]] = None,
+                 desc: str = "GRPO", line: Optional[Callable[[int, int, dict], str]] = None,
+                 postfix: Optional[Callable[[dict], dict]] = None):
         self.steps, self.log_every, self.enabled = steps, log_every, enabled
         self.stream = stream or sys.stderr
         self._log = log
+        self._line, self._postfix = line or step_line, postfix or grpo_postfix
         self.bar = None
         if enabled and progress and _isatty(self.stream):
             from tqdm import tqdm
-            self.bar = tqdm(total=steps, initial=first, desc="GRPO", unit="step",
+            self.bar = tqdm(total=steps, initial=first, desc=desc, unit="step",
                             file=self.stream, dynamic_ncols=True, leave=False)
 
     def print(self, text: str) -> None:
@@ -80,13 +95,9 @@ class Console:
             return
         if self.bar is not None:
             self.bar.update(1)
-            post = {"reward": _num(m.get("reward_mean"), ".3f"), "kl": _num(m.get("kl"), ".4f")}
-            if m.get("accuracy") is not None:
-                post["acc"] = _num(m["accuracy"], ".3f")
-            post["tok/s"] = _num(m.get("tokens_per_s"), ".0f")
-            self.bar.set_postfix(post, refresh=False)
+            self.bar.set_postfix(self._postfix(m), refresh=False)
         if step % self.log_every == 0 or step == self.steps - 1:
-            self.print(step_line(step, self.steps, m))
+            self.print(self._line(step, self.steps, m))
 
     def close(self) -> None:
         """Remove the bar."""

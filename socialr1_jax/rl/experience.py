@@ -24,7 +24,6 @@ from socialr1_jax.parallel.sharding import batch_sharding
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.task import PromptBatch, Scores, as_scores
-from socialr1_jax.rl.train_config import TrainConfig
 from socialr1_jax.rollout.sampler import sample
 
 
@@ -42,9 +41,10 @@ class Rollout:
 
 
 class Programs:
-    """The long-lived programs of one run, built once: sampler, log-prob forward, train step."""
+    """The long-lived programs of one run, built once: sampler, log-prob forward, train step.
+    `cfg`: the GRPO job's config (its optim, grpo and rollout sections and batch sizes)."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg, graphdef, mesh):
+    def __init__(self, cfg, model_cfg, graphdef, mesh):
         g, r = cfg.grpo, cfg.rollout
         self.cfg, self.mesh, self.graphdef = cfg, mesh, graphdef
         self.train_step = ts.make_train_step(model_cfg, cfg.optim, g, mesh,

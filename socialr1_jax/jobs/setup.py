@@ -1,0 +1,89 @@
+"""What the three training jobs set up alike: the mesh, the initial policy and the tokenizer.
+
+Each check fails with one `error:` line naming the config key (`mesh.tensor=8: ...`,
+`model.path=...: ...`, `model.tokenizer=...: ...`).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from socialr1_jax import cli
+from socialr1_jax.rollout.tokenizer import load_tokenizer
+from socialr1_jax.yaml_config import ConfigError
+
+
+def build_mesh(cfg):
+    """The run's (data, fsdp, tensor) mesh over every visible device (`cfg.mesh`)."""
+    from socialr1_jax.parallel.sharding import make_mesh
+
+    m = cfg.mesh
+    m.check_devices(jax.device_count())
+    return make_mesh(m.data, m.fsdp or None, m.tensor)
+
+
+def check_fits_mesh(model_cfg, mesh) -> None:
+    """Refuse a tensor size that does not divide the model's heads, worded as evaluate's and
+    generate's `--mesh` error but naming the config key."""
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh
+
+    try:
+        check_model_fits_mesh(model_cfg, mesh)
+    except ValueError as e:
+        raise ConfigError(f"mesh.tensor={mesh.shape['tensor']}: {e}") from None
+
+
+def load_policy(cfg, mesh):
+    """The initial policy: a checkpoint (model.path) or a random preset, sharded on `mesh`."""
+    from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.model.build import abstract_model, create_model
+
+    sec = cfg.model
+    if not sec.path:
+        mcfg = sec.preset_config()
+        check_fits_mesh(mcfg, mesh)
+        return create_model(mcfg, mesh=mesh, seed=sec.seed)
+    try:
+        model = load_model(sec.path, dtype=sec.param_dtype or None, mesh=mesh)
+    except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+        raise cli.UsageError(f"model.path={sec.path}: {e}") from None
+    mcfg = model.cfg.replace(remat=sec.remat, matmul_precision=sec.matmul_precision,
+                             **({"dtype": sec.dtype} if sec.dtype else {}))
+    if mcfg != model.cfg:  # same parameters, different static settings
+        model = nnx.merge(nnx.graphdef(abstract_model(mcfg)), nnx.state(model))
+    return model
+
+
+def run_tokenizer(model_section):
+    """The tokenizer of a run's `model` section: `model.tokenizer` = 'demo' (the offline demo
+    tokenizer), a directory with tokenizer files, or '' for the checkpoint's own (model.path)."""
+    from socialr1_jax.social.demo_tokenizer import demo_tokenizer
+
+    name = getattr(model_section, "tokenizer", "") or ""
+    if name == "demo":
+        return demo_tokenizer()
+    path = name or model_section.path
+    if not path:
+        raise cli.UsageError("model.tokenizer is required when the model is a preset "
+                             "(model.tokenizer=demo for the offline demo tokenizer, or a "
+                             "directory with tokenizer.json)")
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, OSError) as e:
+        key = "model.tokenizer" if name else "model.path"
+        raise cli.UsageError(f"{key}={path}: {e}") from None
+
+
+def broadcast_str(text: str) -> str:
+    """Process 0's `text` on every process."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    buf = np.zeros(4096, np.uint8)
+    raw = text.encode()[:4096]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(out[out != 0]).decode()
