@@ -1,6 +1,10 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests.
 
-Its behaviour is read from the reasoning text of each request, so one server serves every case:
+It reads the user turn as the judge prompt lays it out (Story, Question, Options, Reasoning to
+grade, in that order; a request lacking one of them is answered 400) and scores from all four
+fields, so a cache key or a prompt that drops a field gives a different score: the reasoning's
+`score=X` plus every `add=Y` written in the story, the question or the options.
+Its behaviour is read from the reasoning, so one server serves every case:
 `score=X` replies `<Score>X</Score>` (or the bare number X with `bare`), `MODE=500` always
 answers 500, `MODE=400` answers 400, `MODE=flakyK` answers 503 K times then succeeds,
 `MODE=429` answers 429 with Retry-After once then succeeds, `MODE=garbage` replies prose,
@@ -16,6 +20,12 @@ import json
 import re
 import threading
 import time
+
+
+# The judge's user turn (social/judge_prompts.user_message), written out here independently.
+PROMPT_RE = re.compile(r"Story:\n(.*)\n\nQuestion:\n(.*)\n\nOptions:\n(.*)\n\n"
+                       r"Reasoning to grade:\n(.*)", re.DOTALL)
+ADD_RE = re.compile(r"add=(-?[\d.]+)")
 
 
 class JudgeServer:
@@ -58,6 +68,13 @@ class JudgeServer:
                 with server.lock:
                     server.attempts[text].append(time.monotonic())
                     n = len(server.attempts[text])
+                if text.startswith("Reply with"):  # the startup probe
+                    return self._reply(body, "1")
+                fields = PROMPT_RE.fullmatch(text)
+                if not fields:
+                    return self._send(400, b'{"error": "the prompt lacks a field"}')
+                story, question, options, text = fields.groups()
+                added = sum(float(y) for y in ADD_RE.findall(story + question + options))
                 sleep = re.search(r"sleep=([\d.]+)", text)
                 if sleep:
                     time.sleep(float(sleep.group(1)))
@@ -73,11 +90,13 @@ class JudgeServer:
                     return self._send(200, b"<html>oops</html>")
                 if mode == "garbage":
                     content = "This reasoning looks quite good to me."
-                elif text.startswith("Reply with"):
-                    content = "1"
                 else:
                     m = re.search(r"score=(-?[\d.]+)", text)
-                    content = m.group(1) if "bare" in text else f"<Score>{m.group(1)}</Score>"
+                    value = f"{float(m.group(1)) + added:g}"
+                    content = value if "bare" in text else f"<Score>{value}</Score>"
+                self._reply(body, content)
+
+            def _reply(self, body, content):
                 reply = {"id": "x", "object": "chat.completion", "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}]}

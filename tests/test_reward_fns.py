@@ -254,13 +254,19 @@ def test_http_judges_end_to_end_and_concurrently():
 
 
 def test_check_with_and_without_fallback():
-    down = JudgeConfig(kind="http", base_url=free_port_url(), model="m", max_retries=0)
+    down = JudgeConfig(kind="http", base_url=free_port_url(), model="m", max_retries=0,
+                       fallback=0.375)
     cfg = F.RewardSetConfig(social=RewardConfig(variant="socialR2"), struct_judge=down)
     with F.RewardSet.from_config(cfg) as rs:
-        assert rs.check() == {"struct": "unreachable (fallback 0.0)"}
+        assert rs.check() == {"struct": "unreachable (fallback 0.375)"}
         scores, metrics = rs.score(*batch(GOOD), step=0)  # the run goes on
         assert metrics["judge/struct/failures"] == 1
         assert metrics["judge/struct/failed_share"] == 1.0
+        # the failed item is scored with the fallback as its structure score
+        assert metrics["reward/social_r1/struct"] == 0.375
+        assert scores[0] == pytest.approx(social_r1_score(
+            GOOD, "A", step=0, struct=0.375, content=None,
+            cfg=RewardConfig(variant="socialR2"))["score"])
     import dataclasses
     cfg = dataclasses.replace(cfg, struct_judge=dataclasses.replace(down, fallback=None))
     with F.RewardSet.from_config(cfg) as rs:

@@ -46,10 +46,6 @@ def comp(think, answer="A", tail=" "):
 THINK = unique_text(1700)  # inside the window: r_len = sigmoid(26)^2 ~ 1 - 1e-11
 
 
-def test_unique_text_has_no_repeats():
-    assert ref_share(THINK) == 0.0
-
-
 # ----------------------------------------------------------------------------- single terms
 @pytest.mark.parametrize("step, w_struct, w_cont", [
     (0, 2.0, 1.0), (100, 1.5, 2.0), (200, 1.0, 3.0), (600, 1.0, 3.0), (50, 1.75, 1.5)])

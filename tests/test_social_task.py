@@ -9,7 +9,7 @@ from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.social import stories
 from socialr1_jax.social.demo_tokenizer import demo_tokenizer
 from socialr1_jax.social.judges import JudgeConfig
-from socialr1_jax.social.prompts import PromptConfig
+from socialr1_jax.social.prompts import PromptConfig, PromptTooLong
 from socialr1_jax.social.reward_fns import RewardSet, RewardSetConfig
 from socialr1_jax.social.rewards import RewardConfig
 from socialr1_jax.social.task import SocialR1Task
@@ -101,6 +101,6 @@ def test_too_long_prompts_are_dropped_and_counted(tok, rewards):
     assert len(task.dropped) == sum(n > limit for n in lengths) > 0
     assert all(n > limit for _, n in task.dropped)
     assert all(len(i) <= limit for i in task.prompt_set.ids)
-    with pytest.raises(Exception, match="max_prompt_tokens"):
+    with pytest.raises(PromptTooLong, match="max_prompt_tokens"):
         SocialR1Task(rows, tok, rewards, prompt=PromptConfig(max_prompt_tokens=limit,
                                                              on_too_long="error"))

@@ -21,16 +21,16 @@ from tests.train_args import TOY
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two GRPO steps of the toy task (target token 'A' = 65) from a tiny chat checkpoint,
-    evaluated on 4 held-out questions before the first step and after each step."""
+    """Three GRPO steps of the toy task (target token 'A' = 65) from a tiny chat checkpoint,
+    evaluated on 4 held-out questions before the first step, every 2 steps and at the end."""
     src = tmp_path_factory.mktemp("src")
     make_tiny_chat_checkpoint(src)
     data = write_jsonl(tmp_path_factory.mktemp("data") / "heldout.jsonl", toy_rows(4))
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = train_mod.parse_args(TOY + [f"model.path={src}", "model.vocab_size=0",
                                       f"run.out_dir={out}",
-                                "run.progress=false", "run.steps=2", "toy.target_token=65",
-                                "toy.eos_id=258", "optim.lr=1e-2", "eval.every=1",
+                                "run.progress=false", "run.steps=3", "toy.target_token=65",
+                                "toy.eos_id=258", "optim.lr=1e-2", "eval.every=2",
                                 f"eval.data={data}", "eval.benchmark=mcq",
                                 "eval.max_new_tokens=8", "eval.batch_size=4"])
     lines = []
@@ -97,15 +97,20 @@ def test_evaluate_runs_on_a_training_checkpoint(trained, tmp_path):
 
 @pytest.mark.slow
 def test_periodic_evaluation_during_training(trained):
-    """eval.every=1 over 2 steps: before the first step and after each (eval.jsonl, TensorBoard,
-    the console and the summary), each on the 4 held-out questions."""
+    """eval.every=2 over 3 steps: before the first step, after step 2 and at the end (eval.jsonl,
+    TensorBoard, the console and the summary), each on the 4 held-out questions, with the
+    accuracy of each dimension (toy rows: Belief, Emotion, Desire, Belief)."""
     from tests.test_train import read_events
 
     _, ck, result, _, lines = trained
     run = ck.parent
     rows = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [0, 2, 3]
     assert all(r["eval/questions"] == 4 and 0 <= r["eval/accuracy"] <= 1 for r in rows)
+    for r in rows:  # overall = the dimensions' accuracies weighted by their 2, 1, 1 questions
+        dims = [r["eval/accuracy/Belief"], r["eval/accuracy/Emotion"], r["eval/accuracy/Desire"]]
+        assert all(d in (0, 0.5, 1) for d in dims), r
+        assert r["eval/accuracy"] == pytest.approx((2 * dims[0] + dims[1] + dims[2]) / 4)
     assert [m for _, m in result.evaluations] == [{k: v for k, v in r.items() if k != "step"}
                                                  for r in rows]
     shown = read_events(str(run / "tensorboard"), "eval/accuracy")

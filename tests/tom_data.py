@@ -34,11 +34,15 @@ def find_tombench() -> Optional[Path]:
 
 
 def tombench_dir() -> Path:
-    """The ToMBench folder, or skip the test saying where it was looked for."""
+    """The ToMBench folder; where it is missing, a failure under CI (`CI=true`: CI always has
+    the data, so a missing folder there is a broken setup) and a skip elsewhere."""
     d = find_tombench()
     if d is None:
-        pytest.skip("ToMBench data not found: set TOMBENCH_DIR or put the folder at "
-                    "../shared/data/tombench relative to the repository")
+        why = ("ToMBench data not found: set TOMBENCH_DIR or put the folder at "
+               "../shared/data/tombench relative to the repository")
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{why} (CI=true: the data must be there)", pytrace=False)
+        pytest.skip(why)
     return d
 
 
