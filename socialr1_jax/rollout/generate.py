@@ -39,19 +39,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--prompt", help="one prompt text")
     src.add_argument("--prompts-file", help='JSONL file, one {"prompt": "..."} per line')
     ap.add_argument("--chat", action="store_true",
-                    help="wrap each prompt as a user turn of the chat template")
+                    help="wrap each prompt as a user turn of the tokenizer's chat template "
+                         "(refused when it has none; see --chat-format)")
+    ap.add_argument("--chat-format", default=None, choices=["qwen"],
+                    help="with --chat on a tokenizer without a chat template: use Qwen's turn "
+                         "format written out")
     add_sampling_args(ap, temperature=1.0, max_new_tokens=256,
                       samples_help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
     add_model_args(ap)
     ap.add_argument("--out", default=None, help="write JSONL here instead of printing")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out (only a JSONL file of generate's)")
     ap.add_argument("--allow-nonfinite", action="store_true",
                     help="load weights with NaN/Inf instead of refusing them (debugging only)")
     args = ap.parse_args(argv)
     check_sampling_flags(args)
     check_model_args(args)
+    if args.chat_format and not args.chat:
+        raise cli.UsageError("--chat-format qwen: needs --chat")
     if args.out:
-        args.out = cli.writable_file("--out", args.out)
+        args.out = cli.output_file("--out", args.out, overwrite=args.overwrite,
+                                   ours=cli.jsonl_with("prompt_index", "completion"),
+                                   kind="a JSONL file of generate's",
+                                   inputs={"--prompts-file": args.prompts_file,
+                                           "--model": args.model})
     return args
 
 
@@ -168,16 +180,26 @@ def read_prompts(args) -> list[str]:
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with cli.atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def chat_inputs(args, tok, texts: list[str]) -> list[str]:
+    """The prompt texts as the model sees them: with --chat, a user turn of the tokenizer's chat
+    template; a tokenizer without one is refused unless --chat-format names the format."""
+    from socialr1_jax.rollout import tokenizer as tk
+
+    if not args.chat:
+        return texts
+    if args.chat_format == "qwen":
+        return [tk.QWEN_TURN.format(role="user", content=t) + tk.QWEN_GENERATION_PROMPT
+                for t in texts]
+    if not getattr(tok, "chat_template", None):
+        raise cli.UsageError(f"--chat: the tokenizer of --model {args.model} has no chat "
+                             "template; pass --chat-format qwen to use Qwen's turn format, or "
+                             "drop --chat")
+    return [tk.chat_text(tok, t) for t in texts]
 
 
 def generate(argv=None) -> list[dict]:
@@ -200,7 +222,7 @@ def generate(argv=None) -> list[dict]:
         eos = tk.stop_ids(args.model, tok)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"--model {args.model}: {e}") from None
-    inputs = [tk.chat_text(tok, t) if args.chat else t for t in texts]
+    inputs = chat_inputs(args, tok, texts)
     prompts = [tk.encode(tok, t) for t in inputs]
     pad = tk.pad_id(tok, eos)
     try:
