@@ -209,14 +209,15 @@ def read_table(path: str, *, split: Optional[str] = None,
             raise DataError(f"{path}: unknown file type {suffix!r}; expected one of "
                             f"{sorted(_JSON_SUFFIXES + tuple(_DATASETS_BUILDERS))}")
         builder, kw = _DATASETS_BUILDERS[suffix]
+        bad = _bad_csv_line(path, kw.get("sep", ",")) if builder == "csv" else None
+        if bad:  # found first: datasets' own error names no line (and logs a traceback)
+            raise DataError(f"{path}: could not read it as csv {bad}")
         try:
             ds = _load_with_datasets(builder, data_files=path, split="train",
                                      cache_dir=cache_dir, **kw)
         except Exception as e:  # datasets raises many types; the user needs the file named
-            bad = _bad_csv_line(path, kw.get("sep", ",")) if builder == "csv" else None
-            raise DataError(f"{path}: could not read it as {builder} "
-                            + (bad or f"({type(e).__name__}: "
-                                      f"{str(e).splitlines()[0] if str(e) else ''})")) from None
+            raise DataError(f"{path}: could not read it as {builder} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
         return [dict(r) for r in ds]
     if suffix in _JSON_SUFFIXES or suffix in _DATASETS_BUILDERS or not _HUB_NAME.match(path):
         raise DataError(f"{path}: no such file")
