@@ -8,9 +8,11 @@ and tokens/s go to stderr. Prompts file: one JSON object per line with a "prompt
 Everything the user gives is checked before the model loads, each mistake one `error:` line
 naming the flag (exit code 2): the sampling values, --mesh and --host-devices, the checkpoint
 folder and its config.json, the tokenizer, the prompts (encoded and checked against the
-vocabulary and the context length), and --out, which must be creatable (its folder exists and is
-writable) so no completion is sampled only to be thrown away. --out is written through a
-temporary file renamed into place.
+vocabulary and the context length), and --out (`cli.output_file`: its folder exists and is
+writable, an existing file is replaced only with --overwrite and only if it is generate's JSONL,
+never inside a model folder) so no completion is sampled only to be thrown away. --out is
+written through a temporary file renamed into place (`cli.atomic_write`). --chat on a tokenizer
+without a chat template is refused unless --chat-format qwen names the format.
 
 Examples:
     python -m socialr1_jax.generate --model ckpt --prompt "Why is the sky blue?" --chat \\
@@ -202,6 +204,21 @@ def chat_inputs(args, tok, texts: list[str]) -> list[str]:
     return [tk.chat_text(tok, t) for t in texts]
 
 
+def _rows(tok, tokens, lengths, eos, texts, prompts, num_samples: int) -> list[dict]:
+    """One output row per completion: prompt and sample index, text, ids and why it ended."""
+    rows = []
+    for r in range(tokens.shape[0]):
+        i, j = divmod(r, num_samples)
+        ids = tokens[r, :lengths[r]].tolist()
+        stopped = bool(ids) and ids[-1] in eos
+        text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=False)
+        rows.append({"prompt_index": i, "sample_index": j, "prompt": texts[i],
+                     "completion": text, "completion_ids": ids,
+                     "prompt_tokens": len(prompts[i]), "completion_tokens": len(ids),
+                     "finish_reason": "eos" if stopped else "length"})
+    return rows
+
+
 def generate(argv=None) -> list[dict]:
     """Run the command; returns the rows it printed or wrote (one per completion)."""
     args = parse_args(argv)
@@ -252,16 +269,7 @@ def generate(argv=None) -> list[dict]:
     elapsed = time.perf_counter() - start
     compiling = min(sum(compile_s), elapsed)
 
-    rows = []
-    for r in range(tokens.shape[0]):
-        i, j = divmod(r, args.num_samples)
-        ids = tokens[r, :lengths[r]].tolist()
-        stopped = bool(ids) and ids[-1] in eos
-        text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=False)
-        rows.append({"prompt_index": i, "sample_index": j, "prompt": texts[i],
-                     "completion": text, "completion_ids": ids,
-                     "prompt_tokens": len(prompts[i]), "completion_tokens": len(ids),
-                     "finish_reason": "eos" if stopped else "length"})
+    rows = _rows(tok, tokens, lengths, eos, texts, prompts, args.num_samples)
 
     if args.out:
         try:

@@ -2,6 +2,10 @@
 
     python -m socialr1_jax.evaluate --model PATH --benchmark tombench --data DIR \\
         [--limit N] [--num-samples k --temperature T] [--mesh 1x8x1] [--out report.json]
+        [--overwrite] [--resume]
+
+With --out, SIGTERM or Ctrl-C stops between batches and keeps the questions done; `--resume`
+continues from them (socialr1_jax.social.eval_resume).
 
 `run(model, tokenizer, rows, config=EvalConfig(...))` is the library entry (the trainer's
 periodic evaluation): the rows become chat prompts (`prompts.build_prompts`), the prompts are
@@ -130,6 +134,22 @@ def _decode(tokenizer, ids: np.ndarray, eos: set[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _fitting_prompts(model, tokenizer, dataset, cfg: EvalConfig):
+    """The prompts that leave max_new_tokens in the model's context, and that token limit."""
+    context = int(model.cfg.max_position_embeddings) - cfg.max_new_tokens
+    if context < 1:  # the command line names its flag before this (_check_context)
+        raise DataError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
+                        f"model's {model.cfg.max_position_embeddings} positions")
+    limit = min(cfg.prompt.max_prompt_tokens, context)
+    if isinstance(dataset, PromptSet):
+        ps = dataset.limited(limit, cfg.prompt.on_too_long)
+    else:
+        ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
+    if not len(ps):
+        raise DataError(f"no prompt fits in {limit} tokens ({len(ps.dropped)} dropped as too long)")
+    return ps, limit
+
+
 def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig = EvalConfig(),
         eos_ids: Optional[Sequence[int]] = None, pad_id: Optional[int] = None, mesh=None,
         name: str = "eval", progress: Optional[bool] = None,
@@ -156,17 +176,7 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
     eos = [int(e) for e in (eos_ids if eos_ids is not None else
                             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
     pad = int(pad_id) if pad_id is not None else tk.pad_id(tokenizer, eos)
-    context = int(model.cfg.max_position_embeddings) - cfg.max_new_tokens
-    if context < 1:  # the command line names its flag before this (_check_context)
-        raise DataError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
-                        f"model's {model.cfg.max_position_embeddings} positions")
-    limit = min(cfg.prompt.max_prompt_tokens, context)
-    if isinstance(dataset, PromptSet):
-        ps = dataset.limited(limit, cfg.prompt.on_too_long)
-    else:
-        ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
-    if not len(ps):
-        raise DataError(f"no prompt fits in {limit} tokens ({len(ps.dropped)} dropped as too long)")
+    ps, limit = _fitting_prompts(model, tokenizer, dataset, cfg)
 
     k = cfg.num_samples
     by_length = sorted(range(len(ps)), key=lambda i: -len(ps.ids[i]))  # longest first: fail early
@@ -211,6 +221,11 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
         jax.monitoring.unregister_event_duration_listener(_on_event)
     wall = time.perf_counter() - start
     compiling = min(_compile_seconds[0] - compile0, wall)
+    return _report(name, ps, cfg, limit, records, tokens_out, wall, compiling)
+
+
+def _report(name, ps, cfg, limit, records, tokens_out, wall, compiling) -> dict:
+    k = cfg.num_samples
     return {"benchmark": name, "questions": len(ps), "dropped_too_long": len(ps.dropped),
             "dropped_ids": [d[0] for d in ps.dropped], "max_prompt_tokens": limit,
             "num_samples": k, "temperature": cfg.temperature, "top_p": cfg.top_p,
