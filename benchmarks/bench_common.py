@@ -48,3 +48,33 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    """What a results file records about its run: the commit, the UTC date and the machine's
+    load averages (1, 5, 15 min), so a number can be traced to its code and judged against the
+    load it ran under."""
+    import datetime
+
+    return {"commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_avg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+
+
+def write_results(path: str, content) -> str:
+    """Write one results file through a temporary file renamed into place, with its provenance:
+    a dict becomes JSON with a "provenance" entry, text gets a first line naming it. Returns the
+    path."""
+    import json
+
+    prov = provenance()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        if isinstance(content, dict):
+            json.dump({"provenance": prov, **content}, f, indent=2)
+        else:
+            f.write(f"Commit {prov['commit']}, {prov['date']}, load average "
+                    f"{', '.join(map(str, prov['load_avg']))} ({prov['cpus']} CPUs).\n\n")
+            f.write(content)
+    os.replace(path + ".tmp", path)
+    return path

@@ -32,7 +32,7 @@ from socialr1_jax.social.judges import (SIP_STAGES, JudgeItem, content_heuristic
                                         structure_heuristic)
 from socialr1_jax.social.reward_fns import RewardSet, RewardSetConfig  # noqa: E402
 from socialr1_jax.social.rewards import parse_completion, social_r1_score  # noqa: E402
-from bench_common import median_time  # noqa: E402
+from bench_common import median_time, write_results  # noqa: E402
 
 TARGET_S = 1.0
 NAMES = ["Sally", "Anne", "Tom", "Mia", "Omar", "Li", "Ravi", "Zoe"]
@@ -139,11 +139,8 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     res_dir = os.path.join(ROOT, "benchmarks", "results")
-    os.makedirs(res_dir, exist_ok=True)
-    with open(os.path.join(res_dir, "rewards_bench.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    with open(os.path.join(res_dir, "rewards_bench.md"), "w") as f:
-        f.write(table + "\n")
+    write_results(os.path.join(res_dir, "rewards_bench.json"), out)
+    write_results(os.path.join(res_dir, "rewards_bench.md"), table + "\n")
     return 0
 
 

@@ -32,6 +32,7 @@ from conversion import (DATA_ALIGN, FiniteChecker, Summary, add_output_args, che
                         parse_size, run_cli, staged_dir, write_safetensors)
 from socialr1_jax import cli
 from socialr1_jax.checkpoint import finite, hf_layout
+from socialr1_jax.checkpoint.errors import damaged_chunk
 from socialr1_jax.checkpoint.orbax_io import (check_params, copy_side_files, PARAMS, read_config,
                                               resolve, write_json_atomic)
 from socialr1_jax.model.config import parse_dtype
@@ -83,7 +84,13 @@ def _sources(stores, raw, entries, target, check: bool = True, where: str = ""):
             continue
         k += 1
         start(k)
-        arr = np.asarray(pending.pop(i).result()).reshape(e.hf_shape)
+        try:
+            arr = np.asarray(pending.pop(i).result()).reshape(e.hf_shape)
+        except ValueError as err:
+            bad = damaged_chunk(err, where or "--ckpt")
+            if bad is None:
+                raise
+            raise bad from None
         arr = arr if arr.dtype == target else arr.astype(target)
         if check:
             finite.check_array(arr, e.hf_name, where)

@@ -25,7 +25,7 @@ import shutil
 import socket
 import sys
 
-from socialr1_jax.cli import UsageError
+from socialr1_jax.cli import UsageError, parent_folder
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _HOST = socket.gethostname().replace(os.sep, "_") or "localhost"
@@ -60,6 +60,7 @@ def check_out(out: str, inputs: dict[str, str], *, overwrite: bool) -> str:
     Leftovers of killed runs beside --out are dealt with first (`sweep_stale`).
     """
     out_abs = os.path.abspath(out)
+    parent_folder("--out", out_abs)  # a typo'd parent is not created at the filesystem's root
     out_real = os.path.realpath(out_abs)
     for flag, inp in inputs.items():
         in_real = os.path.realpath(inp)

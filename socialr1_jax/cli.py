@@ -14,6 +14,7 @@ type) the same way, and its `--help` is unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
@@ -38,6 +39,9 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]],
         return int(main(argv) or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        # The error is said; what a failed read's abandoned coroutines (Orbax, TensorStore) print
+        # when collected at exit would bury it under "Exception ignored" tracebacks.
+        sys.unraisablehook = lambda unraisable: None
         return USAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -101,22 +105,152 @@ def os_error(flag: str, path: str, e: OSError) -> UsageError:
     return UsageError(f"{flag} {path}: {e.strerror or e}")
 
 
-def writable_file(flag: str, path: str) -> str:
-    """Check, before any work, that a file can be created at `path` (its folder exists and is
-    writable: a probe file is created and removed); returns the absolute path."""
+# ----------------------------------------------------------------------------------------------
+# The one rule for a file a command writes (generate's and evaluate's --out, memory_plan's
+# OUT.json / OUT.md, evaluate's predictions file): checked with `output_file` before any work,
+# written with `atomic_write`. The converters' --out folders follow the same rule in
+# conversion/staging.py (`check_out`), with `parent_folder` from here.
+
+def parent_folder(flag: str, path: str) -> str:
+    """The folder `path` would be created in, which must exist (a typo is not created at the root
+    of the filesystem) and be writable (a probe file is created and removed)."""
     import os
 
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"{flag} {path}: folder {parent} does not exist")
-    probe = f"{path}.probe-{os.getpid()}"
+    probe = os.path.join(parent, f".{os.path.basename(path)}.probe-{os.getpid()}")
     try:
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as e:
         raise os_error(flag, path, e) from None
+    return parent
+
+
+def model_folder(folder: str):
+    """The model or checkpoint folder that `folder` is or lies in (config.json beside safetensors
+    or numbered step folders), or None: no command writes its outputs into one."""
+    import os
+
+    d = os.path.realpath(folder)
+    while True:
+        names = os.listdir(d) if os.path.isdir(d) else []
+        if "config.json" in names and any(
+                n.endswith((".safetensors", ".safetensors.index.json")) or
+                (n.isdigit() and os.path.isdir(os.path.join(d, n))) for n in names):
+            return d
+        up = os.path.dirname(d)
+        if up == d:
+            return None
+        d = up
+
+
+def describe(path: str) -> str:
+    """What is at `path`, in words, for a refusal to replace it."""
+    import os
+
+    if os.path.islink(path):
+        return "a symlink"
+    if os.path.isdir(path):
+        return "a folder"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"a file we cannot read ({e.strerror})"
+    if len(head) >= 9 and head[8:9] == b"{" and path.endswith(".safetensors"):
+        return "a safetensors weights file"
+    if b"\0" in head:
+        return "a binary file"
+    return "a text file"
+
+
+def output_file(flag: str, path: str, *, overwrite: bool, ours: Callable[[str], bool],
+                kind: str, inputs: Optional[dict] = None) -> str:
+    """Check, before any work, that the command may write its `kind` output at `path`; returns it
+    absolute. The folder must exist and be writable; the file must not be an input ({flag: path})
+    nor lie in a model or checkpoint folder; an existing file is replaced only with --overwrite,
+    and only when `ours(path)` says it is a file of this kind (never a weights file, say)."""
+    import os
+
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    parent = parent_folder(flag, path)
+    for in_flag, inp in (inputs or {}).items():
+        if inp and os.path.exists(inp) and (
+                os.path.realpath(inp) == os.path.realpath(path) or
+                os.path.realpath(parent).startswith(os.path.realpath(inp) + os.sep)):
+            raise UsageError(f"{flag} {path} is {'the' if os.path.isfile(inp) else 'inside the'} "
+                             f"input ({in_flag} {inp}); choose another name")
+    home = model_folder(parent)
+    if home is not None:
+        raise UsageError(f"{flag} {path} is inside the model/checkpoint folder {home}; "
+                         "write outputs elsewhere")
+    if os.path.lexists(path):
+        if not overwrite:
+            raise UsageError(f"{flag} {path} already exists; pass --overwrite to replace it")
+        if os.path.islink(path) or not (os.path.getsize(path) == 0 or ours(path)):
+            raise UsageError(f"{flag} {path} is {describe(path)}, not {kind}; --overwrite "
+                             f"replaces only {kind}: delete it yourself or choose another name")
     return path
+
+
+def json_with(*keys: str) -> Callable[[str], bool]:
+    """An `ours` test for output_file: a JSON object file holding `keys`."""
+    def test(path: str) -> bool:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                obj = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+    return test
+
+
+def jsonl_with(*keys: str) -> Callable[[str], bool]:
+    """An `ours` test for output_file: a JSONL file whose first line is an object with `keys`."""
+    def test(path: str) -> bool:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                obj = json.loads(f.readline())
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+    return test
+
+
+def text_starting(prefix: str) -> Callable[[str], bool]:
+    """An `ours` test for output_file: a text file that begins with `prefix`."""
+    def test(path: str) -> bool:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read(len(prefix)) == prefix
+        except (OSError, ValueError):
+            return False
+    return test
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w"):
+    """Write `path` through `PATH.tmp-<pid>` renamed into place when the block ends without an
+    error: a crash or a full disk never leaves half a file under the name (nor a stray temp)."""
+    import os
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -170,8 +170,24 @@ def load_yaml(cls, path: str | os.PathLike | None = None, overrides: list[str] =
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data.update(loaded)
-    data = apply_overrides(data, list(overrides))
+    file_data, overrides = data, list(overrides)
+    data = apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
     except ValueError as e:
-        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+        raise ConfigError(_where(cls, file_data, path, overrides, str(e))) from None
+
+
+def _where(cls, file_data: dict, path, overrides: list[str], msg: str) -> str:
+    """`msg` prefixed with where the mistake is: the command-line override that makes it (the
+    file alone does not), else the config file."""
+    if overrides:
+        try:
+            from_dict(cls, file_data)
+            alone = None
+        except ValueError as e:
+            alone = str(e)
+        if alone != msg:
+            named = [o for o in overrides if o.split("=", 1)[0].strip() in msg]
+            return f"command-line {named[0] if named else 'override'}: {msg}"
+    return f"{path}: {msg}" if path is not None else msg

@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 H2O, O2H, GEN, PLAN = ("conversion.hf_to_orbax", "conversion.orbax_to_hf", "socialr1_jax.generate",
                        "socialr1_jax.memory_plan")
+EVAL = "socialr1_jax.evaluate"
 TABLE_BEGIN, TABLE_END = "<!-- data-safety-table:begin -->", "<!-- data-safety-table:end -->"
 
 
@@ -324,3 +325,18 @@ def scenario(name: str, slow: bool = False):
         SCENARIOS[name] = (fn, slow)
         return fn
     return register
+
+
+def run_main(module: str, *args) -> subprocess.CompletedProcess:
+    """`module`'s main(argv) through cli.run in this process (argument-time checks, where a
+    fresh interpreter would only add seconds), as a CompletedProcess with its stderr."""
+    import contextlib
+    import importlib
+    import io
+
+    from socialr1_jax import cli
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        rc = cli.run(importlib.import_module(module).main, [str(a) for a in args])
+    return subprocess.CompletedProcess([module, *args], rc, out.getvalue(), err.getvalue())

@@ -205,7 +205,7 @@ def test_row_without_gold(tmp_path, gold):
         for r in src:
             f.write(json.dumps(r, allow_nan=True) + "\n")
     msg = error_of(B.load_benchmark, "mcq", str(path))
-    assert "row 1" in msg and "no gold" in msg and "'gold'" in msg
+    assert "row 2: " in msg and "no gold" in msg and "'gold'" in msg
 
 
 def test_bad_gold_and_options(tmp_path):
@@ -220,7 +220,7 @@ def test_bad_gold_and_options(tmp_path):
                                            write_jsonl(tmp_path / "b.jsonl", src))
     src = toy_rows(3)
     src[0]["gold"] = "Answer: B"
-    assert "row 0" in error_of(B.load_benchmark, "mcq", write_jsonl(tmp_path / "c.jsonl", src))
+    assert "row 1: " in error_of(B.load_benchmark, "mcq", write_jsonl(tmp_path / "c.jsonl", src))
     (tmp_path / "d.jsonl").write_text('{"id": 1}\n{oops\n')
     assert "d.jsonl:2" in error_of(B.load_benchmark, "mcq", str(tmp_path / "d.jsonl"))
 

@@ -207,7 +207,7 @@ def test_cli_bad_input_fails_before_the_model_loads(ckpt, tmp_path, capsys, no_m
         (["--benchmark", "tombnch", "--data", good], "did you mean 'tombench'"),
         (["--benchmark", "mcq", "--data", str(tmp_path / "none.jsonl")], "none.jsonl: no such"),
         (["--benchmark", "mcq", "--data", no_col], "column(s) ['options', 'gold'] not found"),
-        (["--benchmark", "mcq", "--data", no_gold], "row 0: no gold answer"),
+        (["--benchmark", "mcq", "--data", no_gold], "row 1: no gold answer"),
         (["--benchmark", "mcq", "--data", good, "--num-samples", "3"], "--num-samples"),
         (["--benchmark", "mcq", "--data", good, "--on-too-long", "cut"], "--on-too-long"),
         (["--benchmark", "mcq", "--data", good, "--column", "gold_fmt=index1"],

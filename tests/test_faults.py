@@ -25,6 +25,7 @@ import pytest
 # Importing registers the scenarios; this order is the table's.
 import tests.faults_conversion  # noqa: F401  isort:skip
 import tests.faults_commands  # noqa: F401  isort:skip
+import tests.faults_outputs  # noqa: F401  isort:skip
 from tests.fault_tools import (ROOT, SCENARIOS, Env, render_table, replace_table_block,
                                table_block)
 

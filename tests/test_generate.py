@@ -51,6 +51,7 @@ def test_generate_writes_jsonl_matching_sample(tmp_path, chat_ckpt, capsys):
                        json.dumps({"prompt": "Where will Sally look?"}) + "\n")
     out = tmp_path / "out.jsonl"
     generate.main(["--model", chat_ckpt, "--prompts-file", str(prompts), "--chat",
+                   "--chat-format", "qwen",
                    "--temperature", "0", "--max-new-tokens", "40", "--num-samples", "2",
                    "--out", str(out)])
     err = capsys.readouterr().err
@@ -89,7 +90,8 @@ def test_generate_cli_subprocess_sampling_on_a_mesh(chat_ckpt):
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "socialr1_jax.generate", "--model", chat_ckpt, "--prompt",
-         "Who knows where the ball is?", "--chat", "--temperature", "0.8", "--top-p", "0.9",
+         "Who knows where the ball is?", "--chat", "--chat-format", "qwen", "--temperature", "0.8",
+         "--top-p", "0.9",
          "--top-k", "50", "--max-new-tokens", "24", "--num-samples", "3", "--seed", "1",
          "--mesh", "1x2x2", "--host-devices", "4"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

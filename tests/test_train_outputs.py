@@ -78,6 +78,7 @@ def test_generate_runs_on_a_training_checkpoint(trained, tmp_path):
     _, ck, _, _, _ = trained
     out = tmp_path / "gen.jsonl"
     rows = generate.generate(["--model", str(ck), "--prompt", "Where is the ball?", "--chat",
+                              "--chat-format", "qwen",
                               "--max-new-tokens", "8", "--temperature", "0", "--out", str(out)])
     assert len(rows) == 1 and 1 <= rows[0]["completion_tokens"] <= 8
     assert json.loads(out.read_text().splitlines()[0])["completion_ids"] == rows[0]["completion_ids"]

@@ -58,7 +58,7 @@ from jax.sharding import SingleDeviceSharding
 
 from socialr1_jax.checkpoint import hf_layout
 from socialr1_jax.model.config import dtype_name, from_hf_config, ModelConfig, parse_dtype
-from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.checkpoint.errors import CheckpointError, damaged_chunk
 
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
 
@@ -308,6 +308,11 @@ def restore_checkpoint(root: str, step: int | None = None, *, cfg: ModelConfig |
     mgr = manager(root)
     try:
         out = mgr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # Orbax wraps TensorStore's error in a bare Exception
+        bad = damaged_chunk(e, os.path.join(root, str(step)))
+        if bad is None:
+            raise
+        raise bad from None
     finally:
         mgr.close()
     nnx.replace_by_pure_dict(abstract, out[PARAMS])

@@ -303,6 +303,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the paper's recipe over the settings in SWEEP (ignores the shape flags)")
     ap.add_argument("--out", default=None,
                     help="write OUT.json and OUT.md, e.g. benchmarks/results/memory_plan")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing OUT.json / OUT.md (only memory plans)")
     args = ap.parse_args(argv)
     args.remats = args.remat.split(",")
     bad = [r for r in args.remats if r not in ("none", "full", "dots")]
@@ -321,12 +323,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.topology and ":" not in args.topology:
         raise cli.UsageError(f"--topology {args.topology!r}: expected CHIP:SHAPE, e.g. v5e:2x4")
     if args.out:  # checked now, not after minutes of compiling
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        except OSError as e:
-            raise cli.os_error("--out", args.out, e) from None
-        cli.writable_file("--out", args.out + ".json")
-        cli.writable_file("--out", args.out + ".md")
+        for ext, ours in ((".json", cli.json_with("command", "plans")),
+                          (".md", cli.text_starting("# Memory plan"))):
+            cli.output_file("--out", args.out + ext, overwrite=args.overwrite, ours=ours,
+                            kind=f"a memory plan ({ext})")
     return args
 
 
@@ -403,11 +403,12 @@ def main(argv=None) -> int:
 
 def write_results(plans: list[dict], out: str, command: str) -> None:
     """OUT.json (every number) and OUT.md (the table, with the command and XLA flags)."""
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as f:
+    from socialr1_jax import cli
+
+    with cli.atomic_write(out + ".json") as f:
         json.dump({"command": command, "plans": plans}, f, indent=1)
     first = next((p for p in plans if "refused" not in p), plans[0])
-    with open(out + ".md", "w") as f:
+    with cli.atomic_write(out + ".md") as f:
         f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
                 f"`{command}` (jax {first['jax']}, backend {first['backend']}, "
                 f"{first['setting']['devices']} simulated devices, "

@@ -161,11 +161,16 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str, **changes) -> ModelConfig:
-    """A named preset ('qwen3-4b', 'tiny', ...) with optional field changes."""
-    try:
-        base = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+    """A named preset ('qwen3-4b', 'tiny', ...; any case) with optional field changes."""
+    import difflib
+
+    by_lower = {k.lower(): k for k in PRESETS}
+    key = by_lower.get(str(name).lower())  # 'Qwen3-4B' as written on the model card
+    if key is None:
+        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+        hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+        raise ValueError(f"unknown model preset {name!r}{hint} (known: {sorted(PRESETS)})")
+    base = PRESETS[key]
     return base.replace(**changes) if changes else base
 
 

@@ -8,9 +8,11 @@ and tokens/s go to stderr. Prompts file: one JSON object per line with a "prompt
 Everything the user gives is checked before the model loads, each mistake one `error:` line
 naming the flag (exit code 2): the sampling values, --mesh and --host-devices, the checkpoint
 folder and its config.json, the tokenizer, the prompts (encoded and checked against the
-vocabulary and the context length), and --out, which must be creatable (its folder exists and is
-writable) so no completion is sampled only to be thrown away. --out is written through a
-temporary file renamed into place.
+vocabulary and the context length), and --out (`cli.output_file`: its folder exists and is
+writable, an existing file is replaced only with --overwrite and only if it is generate's JSONL,
+never inside a model folder) so no completion is sampled only to be thrown away. --out is
+written through a temporary file renamed into place (`cli.atomic_write`). --chat on a tokenizer
+without a chat template is refused unless --chat-format qwen names the format.
 
 Examples:
     python -m socialr1_jax.generate --model ckpt --prompt "Why is the sky blue?" --chat \\
@@ -39,7 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--prompt", help="one prompt text")
     src.add_argument("--prompts-file", help='JSONL file, one {"prompt": "..."} per line')
     ap.add_argument("--chat", action="store_true",
-                    help="wrap each prompt as a user turn of the chat template")
+                    help="wrap each prompt as a user turn of the tokenizer's chat template "
+                         "(refused when it has none; see --chat-format)")
+    ap.add_argument("--chat-format", default=None, choices=["qwen"],
+                    help="with --chat on a tokenizer without a chat template: use Qwen's turn "
+                         "format written out")
     add_sampling_args(ap, temperature=1.0, max_new_tokens=256,
                       samples_help="completions per prompt")
     ap.add_argument("--seed", type=int, default=0)
@@ -48,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "finished row's slot taking the next completion (default: all at once)")
     add_model_args(ap)
     ap.add_argument("--out", default=None, help="write JSONL here instead of printing")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out (only a JSONL file of generate's)")
     ap.add_argument("--allow-nonfinite", action="store_true",
                     help="load weights with NaN/Inf instead of refusing them (debugging only)")
     args = ap.parse_args(argv)
@@ -55,8 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.slots is not None and args.slots < 1:
         raise cli.UsageError(f"--slots {args.slots}: must be a positive integer")
     check_model_args(args)
+    if args.chat_format and not args.chat:
+        raise cli.UsageError("--chat-format qwen: needs --chat")
     if args.out:
-        args.out = cli.writable_file("--out", args.out)
+        args.out = cli.output_file("--out", args.out, overwrite=args.overwrite,
+                                   ours=cli.jsonl_with("prompt_index", "completion"),
+                                   kind="a JSONL file of generate's",
+                                   inputs={"--prompts-file": args.prompts_file,
+                                           "--model": args.model})
     return args
 
 
@@ -173,16 +187,41 @@ def read_prompts(args) -> list[str]:
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with cli.atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def chat_inputs(args, tok, texts: list[str]) -> list[str]:
+    """The prompt texts as the model sees them: with --chat, a user turn of the tokenizer's chat
+    template; a tokenizer without one is refused unless --chat-format names the format."""
+    from socialr1_jax.rollout import tokenizer as tk
+
+    if not args.chat:
+        return texts
+    if args.chat_format == "qwen":
+        return [tk.QWEN_TURN.format(role="user", content=t) + tk.QWEN_GENERATION_PROMPT
+                for t in texts]
+    if not getattr(tok, "chat_template", None):
+        raise cli.UsageError(f"--chat: the tokenizer of --model {args.model} has no chat "
+                             "template; pass --chat-format qwen to use Qwen's turn format, or "
+                             "drop --chat")
+    return [tk.chat_text(tok, t) for t in texts]
+
+
+def _rows(tok, tokens, lengths, eos, texts, prompts, num_samples: int) -> list[dict]:
+    """One output row per completion: prompt and sample index, text, ids and why it ended."""
+    rows = []
+    for r in range(tokens.shape[0]):
+        i, j = divmod(r, num_samples)
+        ids = tokens[r, :lengths[r]].tolist()
+        stopped = bool(ids) and ids[-1] in eos
+        text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=False)
+        rows.append({"prompt_index": i, "sample_index": j, "prompt": texts[i],
+                     "completion": text, "completion_ids": ids,
+                     "prompt_tokens": len(prompts[i]), "completion_tokens": len(ids),
+                     "finish_reason": "eos" if stopped else "length"})
+    return rows
 
 
 def generate(argv=None) -> list[dict]:
@@ -205,7 +244,7 @@ def generate(argv=None) -> list[dict]:
         eos = tk.stop_ids(args.model, tok)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"--model {args.model}: {e}") from None
-    inputs = [tk.chat_text(tok, t) if args.chat else t for t in texts]
+    inputs = chat_inputs(args, tok, texts)
     prompts = [tk.encode(tok, t) for t in inputs]
     pad = tk.pad_id(tok, eos)
     try:
@@ -235,16 +274,7 @@ def generate(argv=None) -> list[dict]:
     elapsed = time.perf_counter() - start
     compiling = min(sum(compile_s), elapsed)
 
-    rows = []
-    for r in range(tokens.shape[0]):
-        i, j = divmod(r, args.num_samples)
-        ids = tokens[r, :lengths[r]].tolist()
-        stopped = bool(ids) and ids[-1] in eos
-        text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=False)
-        rows.append({"prompt_index": i, "sample_index": j, "prompt": texts[i],
-                     "completion": text, "completion_ids": ids,
-                     "prompt_tokens": len(prompts[i]), "completion_tokens": len(ids),
-                     "finish_reason": "eos" if stopped else "length"})
+    rows = _rows(tok, tokens, lengths, eos, texts, prompts, args.num_samples)
 
     if args.out:
         try:

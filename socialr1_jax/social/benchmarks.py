@@ -13,8 +13,8 @@ import dataclasses
 import difflib
 from typing import Callable, Iterable, Optional
 
-from socialr1_jax.social.data import (DataError, MCQRow, TOMBENCH_HARD_LAYOUTS, as_row, load_mcq,
-                                      load_socialiqa)
+from socialr1_jax.social.data import (DataError, MCQRow, TOMBENCH_HARD_LAYOUTS, as_row,
+                                      check_unique_ids, load_mcq, load_socialiqa)
 from socialr1_jax.social.tombench import load_tombench
 
 
@@ -83,6 +83,7 @@ def load_benchmark(name: str, data: Optional[str] = None, *, limit: Optional[int
     rows = [as_row(r) for r in bench.loader()(data, **options)]
     if not rows:
         raise DataError(f"benchmark {name!r} ({data}): no rows")
+    check_unique_ids(rows, f"benchmark {name!r} ({data})")
     return rows[:limit] if limit else rows
 
 

@@ -171,6 +171,24 @@ def _load_with_datasets(*args, **kwargs):
     return datasets.load_dataset(*args, **kwargs)
 
 
+def _bad_csv_line(path: str, sep: str) -> Optional[str]:
+    """Where a CSV / TSV file breaks (datasets' own error hides the line): the first record
+    whose field count differs from the header's, as 'line N: ...'; None if none does."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter=sep, strict=True)
+            header = next(reader, [])
+            for rec in reader:
+                if rec and len(rec) != len(header):
+                    return (f"(line {reader.line_num}: {len(rec)} fields, the header has "
+                            f"{len(header)})")
+    except (csv.Error, UnicodeDecodeError) as e:
+        return f"(line {reader.line_num if 'reader' in locals() else 1}: {e})"
+    return None
+
+
 def read_table(path: str, *, split: Optional[str] = None,
                cache_dir: Optional[str] = None) -> list[dict]:
     """The records of a local JSONL / JSON / CSV / TSV / parquet file, or of a hub data set.
@@ -191,6 +209,9 @@ def read_table(path: str, *, split: Optional[str] = None,
             raise DataError(f"{path}: unknown file type {suffix!r}; expected one of "
                             f"{sorted(_JSON_SUFFIXES + tuple(_DATASETS_BUILDERS))}")
         builder, kw = _DATASETS_BUILDERS[suffix]
+        bad = _bad_csv_line(path, kw.get("sep", ",")) if builder == "csv" else None
+        if bad:  # found first: datasets' own error names no line (and logs a traceback)
+            raise DataError(f"{path}: could not read it as csv {bad}")
         try:
             ds = _load_with_datasets(builder, data_files=path, split="train",
                                      cache_dir=cache_dir, **kw)
@@ -357,7 +378,7 @@ def rows_from_records(records: Sequence[dict], cols: ColumnMap, *, where: str,
         raise DataError(f"{where}: column(s) {lacking} not found; the columns are {found}")
     rows = []
     for n, rec in enumerate(records):
-        at = f"{where} row {n}"
+        at = f"{where} row {n + 1}"  # rows count from 1, as every message says
         missing = [c for c in cols.required() if c not in rec]
         if missing:
             raise DataError(f"{at}: column(s) {missing} not found; the row has {list(rec)}")
@@ -404,7 +425,8 @@ def load_mcq(path: str, columns: Optional[ColumnMap | Sequence[ColumnMap]] = Non
         return rows_from_records(records, layouts[0], where=path, source=source)
     wanted = "; ".join(str(c.required()) for c in layouts)
     raise DataError(f"{path}: the columns {list(records[0])} match no known layout ({wanted}); "
-                    "map them with --column key=name (keys: story, question, options, gold, "
+                    "map them with a column mapping (evaluate's --column key=name, a training "
+                    "config's data.columns; keys: story, question, options, gold, "
                     "gold_format, dimension, ability, task, id)")
 
 
@@ -443,3 +465,14 @@ def to_hf_dataset(rows: Iterable[MCQRow]):
     import datasets
 
     return datasets.Dataset.from_list([as_row(r).as_dict() for r in rows])
+
+
+def check_unique_ids(rows: Sequence[MCQRow], where: str) -> None:
+    """Refuse two rows with one id (predictions, resumes and reports are keyed by it), naming
+    both rows (counted from 1)."""
+    first: dict = {}
+    for n, row in enumerate(rows, 1):
+        if row.id in first:
+            raise DataError(f"{where}: rows {first[row.id]} and {n} have the same id {row.id!r}; "
+                            "every row needs its own")
+        first[row.id] = n

@@ -2,6 +2,10 @@
 
     python -m socialr1_jax.evaluate --model PATH --benchmark tombench --data DIR \\
         [--limit N] [--num-samples k --temperature T] [--mesh 1x8x1] [--out report.json]
+        [--overwrite] [--resume]
+
+With --out, SIGTERM or Ctrl-C stops between batches and keeps the questions done; `--resume`
+continues from them (socialr1_jax.social.eval_resume).
 
 `run(model, tokenizer, rows, config=EvalConfig(...))` is the library entry (the trainer's
 periodic evaluation): the rows become chat prompts (`prompts.build_prompts`), the prompts are
@@ -130,18 +134,36 @@ def _decode(tokenizer, ids: np.ndarray, eos: set[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _fitting_prompts(model, tokenizer, dataset, cfg: EvalConfig):
+    """The prompts that leave max_new_tokens in the model's context, and that token limit."""
+    context = int(model.cfg.max_position_embeddings) - cfg.max_new_tokens
+    if context < 1:  # the command line names its flag before this (_check_context)
+        raise DataError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
+                        f"model's {model.cfg.max_position_embeddings} positions")
+    limit = min(cfg.prompt.max_prompt_tokens, context)
+    if isinstance(dataset, PromptSet):
+        ps = dataset.limited(limit, cfg.prompt.on_too_long)
+    else:
+        ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
+    if not len(ps):
+        raise DataError(f"no prompt fits in {limit} tokens ({len(ps.dropped)} dropped as too long)")
+    return ps, limit
+
+
 def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig = EvalConfig(),
         eos_ids: Optional[Sequence[int]] = None, pad_id: Optional[int] = None, mesh=None,
         name: str = "eval", progress: Optional[bool] = None,
         on_batch: Optional[Callable[[list[dict]], None]] = None,
-        sample_fn: Optional[Callable] = None) -> dict:
+        sample_fn: Optional[Callable] = None, done: Optional[dict] = None) -> dict:
     """Evaluate `model` on `dataset` (rows, dicts or a built PromptSet); returns the report.
 
     eos_ids / pad_id: default the tokenizer's EOS and pad. Prompts that would not leave
     `max_new_tokens` in the model's context are dropped or refused like any too-long prompt.
     progress: a bar over batches (None: only on a terminal). on_batch: called with each batch's
     question records as soon as they are scored (to stream them to disk). sample_fn: the sampler
-    (default `rollout.sampler.sample`; tests pass a fake with its signature).
+    (default `rollout.sampler.sample`; tests pass a fake with its signature). done: records by
+    question id from an interrupted run; a batch whose every question is there is not sampled
+    again (the batches and their seeds are the same), so the report is an uninterrupted run's.
     """
     import jax
     from tqdm import tqdm
@@ -154,17 +176,7 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
     eos = [int(e) for e in (eos_ids if eos_ids is not None else
                             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
     pad = int(pad_id) if pad_id is not None else tk.pad_id(tokenizer, eos)
-    context = int(model.cfg.max_position_embeddings) - cfg.max_new_tokens
-    if context < 1:
-        raise DataError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the "
-                        f"model's {model.cfg.max_position_embeddings} positions")
-    limit = min(cfg.prompt.max_prompt_tokens, context)
-    if isinstance(dataset, PromptSet):
-        ps = dataset.limited(limit, cfg.prompt.on_too_long)
-    else:
-        ps = build_prompts(dataset, tokenizer, cfg.prompt, max_prompt_tokens=limit)
-    if not len(ps):
-        raise DataError(f"no prompt fits in {limit} tokens ({len(ps.dropped)} dropped as too long)")
+    ps, limit = _fitting_prompts(model, tokenizer, dataset, cfg)
 
     k = cfg.num_samples
     by_length = sorted(range(len(ps)), key=lambda i: -len(ps.ids[i]))  # longest first: fail early
@@ -180,6 +192,11 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
         bar = tqdm(batches, desc=name, unit="batch", file=sys.stderr,
                    disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for b, batch in enumerate(bar):
+            if done and all(ps.rows[i].id in done for i in batch):
+                for i in batch:
+                    records[i] = done[ps.rows[i].id]
+                    tokens_out += sum(records[i]["completion_tokens"])
+                continue
             # A short last batch repeats its last prompt: one compiled shape for every batch.
             prompts = [ps.ids[i] for i in batch] + [ps.ids[batch[-1]]] * (width - len(batch))
             res = sample_fn(model, prompts, max_new_tokens=cfg.max_new_tokens,
@@ -192,7 +209,9 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
                 rows = range(j * k, (j + 1) * k)
                 comps = [_decode(tokenizer, tokens[r, :lengths[r]], stops) for r in rows]
                 tokens_out += int(sum(lengths[r] for r in rows))
-                records[i] = score_row(ps.rows[i], comps) | {"option_order": list(ps.orders[i])}
+                records[i] = score_row(ps.rows[i], comps) | {
+                    "option_order": list(ps.orders[i]),
+                    "completion_tokens": [int(lengths[r]) for r in rows]}
                 done.append(records[i])
             if on_batch is not None:
                 on_batch(done)
@@ -202,6 +221,11 @@ def run(model, tokenizer, dataset: Iterable | PromptSet, *, config: EvalConfig =
         jax.monitoring.unregister_event_duration_listener(_on_event)
     wall = time.perf_counter() - start
     compiling = min(_compile_seconds[0] - compile0, wall)
+    return _report(name, ps, cfg, limit, records, tokens_out, wall, compiling)
+
+
+def _report(name, ps, cfg, limit, records, tokens_out, wall, compiling) -> dict:
+    k = cfg.num_samples
     return {"benchmark": name, "questions": len(ps), "dropped_too_long": len(ps.dropped),
             "dropped_ids": [d[0] for d in ps.dropped], "max_prompt_tokens": limit,
             "num_samples": k, "temperature": cfg.temperature, "top_p": cfg.top_p,
@@ -279,6 +303,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None,
                     help="write the JSON report here; per-question records stream to "
                          "<out without .json>.predictions.jsonl as batches finish")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing report and predictions file (only ours), or "
+                         "start over an interrupted evaluation")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the evaluation interrupted (SIGTERM, Ctrl-C) into --out")
     ap.add_argument("--progress", default=None, choices=("on", "off"),
                     help="progress bar (default: on a terminal only)")
     from socialr1_jax.social.fantom_eval import add_fantom_args
@@ -304,32 +333,34 @@ def _configs(args) -> EvalConfig:
         raise cli.UsageError(f"--{flag}: {e}") from None
 
 
-def main(argv=None) -> int:
-    """Run the command line: every check on user input happens before the model is loaded."""
-    args = parse_args(argv)
-    use_host_devices(args)  # before jax starts its backend
-    from socialr1_jax.social import fantom_eval
-    if args.benchmark == "fantom":
-        return fantom_eval.main(args)
-    fantom_eval.refuse_fantom_flags(args)
+def _check_context(args, cfg: EvalConfig, model_cfg, prompts: PromptSet) -> None:
+    """--max-new-tokens against the model's context, and some prompt fitting what is left,
+    named by the flag that decides it (before the model loads)."""
+    positions = int(model_cfg.max_position_embeddings)
+    room = positions - cfg.max_new_tokens
+    if room < 1:
+        raise cli.UsageError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt "
+                             f"in the model's {positions} positions")
+    if cfg.prompt.max_prompt_tokens <= room:
+        return
+    if not any(len(ids) <= room for ids in prompts.ids):
+        raise cli.UsageError(f"--max-new-tokens {cfg.max_new_tokens}: no prompt fits in the "
+                             f"{room} tokens it leaves of the model's {positions} positions "
+                             f"(the shortest has {min(len(i) for i in prompts.ids)})")
+
+
+def _load_inputs(args, cfg: EvalConfig):
+    """Rows, tokenizer, EOS ids, prompts and model config, every one checked (UsageError)."""
+    from socialr1_jax.rollout import tokenizer as tk
     from socialr1_jax.social.benchmarks import load_benchmark
     from socialr1_jax.social.data import column_map
 
-    cfg = _configs(args)
-    check_sampling_flags(args)
     columns = column_map(args.column) if args.column else None
     rows = load_benchmark(args.benchmark, args.data, limit=args.limit, split=args.split,
                           language=args.language, columns=columns)
-    preds_path = None
-    if args.out:
-        args.out = cli.writable_file("--out", args.out)
-        preds_path = os.path.splitext(args.out)[0] + ".predictions.jsonl"
     model_cfg = check_model_dir(args.model)
-    from socialr1_jax.rollout import tokenizer as tk
-
-    tok_dir = args.tokenizer or args.model
     try:
-        tok = tk.load_tokenizer(tok_dir)
+        tok = tk.load_tokenizer(args.tokenizer or args.model)
         eos = tk.stop_ids(args.model, tok)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UsageError(f"--{'tokenizer' if args.tokenizer else 'model'}: {e}") from None
@@ -337,34 +368,57 @@ def main(argv=None) -> int:
     if not len(prompts):
         raise DataError(f"every prompt is longer than --max-prompt-tokens "
                         f"{cfg.prompt.max_prompt_tokens}")
+    _check_context(args, cfg, model_cfg, prompts)
+    return rows, tok, eos, prompts, model_cfg
+
+
+def main(argv=None) -> int:
+    """Run the command line: every check on user input happens before the model is loaded."""
+    from socialr1_jax.social.eval_resume import Outputs, on_sigterm, stopped_message
+
+    args = parse_args(argv)
+    use_host_devices(args)  # before jax starts its backend
+    from socialr1_jax.social import fantom_eval
+    if args.benchmark == "fantom":
+        return fantom_eval.main(args)
+    fantom_eval.refuse_fantom_flags(args)
+    cfg = _configs(args)
+    check_sampling_flags(args)
+    outs = Outputs(args)
+    rows, tok, eos, prompts, model_cfg = _load_inputs(args, cfg)
     mesh = model_mesh(args, model_cfg)
     from socialr1_jax.checkpoint.loading import load_model
+    from socialr1_jax.rollout import tokenizer as tk
 
     print(f"{args.benchmark}: {len(rows)} question(s) from {args.data or 'its default source'}"
-          f", {len(prompts.dropped)} longer than {cfg.prompt.max_prompt_tokens} tokens dropped",
-          file=sys.stderr)
-    model = load_model(args.model, dtype=args.dtype, mesh=mesh)
-    sink = open(preds_path, "w", encoding="utf-8") if preds_path else None
-
-    def stream(records):
-        for r in records:
-            sink.write(json.dumps(r, ensure_ascii=False) + "\n")
-        sink.flush()
-
+          f", {len(prompts.dropped)} longer than {cfg.prompt.max_prompt_tokens} tokens dropped"
+          + (f"; resuming with {len(outs.done)} done" if args.resume else ""), file=sys.stderr)
+    previous = on_sigterm()  # from here on a stop keeps what is written
+    sink, written = None, [len(getattr(outs, "done", {}))]
     try:
+        model = load_model(args.model, dtype=args.dtype, mesh=mesh)
+        sink = outs.open_sink()
+
+        def stream(records):
+            for r in records:
+                sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+            sink.flush()
+            written[0] += len(records)
+
         report = run(model, tok, prompts, config=cfg, eos_ids=eos, mesh=mesh,
                      pad_id=tk.pad_id(tok, eos), name=args.benchmark,
                      progress=None if args.progress is None else args.progress == "on",
-                     on_batch=stream if sink else None)
+                     on_batch=stream if sink else None, done=getattr(outs, "done", None))
+    except KeyboardInterrupt as e:
+        return stopped_message(e, outs, written[0], len(prompts), argv)
     finally:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
         if sink:
             sink.close()
     report = {"model": os.path.abspath(args.model), "data": args.data, **report}
     print(format_table(report))
-    if args.out:
-        report.pop("predictions")
-        report["predictions_file"] = preds_path
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
-        print(f"wrote {args.out} and {preds_path}", file=sys.stderr)
+    if outs.report:
+        outs.finish(report)
     return 0
