@@ -85,16 +85,16 @@ def parse_args(argv=None):
 
 
 def _check_out(args) -> None:
-    """--out: refuse an existing file unless --resume or --overwrite; the folder writable."""
-    exists = os.path.exists(args.out)
-    if exists and os.path.isdir(args.out):
-        raise cli.UsageError(f"--out {args.out} is a folder; give a file name")
-    if exists and not (args.resume or args.overwrite):
+    """--out: the one output rule (cli.output_file); --resume continues it (its
+    records are checked line by line as they are read back)."""
+    looks_like_episodes = cli.jsonl_with("episode_id", "scenario_id", "model_side")
+    if os.path.isfile(args.out) and not (args.resume or args.overwrite):
         raise cli.UsageError(f"--out {args.out} exists; add --resume to continue it or "
                              "--overwrite to replace it")
-    if not exists:
-        cli.writable_file("--out", args.out)
-    args.out = os.path.abspath(args.out)
+    args.out = cli.output_file("--out", args.out, overwrite=args.overwrite or args.resume,
+                               ours=(lambda p: True) if args.resume else looks_like_episodes,
+                               kind="an episodes file",
+                               inputs={"--scenarios": args.scenarios})
 
 
 def is_url(value: str) -> bool:

@@ -69,11 +69,16 @@ def _scorer(args):
     return emb
 
 
+def _predictions_path(out: str) -> str:
+    return os.path.splitext(out)[0] + ".predictions.jsonl"
+
+
 def _check_args(args) -> None:
     for flag, bad in (("--num-samples", args.num_samples != 1),
                       ("--shuffle-options", args.shuffle_options),
                       ("--column", bool(args.column)), ("--language", args.language is not None),
-                      ("--split", args.split is not None)):
+                      ("--split", args.split is not None),
+                      ("--resume", getattr(args, "resume", False))):
         if bad:
             raise cli.UsageError(f"{flag}: not used by --benchmark fantom")
     if args.data is None:
@@ -190,8 +195,13 @@ def main(args) -> int:
     sets = fantom.load_fantom(args.data)
     if args.limit:
         sets = sets[:args.limit]
-    if args.out:
-        args.out = cli.writable_file("--out", args.out)
+    if args.out:  # the one output rule (cli.output_file), before any work
+        args.out = cli.output_file("--out", args.out, overwrite=args.overwrite,
+                                   ours=cli.json_with("model", "data", "predictions_file"),
+                                   kind="a FanToM report", inputs={"--data": args.data})
+        cli.output_file("--out", _predictions_path(args.out), overwrite=args.overwrite,
+                        ours=cli.jsonl_with("id", "set_id", "kind"),
+                        kind="a FanToM predictions file", inputs={"--data": args.data})
     model_cfg = check_model_dir(args.model)
     try:
         tok = tk.load_tokenizer(args.tokenizer or args.model)
@@ -220,12 +230,12 @@ def main(args) -> int:
            "generated_tokens": n_tok, "wall_seconds": time.perf_counter() - start}
     print(fantom_score.format_table(rep))
     if args.out:
-        preds = os.path.splitext(args.out)[0] + ".predictions.jsonl"
-        with open(preds, "w", encoding="utf-8") as f:
+        preds = _predictions_path(args.out)
+        with cli.atomic_write(preds) as f:
             for r in rep.pop("predictions"):
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         rep["predictions_file"] = preds
-        with open(args.out, "w", encoding="utf-8") as f:
+        with cli.atomic_write(args.out) as f:
             json.dump(rep, f, indent=1, ensure_ascii=False)
         print(f"wrote {args.out} and {preds}", file=sys.stderr)
     return 0
