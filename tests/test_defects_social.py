@@ -11,7 +11,8 @@ import pytest
 from socialr1_jax.social import data as D
 from socialr1_jax.social import reward_fns as F
 from socialr1_jax.social import stories
-from socialr1_jax.social.judges import JudgeConfig, JudgeError, JudgeItem, build_judge
+from socialr1_jax.social.judge_kinds import build_judge
+from socialr1_jax.social.judges import JudgeConfig, JudgeError, JudgeItem
 from socialr1_jax.social.rewards import RewardConfig
 from tests.judge_server import JudgeServer
 from tests.tom_data import write_jsonl
