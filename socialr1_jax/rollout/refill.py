@@ -77,6 +77,13 @@ class RefillShape:
 
 
 @partial(jax.jit, static_argnames=("graphdef", "plan", "shape"))
+def _empty_outputs(rows: int, n: int, pad_id: int):
+    """(tokens, logprobs, mask) [rows, n] before any token: pad, 0, 0."""
+    return (constrain(jnp.full((rows, n), pad_id, jnp.int32), TOKENS_BT),
+            constrain(jnp.zeros((rows, n), jnp.float32), TOKENS_BT),
+            constrain(jnp.zeros((rows, n), jnp.int32), TOKENS_BT))
+
+
 def _generate_refill(graphdef, state, prompt_ids, prompt_mask, key, temperature, top_p, eos_ids,
                      max_new_r, *, plan, shape: RefillShape):
     """Refill sampling of every row of prompt_ids [R, P] (left-padded) through K slots.
@@ -125,10 +132,7 @@ def _generate_refill(graphdef, state, prompt_ids, prompt_mask, key, temperature,
     zero = jnp.zeros((k,), jnp.int32)
     tok, logp = choose(logits(last_kd), u_b=uniforms(zero, seq))
     live = seq < rows
-    bufs = (constrain(jnp.full((rows, n), plan.pad_id, jnp.int32), TOKENS_BT),
-            constrain(jnp.zeros((rows, n), jnp.float32), TOKENS_BT),
-            constrain(jnp.zeros((rows, n), jnp.int32), TOKENS_BT))
-    bufs = emit(bufs, seq, zero, tok, logp, live)
+    bufs = emit(_empty_outputs(rows, n, plan.pad_id), seq, zero, tok, logp, live)
     live = live & ~finished(tok, seq, zero)
     plen = prompt_mask[first].sum(axis=1).astype(jnp.int32)
     slots = dict(live=live, seq=seq, step=zero + 1, prev=tok, plen=plen)

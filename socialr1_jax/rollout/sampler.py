@@ -262,11 +262,17 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     else:
         out = _run_refill(model, mesh, ids[:rows], mask[:rows], scalars, caps, plan,
                           slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
+    return _result(out, rows=rows, n_new=n_new, cut=shapes is None,
+                   keep=rows if shapes is None else padded_rows, num_samples=int(num_samples))
+
+
+def _result(out, *, rows: int, n_new: int, cut: bool, keep: int,
+            num_samples: int) -> SampleResult:
+    """The SampleResult of a program's outputs: rows and new tokens cut to the request's own
+    sizes, or (explicit shapes: keep = the padded rows) left padded, since slicing them to each
+    request's sizes would compile a small program per distinct size."""
     (tokens, logps, cmask), steps, *refills = out[0]
-    # With explicit shapes the padded arrays come back as they are: slicing them to a request's
-    # own sizes would compile a small program per distinct size.
-    keep = rows if shapes is None else padded_rows
-    if shapes is None and tokens.shape != (rows, n_new):
+    if cut and tokens.shape != (rows, n_new):
         tokens, logps, cmask = (x[:rows, :n_new] for x in (tokens, logps, cmask))
     # On a mesh the prompts come back with the batch sharding the completions have.
     p_ids, p_mask = out[1]
@@ -275,7 +281,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     return SampleResult(tokens=tokens, logprobs=logps, mask=cmask,
                         lengths=cmask.sum(axis=1).astype(jnp.int32),
                         prompt_ids=p_ids, prompt_mask=p_mask,
-                        num_samples=int(num_samples), steps=steps,
+                        num_samples=num_samples, steps=steps,
                         refills=refills[0] if refills else None)
 
 
