@@ -76,7 +76,6 @@ class RefillShape:
     first_group: int  # the initial fill shares one prefill per prompt in groups of this many
 
 
-@partial(jax.jit, static_argnames=("graphdef", "plan", "shape"))
 def _empty_outputs(rows: int, n: int, pad_id: int):
     """(tokens, logprobs, mask) [rows, n] before any token: pad, 0, 0."""
     return (constrain(jnp.full((rows, n), pad_id, jnp.int32), TOKENS_BT),
@@ -84,6 +83,7 @@ def _empty_outputs(rows: int, n: int, pad_id: int):
             constrain(jnp.zeros((rows, n), jnp.int32), TOKENS_BT))
 
 
+@partial(jax.jit, static_argnames=("graphdef", "plan", "shape"))
 def _generate_refill(graphdef, state, prompt_ids, prompt_mask, key, temperature, top_p, eos_ids,
                      max_new_r, *, plan, shape: RefillShape):
     """Refill sampling of every row of prompt_ids [R, P] (left-padded) through K slots.
