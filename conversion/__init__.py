@@ -8,7 +8,7 @@
 Both stream one tensor at a time (tensor bytes copied file to file by the kernel when no cast is
 needed) and build their output in `OUT.tmp-*`, swapped with OUT only when complete, so an
 interrupted run never leaves a directory that looks like a checkpoint and never loses the old
-one (`staging`). Every tensor written is checked for NaN/Inf (`--allow-nonfinite` skips it).
+one (`socialr1_jax.checkpoint.staging`). Every tensor written is checked for NaN/Inf (`--allow-nonfinite` skips it).
 A user's mistake (a flag, a bad input file, an unwritable or full --out) ends in one
 `error: ...` line and exit code 2. This module holds what both share: sizes, reads, the
 safetensors writer, the finite-checking thread, the command-line runner and the summary.
@@ -26,42 +26,15 @@ import threading
 
 import numpy as np
 
-from conversion.staging import check_out, staged_dir  # noqa: F401  (re-exported)
 from socialr1_jax import cli
 from socialr1_jax.checkpoint.errors import CheckpointError
-from socialr1_jax.checkpoint.safetensors_io import _header_bytes, SafetensorsDir
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(size: str | int) -> int:
-    """'5GB' -> 5e9, '500MiB' -> 500 * 2**20, 1000 -> 1000 (units as huggingface_hub reads them)."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"size {size!r}: expected a number with a unit such as 5GB, 500MB, 2GiB")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if value <= 0:
-        raise ValueError(f"size {size!r} must be positive")
-    return value
+from socialr1_jax.checkpoint.safetensors_io import (_header_bytes, parse_size,  # noqa: F401
+                                                   SafetensorsDir)
+# re-exported: the converters' --out rule and staging live in checkpoint/ (the library uses them)
+from socialr1_jax.checkpoint.staging import check_out, fsync_tree, staged_dir  # noqa: F401
 
 
-def fsync_tree(path: str) -> None:
-    """fsync every file and directory under `path` (and `path` itself)."""
-    for dirpath, _, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
 
 
 def read_tensor(st: SafetensorsDir, name: str) -> np.ndarray:

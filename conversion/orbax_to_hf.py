@@ -36,32 +36,10 @@ from socialr1_jax.checkpoint.errors import damaged_chunk
 from socialr1_jax.checkpoint.orbax_io import (check_params, copy_side_files, PARAMS, read_config,
                                               resolve, write_json_atomic)
 from socialr1_jax.model.config import parse_dtype
-from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, SINGLE_NAME
+from socialr1_jax.checkpoint.safetensors_io import INDEX_NAME, shard_names, split_shards  # noqa: F401
 from socialr1_jax.checkpoint.errors import CheckpointError
 
 
-def split_shards(sizes: list[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
-    """Group tensor names into shards in order, the way huggingface_hub splits a state dict."""
-    shards, current, current_size = [], [], 0
-    for name, size in sizes:
-        if size > max_shard_size:
-            shards.append([name])
-            continue
-        if current and current_size + size > max_shard_size:
-            shards.append(current)
-            current, current_size = [], 0
-        current.append(name)
-        current_size += size
-    if current:
-        shards.append(current)
-    return shards
-
-
-def shard_names(n: int) -> list[str]:
-    """File names of n shards, as save_pretrained names them."""
-    if n == 1:
-        return [SINGLE_NAME]
-    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 
 def _sources(stores, raw, entries, target, check: bool = True, where: str = ""):

@@ -109,7 +109,7 @@ def os_error(flag: str, path: str, e: OSError) -> UsageError:
 # The one rule for a file a command writes (generate's and evaluate's --out, memory_plan's
 # OUT.json / OUT.md, evaluate's predictions file): checked with `output_file` before any work,
 # written with `atomic_write`. The converters' --out folders follow the same rule in
-# conversion/staging.py (`check_out`), with `parent_folder` from here.
+# checkpoint/staging.py (`check_out`), with `parent_folder` from here.
 
 def parent_folder(flag: str, path: str) -> str:
     """The folder `path` would be created in, which must exist (a typo is not created at the root

@@ -212,7 +212,7 @@ def removal_notes(stderr: str) -> int:
 
 CRASH_DRIVER = r"""
 import errno, os, sys
-import conversion.staging as st
+import socialr1_jax.checkpoint.staging as st
 limit, steps = int(os.environ["CRASH_AFTER"]), [0]
 
 def counted(fn):

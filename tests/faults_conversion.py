@@ -316,7 +316,7 @@ def _(env):
 
 @scenario("stale_live_tmp", slow=True)
 def _(env):
-    from conversion.staging import _HOST
+    from socialr1_jax.checkpoint.staging import _HOST
 
     d = env.fresh("live")
     out = d + "/ckpt"

@@ -187,8 +187,8 @@ def save_hf(rm: RewardModel, out: str, *, dtype: Optional[str] = None,
     dtype: the stored dtype (default: the parameters'). side_files_from: a directory whose
     tokenizer and generation files are copied. Returns `out`.
     """
-    from conversion import parse_size, staged_dir
-    from conversion.orbax_to_hf import shard_names, split_shards
+    from socialr1_jax.checkpoint.safetensors_io import parse_size, shard_names, split_shards
+    from socialr1_jax.checkpoint.staging import staged_dir
 
     flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(rm))}
     target = np.dtype(parse_dtype(dtype or rm.cfg.param_dtype))

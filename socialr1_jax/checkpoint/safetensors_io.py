@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Iterable, Iterator
 
@@ -26,6 +27,8 @@ ST_DTYPES = {
 NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 class SafetensorsFile:
@@ -175,3 +178,40 @@ def write_file(path: str, specs: list[tuple[str, tuple, np.dtype]],
                 on_tensor(name, arr.nbytes)
     os.replace(tmp, path)
     return total
+
+
+def parse_size(size: str | int) -> int:
+    """'5GB' -> 5e9, '500MiB' -> 500 * 2**20, 1000 -> 1000 (units as huggingface_hub reads them)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"size {size!r}: expected a number with a unit such as 5GB, 500MB, 2GiB")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"size {size!r} must be positive")
+    return value
+
+
+def split_shards(sizes: list[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
+    """Group tensor names into shards in order, the way huggingface_hub splits a state dict."""
+    shards, current, current_size = [], [], 0
+    for name, size in sizes:
+        if size > max_shard_size:
+            shards.append([name])
+            continue
+        if current and current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_names(n: int) -> list[str]:
+    """File names of n shards, as save_pretrained names them."""
+    if n == 1:
+        return [SINGLE_NAME]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]

@@ -90,6 +90,22 @@ def check_out(out: str, inputs: dict[str, str], *, overwrite: bool) -> str:
     return out_abs
 
 
+def fsync_tree(path: str) -> None:
+    """fsync every file and directory under `path` (and `path` itself)."""
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _exchange(a: str, b: str) -> None:
     """Atomically swap two paths (renameat2 RENAME_EXCHANGE); OSError if the system cannot."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -214,8 +230,6 @@ def staged_dir(out: str, *, overwrite: bool | None = None, fsync: bool = False):
     the whole new tree to disk before the swap (and the directory after), so a power loss cannot
     leave a complete-looking `out` with unwritten data. Off by default, like `cp`.
     """
-    from conversion import fsync_tree
-
     out = os.path.abspath(os.fspath(out))
     if overwrite is not None:
         check_out(out, {}, overwrite=overwrite)
