@@ -109,9 +109,16 @@ class RolloutConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # None: every row of a step decodes at once (one static batch, the loop ends when the longest
+    # is done). K: refill (rollout/refill.py): K decode slots, a finished row's slot prefilled
+    # with the next sequence, so ragged completions do not leave most of the batch idle. The
+    # samples are the same either way (per-sequence draws); only the speed differs.
+    slots: Optional[int] = None
 
     def __post_init__(self):
         check_at_least(self, "rollout", 1, "prompts_per_step", "max_prompt_len", "max_new_tokens")
+        if self.slots is not None and self.slots < 1:
+            raise ConfigError(f"rollout.slots={self.slots} must be >= 1 (or null: no refill)")
         if self.top_k < 0:
             raise ConfigError(f"rollout.top_k={self.top_k} must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:

@@ -64,13 +64,11 @@ class Programs:
     def sample(self, params, prompts: PromptBatch, *, seed: int, eos_ids, pad_id: int):
         """The group_size completions of every prompt under the policy `params`."""
         r, g = self.cfg.rollout, self.cfg.grpo
-        # rollout.slots (None = one static batch, K = refill with K slots) is read only where the
-        # run's config defines it.
         model = nnx.merge(self.graphdef, params)
         out = sample(model, prompts.ids, max_new_tokens=r.max_new_tokens,
                      temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                      num_samples=g.group_size, eos_ids=eos_ids, seed=seed, mesh=self.mesh,
-                     pad_id=pad_id, slots=getattr(r, "slots", None))
+                     pad_id=pad_id, slots=r.slots)
         return self._layout(out.prompt_ids, out.prompt_mask, out.tokens, out.mask, out.logprobs)
 
     def rollout(self, task, state, ref_params, prompts: PromptBatch, *, seed: int) -> Rollout:
