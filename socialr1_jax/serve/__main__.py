@@ -113,6 +113,14 @@ def main(argv=None) -> int:
     """Run the server until Ctrl-C / SIGTERM (a user's mistake raises UsageError first)."""
     args = parse_args(argv)
     use_host_devices(args)
+    name, load = build_loader(args)
+    run_server(args, name, load)
+    return 0
+
+
+def build_loader(args):
+    """(served model name, load) for parsed args: everything a user can get wrong is checked
+    here, before the port opens; `load()` -> (Engine, tokenizer) loads and warms up."""
     load_path, side_dir = resolve_checkpoint(args)
     cfg = check_model_dir(load_path)
     max_len = args.max_model_len or cfg.max_position_embeddings
@@ -148,8 +156,7 @@ def main(argv=None) -> int:
         engine.warm_up(log=log.info)
         return engine, tok
 
-    run_server(args, name, load)
-    return 0
+    return name, load
 
 
 def run_server(args, name: str, load) -> None:
