@@ -3,7 +3,7 @@ import social_r1_score`. The code lives in `social/rewards.py` (the formula), `s
 (R_struct / R_cont) and `social/reward_fns.py` (reward functions and the set a run uses)."""
 
 from socialr1_jax.social.judges import SIP_MARKERS, SIP_STAGES, JudgeConfig  # noqa: F401
-from socialr1_jax.social.reward_fns import (RewardSet, RewardSetConfig, Scores,  # noqa: F401
+from socialr1_jax.social.reward_fns import (RewardSet, RewardSetConfig, RewardList,  # noqa: F401
                                             SocialR1Reward)
 from socialr1_jax.social.rewards import (TERMS, VARIANTS, RewardConfig,  # noqa: F401
                                          social_r1_score)

@@ -112,7 +112,7 @@ def test_step_is_passed_to_functions_that_take_it(name, expected):
 
 def test_user_function_returning_scores_with_terms():
     def fn(prompts, completions, rows):
-        return F.Scores([1.0, 3.0], terms={"a": [2.0, 4.0]}, metrics={"custom/x": 5.0})
+        return F.RewardList([1.0, 3.0], terms={"a": [2.0, 4.0]}, metrics={"custom/x": 5.0})
 
     with F.RewardSet([("mine", fn, 1.0)]) as rs:
         _, metrics = rs.score(*batch(GOOD, GOOD), step=0)

@@ -6,7 +6,7 @@ A reward function is any callable
 
 (one float per completion; `rows[i]` is the data row completion i answers, with at least `gold`,
 `story`, `question`, `options`, `id`). A function that also takes `step` (or **kwargs) gets the
-global training step as `step=`. A function may return a `Scores` (a list of floats that also
+global training step as `step=`. A function may return a `RewardList` (a list of floats that also
 carries per-term values), and each term is then logged as a metric.
 
 A run names its functions in config (`RewardSetConfig.functions`): `social_r1` is the built-in
@@ -49,7 +49,7 @@ class RewardFunctionError(RuntimeError):
     (the message names the function and, where it can, the item)."""
 
 
-class Scores(list):
+class RewardList(list):
     """A list of floats (what a reward function returns) with `terms`: name -> per-item values,
     and `metrics`: name -> one number for the batch (e.g. judge failure counts)."""
 
@@ -93,7 +93,7 @@ class SocialR1Reward:
     """The Social-R1 reward as a reward function (see `rewards.py` for the formula).
 
     Only completions in the right format are sent to the judges (a gated score is 0 whatever
-    they say), both judges at once. Returns a `Scores` whose terms are `rewards.TERMS` and whose
+    they say), both judges at once. Returns a `RewardList` whose terms are `rewards.TERMS` and whose
     metrics are the judges' counters (`judge/struct/...`, `judge/content/...`).
     """
 
@@ -110,7 +110,7 @@ class SocialR1Reward:
         self.__name__ = "social_r1"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str],
-                 rows: Sequence[dict], *, step: int = 0) -> Scores:
+                 rows: Sequence[dict], *, step: int = 0) -> RewardList:
         parsed = [parse_completion(c) for c in completions]
         golds = []
         for i, row in enumerate(rows):
@@ -144,7 +144,7 @@ class SocialR1Reward:
                                content=None if math.isnan(c) else float(c))
             for t in TERMS:
                 terms[t][i] = out[t]
-        return Scores(terms["score"].tolist(), terms=terms, metrics=metrics)
+        return RewardList(terms["score"].tolist(), terms=terms, metrics=metrics)
 
 
 def resolve_function(name: str) -> RewardFn:
