@@ -8,7 +8,7 @@ sampler's tokens and mask exactly and its log-probs to float rounding, in the la
 import numpy as np
 import pytest
 
-from socialr1_jax import load_model
+from socialr1_jax import load_model, make_mesh
 from socialr1_jax.rollout import sampler as S
 from socialr1_jax.rollout.checks import ArgumentError
 from tests.hf_fixtures import make_hf_checkpoint
@@ -19,11 +19,17 @@ CAP = 24
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    """A random checkpoint (std 0.3: varied tokens), its prompts, ragged caps and EOS ids."""
+def checkpoint(tmp_path_factory):
+    """A random checkpoint (std 0.3: varied tokens) and transformers' model of it."""
     d = tmp_path_factory.mktemp("refill")
-    ref = make_hf_checkpoint(d, init_std=0.3, seed=1)
-    model = load_model(str(d))
+    return str(d), make_hf_checkpoint(d, init_std=0.3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def case(checkpoint):
+    """The checkpoint's model, its prompts, ragged caps and EOS ids."""
+    d, ref = checkpoint
+    model = load_model(d)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 256, n).tolist() for n in [5, 9, 3, 12, 7]]
     rows = len(prompts) * N_SAMPLES
@@ -89,6 +95,20 @@ def test_sampled_refill_equals_static(case, static_greedy):
     _assert_same(static, res)
     # The draws are not greedy (else this test could not tell a per-step key mix-up).
     assert (np.asarray(static.tokens) != np.asarray(static_greedy.tokens)).any()
+
+
+def test_sharded_refill_equals_unsharded_static(case, checkpoint):
+    """On a (data 1, fsdp 4, tensor 2) mesh, 3 slots (rounded up to the 4 batch shards) give
+    the unsharded static sampler's sequences: the refill program shards like the static one
+    (the 10 rows are padded to 12, the 2 dummy rows refilled too)."""
+    model, prompts, caps, eos, _ = case
+    mesh = make_mesh(1, 4, 2)
+    sharded = load_model(checkpoint[0], mesh=mesh)
+    static = _run(case, 0.9, None, top_p=0.95)
+    res = S.sample(sharded, prompts, max_new_tokens=caps, temperature=0.9, top_p=0.95,
+                   num_samples=N_SAMPLES, eos_ids=eos, seed=7, slots=3, mesh=mesh)
+    assert int(res.refills) == 12 - 4 and res.tokens.shape[0] == len(caps)
+    _assert_same(static, res)
 
 
 def test_bad_slots(case):

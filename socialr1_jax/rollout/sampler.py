@@ -85,7 +85,7 @@ class SampleResult:
     num_samples: int = 1
     steps: Optional[jax.Array] = None  # positions generated until every row was done
     # (with slots: decode iterations of the refill loop)
-    refills: Optional[jax.Array] = None  # with slots: sequences prefilled into a freed slot
+    refills: Optional[jax.Array] = None  # with slots: sequences prefilled into a freed slot (with mesh padding rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +260,10 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                else np.pad(caps, (0, padded_rows - rows), constant_values=1))
         out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan)
     else:
-        out = _run_refill(model, mesh, ids[:rows], mask[:rows], scalars, caps, plan,
+        # On a mesh the rows are padded to whole batch shards (dummy rows of one token each,
+        # after the real ones: they change no real sequence's draws) so that they shard.
+        caps_r = np.pad(caps, (0, padded_rows - rows), constant_values=1)
+        out = _run_refill(model, mesh, ids, mask, scalars, caps_r, plan,
                           slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
     return _result(out, rows=rows, n_new=n_new, cut=shapes is None,
                    keep=rows if shapes is None else padded_rows, num_samples=int(num_samples))
