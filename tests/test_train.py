@@ -419,9 +419,9 @@ def test_progress_bar_only_on_a_terminal(capsys):
 
 
 def test_rollout_slots_refill_gives_the_same_run(tmp_path):
-    """rollout.slots=K samples through refill (5 slots for the 64 rows of a step): the same
-    completions and rewards as the static batch, and the same updates, step for step (the sampler draws per
-    sequence and step, whichever slot a sequence decodes in)."""
+    """rollout.slots=K samples through refill (5 slots, 8 on the 8-device mesh, for the 64 rows
+    of a step): the same completions and rewards as the static batch and the same updates, step
+    for step (the sampler draws per sequence and step, whichever slot a sequence decodes in)."""
     runs = {}
     for name, extra in (("static", []), ("refill", ["rollout.slots=5"])):
         out = tmp_path / name

@@ -85,7 +85,7 @@ class SampleResult:
     num_samples: int = 1
     steps: Optional[jax.Array] = None  # positions generated until every row was done
     # (with slots: decode iterations of the refill loop)
-    refills: Optional[jax.Array] = None  # with slots: sequences prefilled into a freed slot (with mesh padding rows)
+    refills: Optional[jax.Array] = None  # slots: sequences refilled into freed slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,10 +260,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                else np.pad(caps, (0, padded_rows - rows), constant_values=1))
         out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan)
     else:
-        # On a mesh the rows are padded to whole batch shards (dummy rows of one token each,
-        # after the real ones: they change no real sequence's draws) so that they shard.
-        caps_r = np.pad(caps, (0, padded_rows - rows), constant_values=1)
-        out = _run_refill(model, mesh, ids, mask, scalars, caps_r, plan,
+        out = _run_refill(model, mesh, ids, mask, scalars, caps, plan,
                           slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
     return _result(out, rows=rows, n_new=n_new, cut=shapes is None,
                    keep=rows if shapes is None else padded_rows, num_samples=int(num_samples))
@@ -311,8 +308,13 @@ def _buffer_lengths(longest, n_new, max_len, bucket_shapes, prefill_chunk, shape
 
 
 def _run_refill(model, mesh, ids, mask, scalars, caps, plan, *, slots, group, draw_rows):
-    """The refill program over `slots` slots (at most one per row, whole batch shards)."""
+    """The refill program over `slots` slots (at most one per row, whole batch shards).
+
+    ids, mask: the rows padded to whole batch shards, so that they shard on a mesh; the dummy
+    rows come after the real ones (they change no real sequence's draws) and get one token.
+    """
     rows = ids.shape[0]
+    caps = np.pad(caps, (0, rows - len(caps)), constant_values=1)
     shards = batch_shards(mesh) if mesh is not None else 1
     k = -(-min(slots, rows) // shards) * shards
     # The first fill shares one prefill per prompt when the slots hold whole groups.
