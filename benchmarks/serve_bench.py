@@ -101,9 +101,10 @@ async def _one(client, url, msg, new_tokens, stream):
     first = None
     async with client.stream("POST", url, json={**body, "stream": True}) as r:
         async for line in r.aiter_lines():
-            if first is None and line.startswith("data:") and '"content": "' in line \
-                    and '"content": ""' not in line:
-                first = time.perf_counter() - t0
+            if first is None and line.startswith("data:") and line[5:].strip() != "[DONE]":
+                delta = json.loads(line[5:])["choices"][0].get("delta", {})
+                if delta.get("content"):
+                    first = time.perf_counter() - t0
     return time.perf_counter() - t0, None, first
 
 
@@ -196,6 +197,8 @@ def report(args, load, rounds, single, streamed) -> None:
     s_s, s_out = single
     single_tps = sum(o[1] for o in s_out) / s_s
     ttft = [o[2] for o in streamed[1] if o[2] is not None]
+    if not ttft:
+        raise SystemExit("no streamed response carried content: time to first token unknown")
     rows = [("direct sample() call, 32 prompts", f"{direct_tps:.0f}", f"{med('direct_s'):.2f}"),
             ("server, 32 concurrent clients", f"{batched_tps:.0f}", f"{med('batched_s'):.2f}"),
             ("server, one request at a time", f"{single_tps:.0f}", f"{s_s:.2f}")]

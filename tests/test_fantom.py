@@ -5,6 +5,7 @@ against real HTTP servers on 127.0.0.1, and `evaluate --benchmark fantom` end to
 
 import json
 import re
+import sys
 from collections import Counter
 
 import numpy as np
@@ -15,7 +16,7 @@ from socialr1_jax import cli
 from socialr1_jax.social import evaluate as E
 from socialr1_jax.social import fantom, fantom_eval, fantom_gen
 from socialr1_jax.social.data import DataError
-from socialr1_jax.social.embedder import EmbedderError, HttpEmbedder, LocalEmbedder
+from socialr1_jax.social.embedder import build_embedder, EmbedderError, HttpEmbedder, LocalEmbedder
 from socialr1_jax.social.fantom_judge import FantomJudge
 from tests.fantom_servers import Server, bow_vector
 from tests.judge_server import free_port_url
@@ -292,14 +293,61 @@ def test_http_embedder_against_a_real_server(server):
         HttpEmbedder(down).check()
 
 
-def test_local_embedder_error_without_the_package():
-    try:
-        import sentence_transformers  # noqa: F401
-        pytest.skip("sentence-transformers is installed here")
-    except ImportError:
-        pass
+def test_local_embedder_error_without_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails
     with pytest.raises(EmbedderError, match="needs the sentence-transformers package"):
         LocalEmbedder("some/model")
+
+
+def _tiny_sentence_transformer(root):
+    """A 1-layer random BERT with a 15-word vocabulary and mean pooling, saved by
+    sentence-transformers (offline); returns (its folder, the transformers model, tokenizer)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] anne sally ball basket box thinks is in the where"
+    (root / "vocab.txt").write_text("\n".join(words.split()) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=15, hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=64)).eval()
+    bert.save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    st = SentenceTransformer(modules=[Transformer(str(root / "bert")),
+                                      Pooling(32, "mean")], device="cpu")
+    st.save(str(root / "st"))
+    return str(root / "st"), bert, tok
+
+
+def test_local_sentence_transformers_embedder(tmp_path):
+    """--embedder PATH: a sentence-transformers folder, its vectors equal to mean-pooled
+    transformers hidden states, and closer-wins scoring through it."""
+    import torch
+
+    path, bert, tok = _tiny_sentence_transformer(tmp_path)
+    emb = build_embedder(path)
+    assert isinstance(emb, LocalEmbedder)
+    emb.check()
+    texts = ["anne thinks the ball is in the basket", "sally is where the box is", "ball"]
+    got = emb.embed(texts)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = bert(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].float()
+    ref = ((h * m).sum(1) / m.sum(1)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # Closer wins: a reply that is the accessible belief word for word is right, the
+    # omniscient one wrong (whatever the random weights, a text is closest to itself).
+    qs = [q for q in fantom.expand(fantom.load_fantom(SMALL), "short") if q.kind == "belief"]
+    qs = [q for q in qs if q.correct != q.wrong][:4]
+    recs, _ = fantom_eval.score_free_form(emb, qs + qs, [q.correct for q in qs] +
+                                          [q.wrong for q in qs])
+    assert [r["correct"] for r in recs] == [True] * len(qs) + [False] * len(qs) and qs
+    with pytest.raises(EmbedderError, match=re.escape(str(tmp_path / "nothing"))):
+        build_embedder(str(tmp_path / "nothing"))
 
 
 def test_judge_path_counts_an_unparsable_reply(server):
