@@ -146,7 +146,7 @@ def _(env):
 
 @scenario("config_override_typo")
 def _(env):
-    from socialr1_jax.rl.train_config import load_train_config
+    from socialr1_jax.jobs.train_config import load_train_config
     from socialr1_jax.yaml_config import ConfigError
 
     try:

@@ -70,7 +70,7 @@ def test_presets_any_case_with_did_you_mean():
 
 
 def test_override_typo_is_named_as_the_command_line():
-    from socialr1_jax.rl.train_config import load_train_config
+    from socialr1_jax.jobs.train_config import load_train_config
     from socialr1_jax.yaml_config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^command-line grpo\.lrr=3: unknown config key"):
