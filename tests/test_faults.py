@@ -26,6 +26,7 @@ import pytest
 import tests.faults_conversion  # noqa: F401  isort:skip
 import tests.faults_commands  # noqa: F401  isort:skip
 import tests.faults_outputs  # noqa: F401  isort:skip
+import tests.faults_jobs  # noqa: F401  isort:skip
 from tests.fault_tools import (ROOT, SCENARIOS, Env, render_table, replace_table_block,
                                table_block)
 

@@ -172,6 +172,7 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     from socialr1_jax.checkpoint import orbax_io
     from socialr1_jax.checkpoint.errors import CheckpointError
     from socialr1_jax.checkpoint.rm_io import resolve_pad_id
+    from socialr1_jax.jobs.setup import check_mesh_fits_model
     from socialr1_jax.rollout.tokenizer import encode, load_tokenizer
 
     path = cfg.model.path
@@ -187,6 +188,7 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
         mesh = make_mesh(m.data, m.fsdp or None, m.tensor)
     except ValueError as e:
         raise cli.UsageError(f"mesh: {e}") from None
+    check_mesh_fits_model(cfg)  # before run.out_dir is made
     shards = batch_shards(mesh)
     for key in ("batch_size", "micro_batch_size"):
         if getattr(cfg.run, key) % shards:
