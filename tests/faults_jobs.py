@@ -27,7 +27,7 @@ def _sft_pairs(env) -> str:
 def _rm_pairs(env) -> str:
     p = env.path("rm_pairs.jsonl")
     with open(p, "w") as f:
-        for i in range(8):
+        for i in range(16):  # 15 to train on, one held out
             f.write(json.dumps({"story": f"Sally puts ball {i} in the box.", "question": "Where "
                                 "will Sally look?", "chosen": "In the box.", "rejected": "No."})
                     + "\n")
@@ -137,3 +137,16 @@ def _(env):
     return ("`data.columns=[story=S,options=A,B,C,gold=G]` (the options' commas unquoted)",
             "read as options A, B, C (it was refused: `column mapping 'B' is not of the form "
             "key=column`)", "-")
+
+
+@scenario("train_rm_export_hf")
+def _(env):
+    d = env.fresh("rm_export")
+    lines = [exit2(env, _rm(env, f"run.out_dir={d}/run", f"run.export_hf={out}"), "run.export_hf",
+                   why)
+             for out, why in ((f"{d}/no_such/hf", "does not exist"),
+                              (f"{env.hf}/hf", "inside the model/checkpoint folder"))]
+    assert os.listdir(d) == [] and not os.path.exists(env.hf + "/hf")
+    return ("`train_rm run.export_hf=` under a missing folder, or inside `model.path`",
+            " / ".join(lines) + " (both before training; the export used to fail after it)",
+            "no run made, model folder unchanged")

@@ -166,6 +166,18 @@ def _checkpoint_root(path: str) -> str:
     return orbax_io.resolve(path)[0] if orbax_io.is_orbax_checkpoint(path) else path
 
 
+def check_export_hf(out: str) -> None:
+    """run.export_hf by the one output rule (cli.py), before training: a new folder whose parent
+    exists and is writable, outside every model or checkpoint folder (model.path included)."""
+    parent = cli.parent_folder("run.export_hf", out)
+    if os.path.lexists(out):
+        raise cli.UsageError(f"run.export_hf: {out} already exists")
+    home = cli.model_folder(parent)
+    if home is not None:
+        raise cli.UsageError(f"run.export_hf: {out} is inside the model/checkpoint folder "
+                             f"{home}; export elsewhere")
+
+
 def prepare(cfg: RMTrainConfig) -> Prepared:
     """Check the config against the files and read the data (no model is loaded): raises
     cli.UsageError naming the key, file or value."""
@@ -206,8 +218,8 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     run_dir.check_outside_inputs(cfg.run.out_dir, {"model.path": path,
                                                    "model.tokenizer": cfg.model.tokenizer})
     resume = run_dir.check_run_dir(cfg, cfg.run.out_dir, free=RESUME_FREE)
-    if cfg.run.export_hf and os.path.lexists(cfg.run.export_hf):
-        raise cli.UsageError(f"run.export_hf: {cfg.run.export_hf} already exists")
+    if cfg.run.export_hf:
+        check_export_hf(cfg.run.export_hf)
     try:
         train_pairs, eval_pairs = load_data(cfg.data, cfg.run.seed)
     except PairDataError as e:
