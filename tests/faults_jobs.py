@@ -150,3 +150,12 @@ def _(env):
     return ("`train_rm run.export_hf=` under a missing folder, or inside `model.path`",
             " / ".join(lines) + " (both before training; the export used to fail after it)",
             "no run made, model folder unchanged")
+
+
+@scenario("sft_data_missing")
+def _(env):
+    missing = env.path("no_pairs.jsonl")
+    line = exit2(env, run_main(SFT, f"model.path={env.hf}", f"sft.data.path={missing}",
+                               "sft.steps=1", f"run.out_dir={env.path('sft_nodata')}"),
+                 "sft.data.path=", "no such file")
+    return "`sft sft.data.path=` a file that does not exist", line, "-"

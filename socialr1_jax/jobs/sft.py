@@ -81,7 +81,7 @@ def read_pairs(path: str, prompt_key: str = "prompt",
                response_key: str = "response") -> list[tuple[str, str]]:
     """(prompt, response) strings from a JSONL file; errors name the file, line and key."""
     if not os.path.isfile(path):
-        raise cli.UsageError(f"data.path={path}: no such file")
+        raise cli.UsageError(f"sft.data.path={path}: no such file")
     pairs = []
     for where, row in iter_jsonl(path, cli.UsageError):
         for key in (prompt_key, response_key):
