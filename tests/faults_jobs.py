@@ -159,3 +159,13 @@ def _(env):
                                "sft.steps=1", f"run.out_dir={env.path('sft_nodata')}"),
                  "sft.data.path=", "no such file")
     return "`sft sft.data.path=` a file that does not exist", line, "-"
+
+
+@scenario("train_csv_columns")
+def _(env):
+    d = env.fresh("train_cols")
+    with open(d + "/mine.csv", "w") as f:
+        f.write("Story,Q,Ans\ns,q,A\n")
+    line = exit2(env, run_main(TRAIN, *TOY, "run.task=social-r1", "data.benchmark=mcq",
+                               f"data.path={d}/mine.csv"), "mine.csv", "Story", "data.columns")
+    return "`train data.benchmark=mcq data.path=` a CSV of other column names", line, "-"

@@ -388,7 +388,9 @@ def rows_from_records(records: Sequence[dict], cols: ColumnMap, *, where: str,
                                                           cols.id) if c]
                if c not in records[0]]
     if lacking:
-        raise DataError(f"{where}: column(s) {lacking} not found; the columns are {found}")
+        raise DataError(f"{where}: column(s) {lacking} not found; the columns are {found} "
+                        "(map them: evaluate's --column key=name, a training config's "
+                        "data.columns=[key=name,...])")
     rows = []
     for n, rec in enumerate(records):
         at = f"{where} row {n + 1}"  # rows count from 1, as every message says
