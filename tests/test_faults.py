@@ -1,7 +1,8 @@
 """Fault injection: the real commands, in subprocesses, given bad inputs and faults.
 
 Each scenario runs a command (`python -m conversion.hf_to_orbax`, `conversion.orbax_to_hf`,
-`socialr1_jax.generate`, `socialr1_jax.memory_plan`) or a library call the way a user would get
+`socialr1_jax.generate`, `evaluate`, `memory_plan`, the training jobs `train`, `sft`,
+`train_rm`) or a library call the way a user would get
 it wrong, or kills it, or gives it a read-only or full filesystem (a tmpfs mounted in a private
 mount namespace by `unshare`), and checks three things: what happens (exit code 2 and exactly
 one `error:` line naming the flag, file or value, or a clean success), that it happened before
@@ -26,6 +27,7 @@ import pytest
 import tests.faults_conversion  # noqa: F401  isort:skip
 import tests.faults_commands  # noqa: F401  isort:skip
 import tests.faults_outputs  # noqa: F401  isort:skip
+import tests.faults_jobs  # noqa: F401  isort:skip
 from tests.fault_tools import (ROOT, SCENARIOS, Env, render_table, replace_table_block,
                                table_block)
 

@@ -151,3 +151,55 @@ def test_train_rm_reads_its_nan_skip_stop_from_the_config():
         .max_consecutive_skips == 5
     with pytest.raises(ValueError, match="run.max_consecutive_skips"):
         load_rm_config(None, base + ["run.max_consecutive_skips=0"])
+
+
+def _readme_line(command: str) -> list[str]:
+    """The README's command line for `python -m socialr1_jax.COMMAND` (continuations joined,
+    comment dropped), as words after the module name."""
+    from tests.train_args import REPO
+
+    text = open(os.path.join(REPO, "README.md")).read().replace("\\\n", " ")
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"python -m socialr1_jax.{command} ")]
+    assert len(lines) == 1, lines
+    words = shlex.split(lines[0].split("  #")[0])
+    return [os.path.join(REPO, w) if w.startswith("configs/") else w for w in words[3:]]
+
+
+def test_sft_help_names_keys_that_exist():
+    import re
+
+    keys = set(re.findall(r"`(sft\.[a-z_.]+)=", sft.__doc__))
+    assert "sft.data.chat" in keys and "data.chat" not in sft.__doc__.replace("sft.data.chat", "")
+    base = ["model.path=m", "sft.steps=1", "sft.data.path=tomi", "run.out_dir=o"]
+    sft.load_sft_config(None, base + [f"{k}=true" for k in keys])  # every key it names exists
+
+
+@pytest.mark.slow
+def test_readme_sft_and_train_rm_lines_run_as_written(tmp_path, monkeypatch, capsys):
+    """README's `sft` and `train_rm` lines, CKPT a tiny checkpoint, with only the step count
+    (and the reward model's batch, for 16 pairs) cut down."""
+    import json
+
+    from socialr1_jax.jobs import train_rm
+    from tests.hf_fixtures import make_tiny_chat_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny_chat_checkpoint(str(tmp_path / "ckpt"), seed=1)
+    with open("pairs.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"prompt": f"Where is ball {i}?", "response": "In the box."}) + "\n")
+    with open("rm_pairs.jsonl", "w") as f:
+        for i in range(16):
+            f.write(json.dumps({"story": f"Ball {i} is in the box.", "question": "Where?",
+                                "chosen": "In the box.", "rejected": "No."}) + "\n")
+    ckpt = lambda words: [w.replace("=CKPT", f"={tmp_path}/ckpt") for w in words]  # noqa: E731
+    words = _readme_line("sft")
+    steps = [i for i, w in enumerate(words) if w.startswith("sft.steps=")]
+    assert steps, f"README's sft line names no sft.steps (it defaults to 0): {words}"
+    words[steps[0]] = "sft.steps=1"
+    assert cli.run(sft.main, ckpt(words)) == 0, capsys.readouterr().err
+    assert os.path.isdir("ckpt_sft/1")
+    assert cli.run(train_rm.main, ckpt(_readme_line("train_rm")) + [
+        "run.steps=1", "run.batch_size=8", "run.micro_batch_size=8"]) == 0, \
+        capsys.readouterr().err
+    assert os.path.isdir("runs/rm/checkpoints/1")

@@ -109,3 +109,18 @@ def test_results_files_record_commit_date_and_load(tmp_path):
     assert len(data["provenance"]["load_avg"]) == 3 and data["provenance"]["date"][:2] == "20"
     first = open(write_results(str(tmp_path / "r.md"), "| a |\n")).readline()
     assert first.startswith(f"Commit {head}") and "load average" in first
+
+
+def test_every_results_file_names_its_commit_date_and_load():
+    """Each file under benchmarks/results says which commit and day it is from and the load
+    average (or that it was not recorded), as the README says of them."""
+    import re
+
+    results = os.path.join(ROOT, "benchmarks", "results")
+    checks = {"commit": re.compile(r"commit[^A-Za-z0-9]{1,6}[0-9a-f]{7}", re.I),
+              "date": re.compile(r"20\d\d-\d\d-\d\d"), "load average": re.compile(r"load", re.I)}
+    missing = {name: [what for what, rx in checks.items()
+                      if not rx.search(open(os.path.join(results, name)).read())]
+               for name in sorted(os.listdir(results))}
+    missing = {k: v for k, v in missing.items() if v}
+    assert not missing, f"results files without their provenance: {missing}"

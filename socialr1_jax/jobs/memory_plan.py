@@ -401,15 +401,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def provenance() -> dict:
+    """The commit of this checkout ('unknown' outside git), the UTC date and the load averages,
+    for the results files (as benchmarks/bench_common.py writes them)."""
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def write_results(plans: list[dict], out: str, command: str) -> None:
-    """OUT.json (every number) and OUT.md (the table, with the command and XLA flags)."""
+    """OUT.json (every number) and OUT.md (the table, with the command and XLA flags), each
+    with its provenance (commit, date, load average)."""
     from socialr1_jax import cli
 
+    prov = provenance()
     with cli.atomic_write(out + ".json") as f:
-        json.dump({"command": command, "plans": plans}, f, indent=1)
+        json.dump({"provenance": prov, "command": command, "plans": plans}, f, indent=1)
     first = next((p for p in plans if "refused" not in p), plans[0])
     with cli.atomic_write(out + ".md") as f:
         f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
+                f"Commit {prov['commit']}, {prov['date']}, load average "
+                f"{', '.join(map(str, prov['load_avg']))}.\n\n"
                 f"`{command}` (jax {first['jax']}, backend {first['backend']}, "
                 f"{first['setting']['devices']} simulated devices, "
                 f"XLA_FLAGS=`{first['xla_flags']}`). GB = 1e9 bytes.\n\n"

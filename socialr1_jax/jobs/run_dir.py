@@ -57,8 +57,11 @@ def expand_out_dir(pattern: str, now: Optional[float] = None) -> str:
 
 
 def holds_run(path: str) -> bool:
-    """Whether `path` has any of a run's files (config.yaml, metrics.jsonl, checkpoints/)."""
-    return any(os.path.exists(os.path.join(path, m)) for m in RUN_MARKERS)
+    """Whether `path` has any of a run's files (config.yaml, metrics.jsonl, a checkpoints/ with
+    anything in it: a run that failed as it started leaves an empty one, and is no run)."""
+    ckpts = os.path.join(path, CHECKPOINTS)
+    return (any(os.path.exists(os.path.join(path, m)) for m in (CONFIG, METRICS))
+            or (os.path.isdir(ckpts) and bool(os.listdir(ckpts))) or os.path.isfile(ckpts))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -158,6 +161,13 @@ def check_writable(out_dir: str) -> None:
         raise ConfigError(f"run.out_dir={out_dir}: cannot be created ({parent} is a file)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"run.out_dir={out_dir}: {parent} is not writable")
+    probe = os.path.join(parent, f".run-probe-{os.getpid()}")
+    try:  # what access() cannot tell (/proc, a read-only mount, root): make a folder there
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConfigError(f"run.out_dir={out_dir}: cannot be created in {parent} "
+                          f"({e.strerror or e})") from None
 
 
 def _cut_jsonl(path: str, first: int) -> int:

@@ -6,6 +6,8 @@ Each check fails with one `error:` line naming the config key (`mesh.tensor=8: .
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from flax import nnx
@@ -29,10 +31,33 @@ def check_fits_mesh(model_cfg, mesh) -> None:
     generate's `--mesh` error but naming the config key."""
     from socialr1_jax.parallel.sharding import check_model_fits_mesh
 
+    sizes = mesh if isinstance(mesh, dict) else mesh.shape
     try:
-        check_model_fits_mesh(model_cfg, mesh)
+        check_model_fits_mesh(model_cfg, sizes)
     except ValueError as e:
-        raise ConfigError(f"mesh.tensor={mesh.shape['tensor']}: {e}") from None
+        raise ConfigError(f"mesh.tensor={sizes['tensor']}: {e}") from None
+
+
+def check_mesh_fits_model(cfg) -> None:
+    """`check_fits_mesh` before anything is built or created (the run directory included): the
+    preset's config, or model.path's config.json (one that cannot be read is left to
+    `load_policy`, which names what is wrong with it)."""
+    from socialr1_jax.checkpoint import orbax_io
+    from socialr1_jax.model.config import from_hf_config
+
+    sec = cfg.model
+    if not sec.path:
+        if not hasattr(sec, "preset_config"):
+            return
+        model_cfg = sec.preset_config()
+    else:
+        try:
+            root = (orbax_io.resolve(sec.path)[0] if orbax_io.is_orbax_checkpoint(sec.path)
+                    else sec.path)
+            model_cfg = from_hf_config(os.path.join(root, "config.json"))
+        except (OSError, ValueError):
+            return
+    check_fits_mesh(model_cfg, {"tensor": cfg.mesh.tensor})
 
 
 def load_policy(cfg, mesh):

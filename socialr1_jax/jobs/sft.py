@@ -7,9 +7,9 @@
 R1-style recipes start RL from a model that already writes the reasoning format (a "cold
 start"); this is that step. The loss is the mean negative log-likelihood of the response tokens
 and of the EOS that closes them; prompt tokens are context only. Each JSONL line holds a prompt
-and a response (keys configurable); with `data.chat=true` the prompt becomes the user turn of
-the tokenizer's chat template, so the response follows `<|im_start|>assistant\\n` exactly as a
-sampled completion would.
+and a response (keys `sft.data.prompt_key` / `sft.data.response_key`); with `sft.data.chat=true`
+(the default) the prompt becomes the user turn of the tokenizer's chat template, so the
+response follows `<|im_start|>assistant\\n` exactly as a sampled completion would.
 
 The update is the trainer's (`train_step.apply_update`: jitted, sharded over the mesh's batch
 axes, state donated, micro-batches accumulated, AdamW, NaN/Inf skipping) with this loss; the
@@ -81,7 +81,7 @@ def read_pairs(path: str, prompt_key: str = "prompt",
                response_key: str = "response") -> list[tuple[str, str]]:
     """(prompt, response) strings from a JSONL file; errors name the file, line and key."""
     if not os.path.isfile(path):
-        raise cli.UsageError(f"data.path={path}: no such file")
+        raise cli.UsageError(f"sft.data.path={path}: no such file")
     pairs = []
     for where, row in iter_jsonl(path, cli.UsageError):
         for key in (prompt_key, response_key):
@@ -406,7 +406,8 @@ def main(argv=None) -> int:
     import argparse
 
     from socialr1_jax.jobs.preemption import StopSignals
-    from socialr1_jax.jobs.setup import build_mesh, load_policy, run_tokenizer
+    from socialr1_jax.jobs.setup import (build_mesh, check_mesh_fits_model, load_policy,
+                                         run_tokenizer)
     from socialr1_jax.rollout import tokenizer as tk
 
     p = cli.ArgumentParser(prog="python -m socialr1_jax.sft", description=__doc__,
@@ -421,6 +422,7 @@ def main(argv=None) -> int:
         tokenizer = run_tokenizer(cfg.model)
         warm_start_pairs(cfg.sft.data)  # a missing or bad file fails before any model is built
         mesh = build_mesh(cfg)
+        check_mesh_fits_model(cfg)
         check_batch_fits_mesh(cfg.sft, mesh)
         model = load_policy(cfg, mesh)
         tk.check_vocab(tokenizer, model.cfg.vocab_size)

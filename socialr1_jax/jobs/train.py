@@ -33,7 +33,8 @@ from socialr1_jax.parallel import distributed
 from socialr1_jax.jobs import periodic_eval, run_dir
 from socialr1_jax.rl import train_step as ts
 # build_mesh, load_policy: train.build_mesh / train.load_policy for the library's users
-from socialr1_jax.jobs.setup import broadcast_str, build_mesh, load_policy, run_tokenizer
+from socialr1_jax.jobs.setup import (broadcast_str, build_mesh, check_mesh_fits_model,
+                                     load_policy, run_tokenizer)
 from socialr1_jax.jobs.console import summary  # noqa: F401  summary: train.summary
 from socialr1_jax.jobs import harness
 from socialr1_jax.jobs.harness import Run
@@ -226,6 +227,7 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
     cfg.mesh.check_devices(jax.device_count())
     if cfg.model.path and not os.path.exists(cfg.model.path):
         raise ConfigError(f"model.path={cfg.model.path} does not exist")
+    check_mesh_fits_model(cfg)
     out_dir = cfg.run.out_dir
     if out_dir:
         out_dir = broadcast_str(run_dir.expand_out_dir(out_dir)

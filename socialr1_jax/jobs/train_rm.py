@@ -166,12 +166,25 @@ def _checkpoint_root(path: str) -> str:
     return orbax_io.resolve(path)[0] if orbax_io.is_orbax_checkpoint(path) else path
 
 
+def check_export_hf(out: str) -> None:
+    """run.export_hf by the one output rule (cli.py), before training: a new folder whose parent
+    exists and is writable, outside every model or checkpoint folder (model.path included)."""
+    parent = cli.parent_folder("run.export_hf", out)
+    if os.path.lexists(out):
+        raise cli.UsageError(f"run.export_hf: {out} already exists")
+    home = cli.model_folder(parent)
+    if home is not None:
+        raise cli.UsageError(f"run.export_hf: {out} is inside the model/checkpoint folder "
+                             f"{home}; export elsewhere")
+
+
 def prepare(cfg: RMTrainConfig) -> Prepared:
     """Check the config against the files and read the data (no model is loaded): raises
     cli.UsageError naming the key, file or value."""
     from socialr1_jax.checkpoint import orbax_io
     from socialr1_jax.checkpoint.errors import CheckpointError
     from socialr1_jax.checkpoint.rm_io import resolve_pad_id
+    from socialr1_jax.jobs.setup import check_mesh_fits_model
     from socialr1_jax.rollout.tokenizer import encode, load_tokenizer
 
     path = cfg.model.path
@@ -187,6 +200,7 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
         mesh = make_mesh(m.data, m.fsdp or None, m.tensor)
     except ValueError as e:
         raise cli.UsageError(f"mesh: {e}") from None
+    check_mesh_fits_model(cfg)  # before run.out_dir is made
     shards = batch_shards(mesh)
     for key in ("batch_size", "micro_batch_size"):
         if getattr(cfg.run, key) % shards:
@@ -204,8 +218,8 @@ def prepare(cfg: RMTrainConfig) -> Prepared:
     run_dir.check_outside_inputs(cfg.run.out_dir, {"model.path": path,
                                                    "model.tokenizer": cfg.model.tokenizer})
     resume = run_dir.check_run_dir(cfg, cfg.run.out_dir, free=RESUME_FREE)
-    if cfg.run.export_hf and os.path.lexists(cfg.run.export_hf):
-        raise cli.UsageError(f"run.export_hf: {cfg.run.export_hf} already exists")
+    if cfg.run.export_hf:
+        check_export_hf(cfg.run.export_hf)
     try:
         train_pairs, eval_pairs = load_data(cfg.data, cfg.run.seed)
     except PairDataError as e:

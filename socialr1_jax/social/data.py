@@ -296,7 +296,8 @@ def column_map(spec: Sequence[str] | dict, base: ColumnMap = ColumnMap()) -> Col
 
     Unknown keys raise DataError with a did-you-mean.
     """
-    items = spec.items() if isinstance(spec, dict) else [_split_kv(s) for s in spec]
+    items = (spec.items() if isinstance(spec, dict)
+             else [_split_kv(s) for s in _join_options(spec)])
     names = [f.name for f in dataclasses.fields(ColumnMap)]
     changes: dict[str, Any] = {}
     for key, value in items:
@@ -313,6 +314,18 @@ def column_map(spec: Sequence[str] | dict, base: ColumnMap = ColumnMap()) -> Col
             value = value.lower() in ("true", "1", "yes")
         changes[key] = value
     return dataclasses.replace(base, **changes)
+
+
+def _join_options(spec: Sequence[str]) -> list[str]:
+    """`options=A,B,C,D` put back together where a list split it at its commas (the override
+    `data.columns=[story=Story,options=A,B,C,D]`, unquoted): every other item is key=column."""
+    out: list[str] = []
+    for item in map(str, spec):
+        if "=" not in item and out and out[-1].lstrip().startswith("options="):
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
 
 
 def _split_kv(item: str) -> tuple[str, str]:
@@ -375,7 +388,9 @@ def rows_from_records(records: Sequence[dict], cols: ColumnMap, *, where: str,
                                                           cols.id) if c]
                if c not in records[0]]
     if lacking:
-        raise DataError(f"{where}: column(s) {lacking} not found; the columns are {found}")
+        raise DataError(f"{where}: column(s) {lacking} not found; the columns are {found} "
+                        "(map them: evaluate's --column key=name, a training config's "
+                        "data.columns=[key=name,...])")
     rows = []
     for n, rec in enumerate(records):
         at = f"{where} row {n + 1}"  # rows count from 1, as every message says
