@@ -6,7 +6,10 @@
 
 Model: the 'bench-100m' preset shapes (hidden 512, 8 layers, 151,936-token vocabulary; 103M
 parameters, fp32), random transformers weights saved as an HF directory, with the tiny byte
-tokenizer and a chat template (tests/hf_fixtures.py). Prompts: 32 different one-turn chats
+tokenizer and a chat template (tests/hf_fixtures.py). The embedding rows past the 256 byte tokens
+are zeroed (the embeddings are tied, so those tokens' logits are 0 and a byte token wins almost
+surely): the random model then writes byte tokens, so streamed deltas carry text (ids past the
+tokenizer's vocabulary decode to ""), at the same compute per step. Prompts: 32 different one-turn chats
 (~30 tokens after the template), greedy, 64 new tokens each; the only EOS id is one the random
 model practically never picks, so every request does the same work (tokens are counted anyway).
 
@@ -38,7 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from bench_common import git_commit, wait_for_quiet  # noqa: E402
+from bench_common import wait_for_quiet, write_results  # noqa: E402
 
 NO_EOS = 151935
 
@@ -52,7 +55,7 @@ def build_model(path: str) -> None:
     from socialr1_jax.rollout import tokenizer as tk
     from tests.hf_fixtures import make_tiny_tokenizer
 
-    if os.path.exists(os.path.join(path, "generation_config.json")):
+    if os.path.exists(os.path.join(path, "bytes_only")):
         return
     c = preset("bench-100m")
     cfg = Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
@@ -62,10 +65,14 @@ def build_model(path: str) -> None:
                       rms_norm_eps=c.rms_norm_eps, max_position_embeddings=4096,
                       rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
     torch.manual_seed(0)
-    Qwen3ForCausalLM(cfg).eval().save_pretrained(path)
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[256:] = 0.0  # only byte tokens get positive logits
+    model.save_pretrained(path)
     make_tiny_tokenizer(path, chat_template=tk.DEMO_CHAT_TEMPLATE)
     with open(os.path.join(path, "generation_config.json"), "w") as f:
         json.dump({"eos_token_id": [NO_EOS], "pad_token_id": 256}, f)
+    open(os.path.join(path, "bytes_only"), "w").close()
 
 
 def start_server(path: str, port: int, args) -> subprocess.Popen:
@@ -204,9 +211,8 @@ def report(args, load, rounds, single, streamed) -> None:
             ("server, one request at a time", f"{single_tps:.0f}", f"{s_s:.2f}")]
     lines = [f"# serve_bench: {args.clients} chat requests x {args.new_tokens} new tokens, "
              "bench-100m shapes, fp32, CPU", "",
-             f"commit {git_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"load average at start {load:.2f} (2 shared cores), batch window "
-             f"{args.window_ms:g} ms, medians of {args.repeats} alternating rounds", "",
+             f"Load average (1 min) when the timed part started: {load:.2f}; batch window "
+             f"{args.window_ms:g} ms; medians of {args.repeats} alternating rounds.", "",
              "| path | tokens/s | wall s |", "| --- | ---: | ---: |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", f"- served batched / direct: **{batched_tps / direct_tps:.2f}x** (goal >= 0.8x)",
@@ -214,16 +220,16 @@ def report(args, load, rounds, single, streamed) -> None:
               f"- latency per request (batched round): p50 {pct(lat, 50):.2f} s, p90 "
               f"{pct(lat, 90):.2f} s, p99 {pct(lat, 99):.2f} s",
               f"- time to first token, streaming, {args.clients} at once: p50 "
-              f"{pct(ttft, 50):.2f} s, p90 {pct(ttft, 90):.2f} s (the sampler returns a "
-              "batch's tokens together, so the first token arrives with the last)"]
+              f"{pct(ttft, 50):.2f} s, p90 {pct(ttft, 90):.2f} s, p99 {pct(ttft, 99):.2f} s "
+              f"({len(ttft)} of {len(streamed[1])} streams carried text; whole streamed round "
+              f"{streamed[0]:.2f} s)"]
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.path.join(HERE, "results", "serve_bench")
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    with open(out + ".json", "w") as f:
-        json.dump({"rounds": rounds, "single_s": s_s, "ttft_s": ttft,
-                   "args": vars(args), "load": load}, f, indent=1)
+    write_results(out + ".md", text)
+    write_results(out + ".json", {"rounds": rounds, "single_s": s_s, "ttft_s": ttft,
+                                  "streamed_round_s": streamed[0], "args": vars(args),
+                                  "load_at_start": load})
 
 
 if __name__ == "__main__":

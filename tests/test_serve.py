@@ -183,6 +183,31 @@ def test_n_seed_stop_and_streaming(served):
     assert parts[-1].choices[0].finish_reason == full.choices[0].finish_reason
 
 
+def test_streaming_delivers_tokens_as_they_are_sampled(served):
+    """The openai client sees the text in many deltas that join to the greedy text, and they
+    arrive spread over the decoding (not all at once when the call ends)."""
+    s = served
+    for word in ("Count", "Tell me more", "Go on", "Say"):  # a prompt whose greedy text is long
+        msgs = [{"role": "user", "content": word}]
+        whole = s.client.chat.completions.create(model=NAME, messages=msgs, temperature=0,
+                                                 max_tokens=64)
+        if whole.usage.completion_tokens >= 32:
+            break
+    assert whole.usage.completion_tokens >= 32, "no long greedy completion to stream"
+    t0 = time.perf_counter()
+    pieces, arrivals = [], []
+    for c in s.client.chat.completions.create(model=NAME, messages=msgs, temperature=0,
+                                              max_tokens=64, stream=True):
+        if c.choices and c.choices[0].delta.content:
+            pieces.append(c.choices[0].delta.content)
+            arrivals.append(time.perf_counter())
+    assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
+    # Sent at the end of the call, all pieces would come within a few ms of each other; as they
+    # are sampled, the first comes after the prefill and the last after the whole decode.
+    assert arrivals[-1] - arrivals[0] > 0.2 * (arrivals[-1] - t0), (arrivals[0] - t0,
+                                                                     arrivals[-1] - t0)
+
+
 def test_concurrent_requests_share_a_call_and_keep_greedy_output(served):
     s = served
     prompts = [tk.encode(s.tok, t) for t in ("a", "bb cc", "the box", "Sally left")]

@@ -4,6 +4,7 @@ fault inside the model is a 500 in the OpenAI error shape and the server goes on
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -16,6 +17,7 @@ from socialr1_jax.cli import UsageError
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.serve import __main__ as serve_main
 from socialr1_jax.serve.app import create_app, Server, ServerConfig
+from socialr1_jax.serve.streaming import TextStream
 from tests.hf_fixtures import make_tiny_chat_checkpoint
 
 EOS = (258, 256)
@@ -100,6 +102,12 @@ def test_orbax_run_serves_transformers_greedy_and_survives_a_model_fault(run_fol
         err = bad.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}
         assert err["code"] == "model_error" and "RESOURCE_EXHAUSTED" in err["message"]
+        engines[0].armed = True  # a fault once the stream has started: an error event
+        streamed = client.post("/v1/completions", json={**body, "stream": True})
+        events = [json.loads(line[5:]) for line in streamed.text.splitlines()
+                  if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+        assert streamed.status_code == 200 and "model_error" == events[-1]["error"]["code"]
+        assert streamed.text.rstrip().endswith("data: [DONE]")
         good = client.post("/v1/completions", json=body)  # the worker went on
         assert good.status_code == 200, good.text
         assert client.get("/health").status_code == 200
@@ -114,3 +122,16 @@ def test_orbax_run_serves_transformers_greedy_and_survives_a_model_fault(run_fol
     assert good.json()["choices"][0]["text"] == text
     assert good.json()["usage"]["completion_tokens"] == len(ref)
     assert os.path.isdir(root / "run" / "checkpoints" / "0")
+
+
+def test_text_stream_holds_back_partial_characters_and_stop_prefixes(run_folder):
+    tok = tk.load_tokenizer(str(run_folder[0] / "hf"))
+    ids = tk.encode(tok, "abécd STOP ef")  # é: two byte tokens
+    ts = TextStream(tok, EOS, ["STOP"])
+    pieces = [ts.push(t) for t in ids]
+    assert "".join(pieces) == "abécd " and "�" not in "".join(pieces)
+    assert ts.ended and ts.rest("abécd ") == ""
+    plain = TextStream(tok, EOS, [])
+    pieces = [plain.push(t) for t in ids + [EOS[0]] + ids]  # nothing after an EOS
+    assert pieces[:4] == ["a", "b", "", "é"]  # the first byte of é waits for the second
+    assert "".join(pieces) == "abécd STOP ef" and plain.rest("abécd STOP ef") == ""

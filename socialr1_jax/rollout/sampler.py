@@ -50,11 +50,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import io_callback
 from jax.sharding import Mesh
 
 from socialr1_jax.parallel.sharding import (batch_sharding, batch_shards, constrain,
                                             param_shardings, TOKENS_BT)
-from socialr1_jax.rollout import refill
+from socialr1_jax.rollout import refill, stream
 from socialr1_jax.rollout.checks import (ArgumentError, as_int, check_against_model, check_sampling,
                                          new_token_caps, token_lists)
 # The token choice lives in `draw` (shared with the refill sampler); its names stay importable here.
@@ -104,6 +105,8 @@ class _Plan:
     # (Qwen3.unstacked_layers) and a per-layer cache, instead of scanning the stacked weights
     # and cache, which copies each layer's weight slices and the whole cache every step.
     unstack_layers: bool = True
+    # Hand each step's tokens to the host (`rollout.stream`) from inside the decode loop.
+    stream: bool = False
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -118,8 +121,10 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 @partial(jax.jit, static_argnames=("graphdef", "plan"))
 def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperature, top_p,
-              eos_ids, max_new, *, plan: _Plan):
+              eos_ids, max_new, stream_id=None, *, plan: _Plan):
     """Prefill + while_loop decode. max_new: the new-token cap, one for all rows or one per row.
+    With plan.stream, each step's tokens (-1 for rows already done) go to `stream.deliver`
+    under the traced `stream_id`.
 
     Returns (tokens, logprobs, mask) [B, plan.new_len] and the number of positions generated.
     """
@@ -137,6 +142,9 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, active_b, key, temperatu
         """Write step i's token for rows not yet done; a row is done after its EOS or cap."""
         tokens, logps, mask = bufs
         live = ~done
+        if plan.stream:
+            io_callback(stream.deliver, None, stream_id, i, jnp.where(live, tok, -1),
+                        ordered=True)
         tokens = jax.lax.dynamic_update_slice(
             tokens, jnp.where(live, tok, plan.pad_id)[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, jnp.where(live, logp, 0.0)[:, None], (0, i))
@@ -191,7 +199,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
            pad_id: int = 0, max_cache_len: Optional[int] = None,
            bucket_shapes: bool = True, prefill_chunk: int = 512,
            unstack_layers: bool = True, slots: Optional[int] = None,
-           shapes: Optional[tuple[int, int, int]] = None) -> SampleResult:
+           shapes: Optional[tuple[int, int, int]] = None,
+           on_tokens: Optional[stream.OnTokens] = None) -> SampleResult:
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     temperature 0 is greedy (argmax). Otherwise tokens are drawn from softmax(logits / T)
@@ -223,6 +232,9 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     max_new_tokens <= new_len and prompt_len + new_len <= max_cache_len are required, and the
     result keeps those padded shapes (inactive rows have an all-zero mask; positions past
     max_new_tokens are masked).
+    on_tokens: called on the host as the decode loop runs, once per step in order, with
+    (step, tokens [padded rows]) where a row already done (or inactive) holds -1: token
+    streaming (a separate compiled program; not with `slots`). The result is unchanged.
     Raises ValueError naming the value for bad arguments.
     """
     cfg = model.cfg
@@ -241,6 +253,8 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                                    bucket_shapes, prefill_chunk, shapes, rows)
     if shapes is not None and slots is not None:
         raise ArgumentError("slots", slots, "cannot be combined with explicit shapes")
+    if on_tokens is not None and slots is not None:
+        raise ArgumentError("slots", slots, "cannot be combined with on_tokens")
     shards = batch_shards(mesh) if mesh is not None else 1
     padded_rows = -(-max(rows, int(shapes[0]) if shapes else 0) // shards) * shards
     ids, mask = _left_padded(prompts, num_samples, padded_rows, p_len, pad_id)
@@ -251,14 +265,21 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
                  use_top_p=top_p < 1.0, pad_id=int(pad_id),
                  prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
                  shared_prefill=int(num_samples) if share else 1,
-                 unstack_layers=bool(unstack_layers))
+                 unstack_layers=bool(unstack_layers), stream=on_tokens is not None)
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
     scalars = (jax.random.key(seed), jnp.float32(temperature if temperature > 0 else 1.0),
                jnp.float32(top_p), jnp.asarray(eos))
     if slots is None:
         cap = (jnp.int32(n_new) if np.ndim(max_new_tokens) == 0
                else np.pad(caps, (0, padded_rows - rows), constant_values=1))
-        out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan)
+        sid = stream.register(on_tokens) if on_tokens is not None else None
+        try:
+            out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, sid)
+            if sid is not None:  # the callbacks have all run once the outputs are ready
+                jax.block_until_ready(out)
+        finally:
+            if sid is not None:
+                stream.release(sid)
     else:
         out = _run_refill(model, mesh, ids, mask, scalars, caps, plan,
                           slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
@@ -338,9 +359,10 @@ def _left_padded(prompts, num_samples, padded_rows, p_len, pad_id):
     return ids, mask
 
 
-def _run_static(model, mesh, ids, mask, rows, scalars, cap, plan):
+def _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, stream_id=None):
     active = np.arange(ids.shape[0]) < rows
-    return _run(_generate, model, mesh, (ids, mask, active), (*scalars, cap), plan=plan)
+    extra = () if stream_id is None else (jnp.int32(stream_id),)
+    return _run(_generate, model, mesh, (ids, mask, active), (*scalars, cap, *extra), plan=plan)
 
 
 def _run(program, model, mesh, arrays, scalars, **static):

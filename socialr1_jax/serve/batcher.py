@@ -9,6 +9,7 @@ taking jobs for `window_s` (or until `max_batch` rows are waiting), and runs the
   one prompt bucket holds all of them; the rest wait for the next call, ahead of newer jobs;
 - a call runs until its longest request is done, so a long request holds the others back by
   at most that one call;
+- a streamed job's tokens go to its `on_token` after each decode step of the call;
 - jobs that asked for log-probs are then scored in one forward pass (`Engine.score`).
 
 A fault inside a call fails that call's jobs (each with the exception, which the server turns
@@ -25,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from socialr1_jax.serve.engine import Engine, Sampling, Scored
 
@@ -45,6 +46,9 @@ class Job:
     sampling: Sampling
     n: int = 1
     want_logprobs: bool = False  # score prompt + completion afterwards
+    # Streaming: on_token(j, token id) from the worker as sample j's tokens are produced (at
+    # most max_tokens of them, the EOS included), before the future resolves.
+    on_token: Optional[Callable[[int, int], None]] = None
     future: concurrent.futures.Future = dataclasses.field(
         default_factory=concurrent.futures.Future)
     enqueued: float = dataclasses.field(default_factory=time.perf_counter)
@@ -153,7 +157,8 @@ class Batcher:
         prompts = [job.prompt for job in batch for _ in range(job.n)]
         try:
             most = max(j.max_tokens for j in batch)
-            outs = (self.engine.generate(prompts, most, batch[0].sampling) if most > 0
+            outs = (self.engine.generate(prompts, most, batch[0].sampling,
+                                         on_tokens=_stream_sink(batch)) if most > 0
                     else [[] for _ in prompts])
             scored = self._score(batch, outs)
         except Exception as e:  # a fault of the model: fail these requests, keep serving
@@ -188,3 +193,17 @@ class Batcher:
             for owner, s in zip(owners[i:i + step], self.engine.score(seqs[i:i + step])):
                 result.setdefault(owner, []).append(s)
         return result
+
+
+def _stream_sink(batch: list[Job]):
+    """on_tokens(step, tokens) of a call: each row's token to its job's `on_token` (None when
+    no job of the call streams)."""
+    owners = [(job, j) for job in batch for j in range(job.n)]
+    if not any(job.on_token for job in batch):
+        return None
+
+    def sink(step: int, tokens) -> None:
+        for r, (job, j) in enumerate(owners):
+            if job.on_token is not None and tokens[r] >= 0 and step < job.max_tokens:
+                job.on_token(j, int(tokens[r]))
+    return sink

@@ -8,6 +8,10 @@ before the server says it is ready, so no request waits for XLA:
   the next of `prompt_buckets` and the rest of the context is its generation buffer, so a prompt
   bucket p allows up to max_model_len - p new tokens (the loop stops at the batch's largest
   max_tokens, a traced value, so a short request costs no more than its own length);
+- every sampling program hands each decode step's tokens to the host as it runs
+  (`sample(..., on_tokens=)`), so streamed requests get their text token by token; the server
+  compiles only these programs (a call with no streamed request passes a no-op), unless
+  `stream=False`;
 - three sampling programs per shape: greedy, temperature sampling, and temperature with top-p
   (top-k is static in the sampler: each distinct top_k value compiles once, on first use);
 - scoring (the log-probs of `logprobs` / `echo`): one forward pass over prompt + completion,
@@ -112,6 +116,10 @@ def _score(graphdef, state, ids_bt, mask_bt, *, k: int, chunk: int):
     return merge(chosen), merge(top), merge(idx)
 
 
+def _no_tokens(step, tokens) -> None:
+    """The streaming sink of a call without a streamed request."""
+
+
 @dataclasses.dataclass
 class Scored:
     """Log-probs of one sequence: `logprobs[i]` of token i + 1 given tokens 0..i, and the top
@@ -126,8 +134,9 @@ class Engine:
     """A loaded model with its shapes; `generate` and `score` are called from one thread."""
 
     def __init__(self, model, *, eos_ids: Sequence[int], pad_id: int, max_model_len: int,
-                 batch_buckets: Sequence[int], prompt_buckets: Sequence[int], mesh=None):
-        self.model, self.mesh = model, mesh
+                 batch_buckets: Sequence[int], prompt_buckets: Sequence[int], mesh=None,
+                 stream: bool = True):
+        self.model, self.mesh, self.stream = model, mesh, bool(stream)
         self.eos_ids, self.pad_id = tuple(int(e) for e in eos_ids), int(pad_id)
         self.max_model_len = int(max_model_len)
         shards = batch_shards(mesh) if mesh is not None else 1
@@ -160,9 +169,11 @@ class Engine:
         return max(fits) if fits else 0
 
     # -- calls -------------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], max_new: int, sampling: Sampling
-                 ) -> list[list[int]]:
-        """The completion ids of each prompt (up to and including an EOS), one sampler call."""
+    def generate(self, prompts: list[list[int]], max_new: int, sampling: Sampling,
+                 on_tokens=None) -> list[list[int]]:
+        """The completion ids of each prompt (up to and including an EOS), one sampler call;
+        on_tokens(step, tokens [rows bucket], -1 where done) after each decode step (only when
+        the engine streams; otherwise never called)."""
         p_len = self.prompt_bucket(max(len(p) for p in prompts), max_new)
         if p_len is None:
             raise ValueError(f"no prompt bucket holds this batch ({max_new} new tokens)")
@@ -174,7 +185,8 @@ class Engine:
                      top_p=sampling.top_p, eos_ids=self.eos_ids, seed=seed % (1 << 31),
                      mesh=self.mesh, pad_id=self.pad_id, max_cache_len=self.max_model_len,
                      prefill_chunk=prefill_chunk_for(p_len),
-                     shapes=(rows, p_len, self.max_model_len - p_len))
+                     shapes=(rows, p_len, self.max_model_len - p_len),
+                     on_tokens=(on_tokens or _no_tokens) if self.stream else None)
         tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
         return [tokens[r, :lengths[r]].tolist() for r in range(len(prompts))]
 

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from socialr1_jax.rollout import tokenizer as tk
-from socialr1_jax.serve import responses
+from socialr1_jax.serve import responses, streaming
 from socialr1_jax.serve.batcher import Job, ShuttingDown
 from socialr1_jax.serve.engine import Sampling, TOP_LOGPROBS
 from socialr1_jax.serve.errors import APIError
@@ -76,12 +76,25 @@ def check_counts(server, body, prompts: list[list[int]], max_tokens, *, allow_ze
     return int(max_tokens)
 
 
+def make_jobs(server, prompts, body, max_tokens: int, want_logprobs: bool, queue=None):
+    """One job per prompt (checked sampling settings); with an asyncio `queue`, each job
+    streams its tokens onto it as (prompt index, sample index, token)."""
+    sampling = sampling_of(body)
+    loop = asyncio.get_running_loop()
+    return [Job(prompt=p, max_tokens=max_tokens, sampling=sampling, n=body.n,
+                want_logprobs=want_logprobs,
+                on_token=streaming.queue_sink(loop, queue, i) if queue is not None else None)
+            for i, p in enumerate(prompts)]
+
+
+def submit(server, jobs) -> list[asyncio.Future]:
+    """Queue the jobs at once (so they can share a call); their futures on this loop."""
+    return [asyncio.wrap_future(server.batcher.submit(j)) for j in jobs]
+
+
 async def run_jobs(server, prompts, body, max_tokens: int, want_logprobs: bool, rid: str):
     """Queue one job per prompt and wait for all; APIError 503 / 500 when they fail."""
-    sampling = sampling_of(body)
-    jobs = [Job(prompt=p, max_tokens=max_tokens, sampling=sampling, n=body.n,
-                want_logprobs=want_logprobs) for p in prompts]
-    futures = [asyncio.wrap_future(server.batcher.submit(j)) for j in jobs]
+    futures = submit(server, make_jobs(server, prompts, body, max_tokens, want_logprobs))
     try:
         return await asyncio.gather(*futures)
     except ShuttingDown as e:
@@ -123,58 +136,84 @@ def completion_prompts(tokenizer, prompt) -> tuple[list[list[int]], list[str]]:
     return ids, texts
 
 
+def _completion_choice(server, body, prompt, text, res, index, j, want):
+    """(Finished, choice dict) of sample j of one prompt of /v1/completions."""
+    done = responses.finish(server.tokenizer, res.completions[j], server.engine.eos_ids,
+                            body.stops())
+    lp = (responses.completion_logprobs(server.tokenizer, res.scored[j], prompt, done,
+                                        body.logprobs, body.echo, text,
+                                        body.return_tokens_as_token_ids)
+          if want else None)
+    return done, {"index": index, "text": (text if body.echo else "") + done.text,
+                  "logprobs": lp, "finish_reason": done.finish_reason}
+
+
 async def completions(server, body, rid: str):
     """POST /v1/completions: a response dict, or an async generator of SSE data lines."""
     start = time.perf_counter()
-    tokenizer, eos = server.tokenizer, server.engine.eos_ids
     if body.best_of not in (None, body.n):
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     if body.logprobs is not None and not 0 <= body.logprobs <= TOP_LOGPROBS:
         raise APIError(400, f"logprobs {body.logprobs} must be in 0..{TOP_LOGPROBS}",
                        param="logprobs")
-    prompts, texts = completion_prompts(tokenizer, body.prompt)
+    prompts, texts = completion_prompts(server.tokenizer, body.prompt)
     max_tokens = check_counts(server, body, prompts, body.max_tokens, allow_zero=body.echo)
     want = body.logprobs is not None
-    results = await run_jobs(server, prompts, body, max_tokens, want, rid)
-    choices, completion_tokens = [], 0
-    for i, (p, text, res) in enumerate(zip(prompts, texts, results)):
-        for j, ids in enumerate(res.completions):
-            done = responses.finish(tokenizer, ids, eos, body.stops())
-            completion_tokens += len(done.ids)
-            lp = (responses.completion_logprobs(tokenizer, res.scored[j], p, done,
-                                                body.logprobs, body.echo, text,
-                                                body.return_tokens_as_token_ids)
-                  if want else None)
-            choices.append({"index": i * body.n + j, "done": done,
-                            "text": (text if body.echo else "") + done.text,
-                            "logprobs": lp, "finish_reason": done.finish_reason})
-    _log(server, "/v1/completions", rid, start, prompts, results, completion_tokens)
-    usage = _usage(sum(len(p) for p in prompts), completion_tokens)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": server.config.model_name}
     if body.stream:
-        return _stream_completion(head, choices, usage, body)
-    for c in choices:
-        c.pop("done")
-    return {**head, "choices": choices, "usage": usage}
+        return _stream_completion(server, body, head, prompts, texts, max_tokens, want, rid,
+                                  start)
+    results = await run_jobs(server, prompts, body, max_tokens, want, rid)
+    choices, completion_tokens = [], 0
+    for i, (p, text, res) in enumerate(zip(prompts, texts, results)):
+        for j in range(body.n):
+            done, choice = _completion_choice(server, body, p, text, res, i * body.n + j, j,
+                                              want)
+            completion_tokens += len(done.ids)
+            choices.append(choice)
+    _log(server, "/v1/completions", rid, start, prompts, results, completion_tokens)
+    return {**head, "choices": choices,
+            "usage": _usage(sum(len(p) for p in prompts), completion_tokens)}
 
 
-async def _stream_completion(head, choices, usage, body):
-    for c in choices:
-        done = c["done"]
-        pieces = responses.deltas(done)
-        if body.echo:
-            pieces = [c["text"][:len(c["text"]) - len(done.text)]] + pieces
-        for k, piece in enumerate(pieces):
-            yield json.dumps({**head, "choices": [{"index": c["index"], "text": piece,
-                                                    "logprobs": None, "finish_reason": None}]},
-                             ensure_ascii=False)
-        yield json.dumps({**head, "choices": [{"index": c["index"], "text": "",
-                                                "logprobs": c["logprobs"],
-                                                "finish_reason": c["finish_reason"]}]})
-    if body.stream_options and body.stream_options.include_usage:
-        yield json.dumps({**head, "choices": [], "usage": usage})
-    yield "[DONE]"
+def _stream_completion(server, body, head, prompts, texts, max_tokens, want, rid, start):
+    """The SSE lines of a streamed /v1/completions request (`streaming.live`)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    futures = submit(server, make_jobs(server, prompts, body, max_tokens, want, queue))
+    n, eos, stops = body.n, server.engine.eos_ids, body.stops()
+    streams = {(i, j): streaming.TextStream(server.tokenizer, eos, stops)
+               for i in range(len(prompts)) for j in range(n)}
+    tally = {"tokens": 0}
+
+    def chunk(index, text, lp=None, reason=None):
+        return json.dumps({**head, "choices": [{"index": index, "text": text, "logprobs": lp,
+                                                 "finish_reason": reason}]}, ensure_ascii=False)
+
+    def opening():
+        return [chunk(i * n + j, texts[i]) for i in range(len(prompts)) for j in range(n)
+                if body.echo and texts[i]]
+
+    def finalize(results):
+        out = {}
+        for i, res in enumerate(results):
+            for j in range(n):
+                done, c = _completion_choice(server, body, prompts[i], texts[i], res,
+                                             i * n + j, j, want)
+                tally["tokens"] += len(done.ids)
+                out[i, j] = (done.text, chunk(i * n + j, "", c["logprobs"], c["finish_reason"]))
+        return out
+
+    def closing(results):
+        _log(server, "/v1/completions", rid, start, prompts, results, tally["tokens"])
+        usage = _usage(sum(len(p) for p in prompts), tally["tokens"])
+        if body.stream_options and body.stream_options.include_usage:
+            return [json.dumps({**head, "choices": [], "usage": usage})]
+        return []
+
+    return streaming.live(streams, queue, futures, rid=rid, opening=opening,
+                          piece=lambda i, j, t: chunk(i * n + j, t), finalize=finalize,
+                          closing=closing)
 
 
 def chat_prompt(tokenizer, body) -> list[int]:
@@ -195,10 +234,20 @@ def chat_prompt(tokenizer, body) -> list[int]:
     return tk.encode(tokenizer, text)
 
 
+def _chat_choice(server, body, prompt, res, j, top):
+    """(Finished, choice dict) of sample j of /v1/chat/completions."""
+    done = responses.finish(server.tokenizer, res.completions[j], server.engine.eos_ids,
+                            body.stops())
+    lp = (responses.chat_logprobs(server.tokenizer, res.scored[j], len(prompt), done, top,
+                                  body.return_tokens_as_token_ids)
+          if body.logprobs else None)
+    return done, {"index": j, "message": {"role": "assistant", "content": done.text},
+                  "logprobs": lp, "finish_reason": done.finish_reason}
+
+
 async def chat(server, body, rid: str):
     """POST /v1/chat/completions: a response dict, or an async generator of SSE data lines."""
     start = time.perf_counter()
-    tokenizer, eos = server.tokenizer, server.engine.eos_ids
     top = body.top_logprobs or 0
     if not 0 <= top <= TOP_LOGPROBS or (top and not body.logprobs):
         raise APIError(400, f"top_logprobs {top} must be in 0..{TOP_LOGPROBS}, with logprobs "
@@ -206,45 +255,53 @@ async def chat(server, body, rid: str):
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise APIError(400, "give max_tokens or max_completion_tokens, not both",
                        param="max_completion_tokens")
-    prompt = chat_prompt(tokenizer, body)
+    prompt = chat_prompt(server.tokenizer, body)
     limit = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
     max_tokens = check_counts(server, body, [prompt], limit, allow_zero=False)
-    (res,) = await run_jobs(server, [prompt], body, max_tokens, body.logprobs, rid)
-    choices, completion_tokens = [], 0
-    for j, ids in enumerate(res.completions):
-        done = responses.finish(tokenizer, ids, eos, body.stops())
-        completion_tokens += len(done.ids)
-        lp = (responses.chat_logprobs(tokenizer, res.scored[j], len(prompt), done, top,
-                                      body.return_tokens_as_token_ids)
-              if body.logprobs else None)
-        choices.append({"index": j, "done": done,
-                        "message": {"role": "assistant", "content": done.text},
-                        "logprobs": lp, "finish_reason": done.finish_reason})
-    _log(server, "/v1/chat/completions", rid, start, [prompt], [res], completion_tokens)
-    usage = _usage(len(prompt), completion_tokens)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": server.config.model_name}
     if body.stream:
-        return _stream_chat({**head, "object": "chat.completion.chunk"}, choices, usage, body)
-    for c in choices:
-        c.pop("done")
-    return {**head, "choices": choices, "usage": usage}
+        return _stream_chat(server, body, {**head, "object": "chat.completion.chunk"}, prompt,
+                            max_tokens, top, rid, start)
+    (res,) = await run_jobs(server, [prompt], body, max_tokens, body.logprobs, rid)
+    choices, completion_tokens = [], 0
+    for j in range(body.n):
+        done, choice = _chat_choice(server, body, prompt, res, j, top)
+        completion_tokens += len(done.ids)
+        choices.append(choice)
+    _log(server, "/v1/chat/completions", rid, start, [prompt], [res], completion_tokens)
+    return {**head, "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
 
 
-async def _stream_chat(head, choices, usage, body):
-    for c in choices:
-        first = {"role": "assistant", "content": ""}
-        yield json.dumps({**head, "choices": [{"index": c["index"], "delta": first,
-                                                "logprobs": None, "finish_reason": None}]})
-        for piece in responses.deltas(c["done"]):
-            yield json.dumps({**head, "choices": [{"index": c["index"],
-                                                    "delta": {"content": piece},
-                                                    "logprobs": None, "finish_reason": None}]},
-                             ensure_ascii=False)
-        yield json.dumps({**head, "choices": [{"index": c["index"], "delta": {},
-                                                "logprobs": c["logprobs"],
-                                                "finish_reason": c["finish_reason"]}]})
-    if body.stream_options and body.stream_options.include_usage:
-        yield json.dumps({**head, "choices": [], "usage": usage})
-    yield "[DONE]"
+def _stream_chat(server, body, head, prompt, max_tokens, top, rid, start):
+    """The SSE lines of a streamed /v1/chat/completions request (`streaming.live`)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    futures = submit(server, make_jobs(server, [prompt], body, max_tokens, body.logprobs,
+                                       queue))
+    streams = {(0, j): streaming.TextStream(server.tokenizer, server.engine.eos_ids,
+                                            body.stops()) for j in range(body.n)}
+    tally = {"tokens": 0}
 
+    def chunk(index, delta, lp=None, reason=None):
+        return json.dumps({**head, "choices": [{"index": index, "delta": delta, "logprobs": lp,
+                                                 "finish_reason": reason}]}, ensure_ascii=False)
+
+    def finalize(results):
+        out = {}
+        for j in range(body.n):
+            done, c = _chat_choice(server, body, prompt, results[0], j, top)
+            tally["tokens"] += len(done.ids)
+            out[0, j] = (done.text, chunk(j, {}, c["logprobs"], c["finish_reason"]))
+        return out
+
+    def closing(results):
+        _log(server, "/v1/chat/completions", rid, start, [prompt], results, tally["tokens"])
+        if body.stream_options and body.stream_options.include_usage:
+            usage = _usage(len(prompt), tally["tokens"])
+            return [json.dumps({**head, "choices": [], "usage": usage})]
+        return []
+
+    return streaming.live(
+        streams, queue, futures, rid=rid,
+        opening=lambda: [chunk(j, {"role": "assistant", "content": ""}) for j in range(body.n)],
+        piece=lambda i, j, t: chunk(j, {"content": t}), finalize=finalize, closing=closing)
