@@ -19,7 +19,9 @@ both; medians over --repeats rounds:
 - direct: one `sample` call of all prompts (prompt bucket 64, as the server pads them);
 - served, batched: the clients send at once (httpx, asyncio); total generated tokens / wall;
   latency per request p50 / p90 / p99;
-- served, one at a time: the same requests sent sequentially (batch size 1);
+- direct, streaming program: the same call with `on_tokens` (the per-step host callback the
+  server's programs carry), to show what token streaming costs;
+- served, one at a time: the first --single requests sent sequentially (batch size 1);
 - time to first token with `stream: true` (the clients at once, streaming).
 Results: a table on stdout and benchmarks/results/serve_bench.md (+ .json).
 """
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--single", type=int, default=8, help="requests of the one-at-a-time run")
     ap.add_argument("--window-ms", type=float, default=20.0)
     ap.add_argument("--work", default="/tmp/serve_bench")
     ap.add_argument("--max-load", type=float, default=None)
@@ -160,15 +163,16 @@ def main() -> None:
                for m in msgs]
     model = load_model(path)
 
-    def direct():
+    def direct(on_tokens=None):
         t0 = time.perf_counter()
         r = sample(model, prompts, max_new_tokens=args.new_tokens, temperature=0,
                    eos_ids=[NO_EOS], pad_id=256, max_cache_len=64 + args.new_tokens,
-                   shapes=(args.clients, 64, args.new_tokens))
+                   shapes=(args.clients, 64, args.new_tokens), on_tokens=on_tokens)
         n = int(np.asarray(r.lengths).sum())
         return time.perf_counter() - t0, n
 
     direct()  # compile
+    direct(_no_tokens)  # and the streaming program (what the server runs)
     port = _port()
     proc = start_server(path, port, args)
     rounds = []
@@ -176,17 +180,24 @@ def main() -> None:
         asyncio.run(_served(port, msgs[:2], 4, concurrent=True))  # connections, first requests
         for _ in range(args.repeats):
             d_s, d_n = direct()
+            c_s, c_n = direct(_no_tokens)
             b_s, b_out = asyncio.run(_served(port, msgs, args.new_tokens, concurrent=True))
-            rounds.append({"direct_s": d_s, "direct_tokens": d_n, "batched_s": b_s,
+            rounds.append({"direct_s": d_s, "direct_tokens": d_n, "direct_stream_s": c_s,
+                           "direct_stream_tokens": c_n, "batched_s": b_s,
                            "batched_tokens": sum(o[1] for o in b_out),
                            "latency_s": [o[0] for o in b_out]})
-        s_s, s_out = asyncio.run(_served(port, msgs, args.new_tokens, concurrent=False))
+        s_s, s_out = asyncio.run(_served(port, msgs[:args.single], args.new_tokens,
+                                         concurrent=False))
         t_s, t_out = asyncio.run(_served(port, msgs, args.new_tokens, concurrent=True,
                                          stream=True))
     finally:
         proc.terminate()
         proc.wait(60)
     report(args, load, rounds, (s_s, s_out), (t_s, t_out))
+
+
+def _no_tokens(step, tokens) -> None:
+    """The per-step host callback of the streaming program, doing nothing."""
 
 
 def _port() -> int:
@@ -199,6 +210,8 @@ def report(args, load, rounds, single, streamed) -> None:
     """Print the table and write benchmarks/results/serve_bench.{md,json}."""
     med = lambda k: statistics.median(r[k] for r in rounds)  # noqa: E731
     direct_tps = statistics.median(r["direct_tokens"] / r["direct_s"] for r in rounds)
+    stream_tps = statistics.median(r["direct_stream_tokens"] / r["direct_stream_s"]
+                                   for r in rounds)
     batched_tps = statistics.median(r["batched_tokens"] / r["batched_s"] for r in rounds)
     lat = rounds[len(rounds) // 2]["latency_s"]
     s_s, s_out = single
@@ -207,8 +220,11 @@ def report(args, load, rounds, single, streamed) -> None:
     if not ttft:
         raise SystemExit("no streamed response carried content: time to first token unknown")
     rows = [("direct sample() call, 32 prompts", f"{direct_tps:.0f}", f"{med('direct_s'):.2f}"),
+            ("direct sample(..., on_tokens=no-op), 32 prompts", f"{stream_tps:.0f}",
+             f"{med('direct_stream_s'):.2f}"),
             ("server, 32 concurrent clients", f"{batched_tps:.0f}", f"{med('batched_s'):.2f}"),
-            ("server, one request at a time", f"{single_tps:.0f}", f"{s_s:.2f}")]
+            (f"server, one request at a time ({args.single} requests)", f"{single_tps:.0f}",
+             f"{s_s:.2f}")]
     lines = [f"# serve_bench: {args.clients} chat requests x {args.new_tokens} new tokens, "
              "bench-100m shapes, fp32, CPU", "",
              f"Load average (1 min) when the timed part started: {load:.2f}; batch window "
@@ -216,6 +232,8 @@ def report(args, load, rounds, single, streamed) -> None:
              "| path | tokens/s | wall s |", "| --- | ---: | ---: |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", f"- served batched / direct: **{batched_tps / direct_tps:.2f}x** (goal >= 0.8x)",
+              f"- the per-step host callback of token streaming (direct with on_tokens / "
+              f"without): **{stream_tps / direct_tps:.2f}x**",
               f"- batched / one at a time: **{batched_tps / single_tps:.1f}x**",
               f"- latency per request (batched round): p50 {pct(lat, 50):.2f} s, p90 "
               f"{pct(lat, 90):.2f} s, p99 {pct(lat, 99):.2f} s",
