@@ -93,6 +93,27 @@ def test_eos_stops_rows_and_the_loop(greedy_case):
     assert res.steps == max(stop)
 
 
+def test_on_tokens_streams_each_step_in_order(greedy_case):
+    """on_tokens (token streaming) gets step 0, 1, ... with each row's token, -1 once the row
+    is done (its EOS delivered first), and the result is the one without it."""
+    model, prompts, expected = greedy_case
+    eos = (int(expected[0, 10]), int(expected[1, 20]))
+    seen = []
+    res = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, eos_ids=eos, pad_id=3,
+                   on_tokens=lambda step, toks: seen.append((step, toks.copy())))
+    tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+    assert [s for s, _ in seen] == list(range(int(res.steps)))
+    streamed = np.stack([t for _, t in seen], axis=1)  # [rows, steps]
+    for r, n in enumerate(lengths):
+        np.testing.assert_array_equal(streamed[r, :n], tokens[r, :n])
+        assert (streamed[r, n:] == -1).all()
+    plain = S.sample(model, prompts, max_new_tokens=NEW, temperature=0, eos_ids=eos, pad_id=3)
+    np.testing.assert_array_equal(np.asarray(plain.tokens), tokens)
+    with pytest.raises(ValueError, match="on_tokens"):
+        S.sample(model, prompts, max_new_tokens=4, temperature=0, slots=2,
+                 on_tokens=lambda *a: None)
+
+
 def test_early_stop_when_all_rows_done(greedy_case):
     model, prompts, expected = greedy_case
     eos = tuple(int(expected[r, 4]) for r in range(4))  # every row stops by its 5th token
