@@ -208,6 +208,33 @@ def test_streaming_delivers_tokens_as_they_are_sampled(served):
                                                                      arrivals[-1] - t0)
 
 
+def test_streamed_choices_stops_and_echo_join_to_the_plain_answer(served):
+    """Several prompts x n, a stop string and echo, streamed: per choice index the pieces join
+    to the non-streamed text, with the same finish_reason."""
+    s = served
+    kw = dict(model=NAME, prompt=["Anne", "Where is the ball?"], max_tokens=12, temperature=1.0,
+              n=2, seed=3)
+    plain = s.client.completions.create(**kw)
+    texts, reasons = {}, {}
+    for c in s.client.completions.create(**kw, stream=True):
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+            reasons[ch.index] = ch.finish_reason or reasons.get(ch.index)
+    assert texts == {c.index: c.text for c in plain.choices}
+    assert reasons == {c.index: c.finish_reason for c in plain.choices}
+    full = s.client.completions.create(model=NAME, prompt="Hello", max_tokens=12, temperature=0)
+    text = full.choices[0].text
+    at = next(i for i, ch in enumerate(text) if i > 2 and ch.isascii() and text.find(ch) == i)
+    stop = text[at - 1:at + 1]  # two characters, so the stream holds one back
+    cut = s.client.completions.create(model=NAME, prompt="Hello", max_tokens=12, temperature=0,
+                                      stop=[stop], echo=True)
+    parts = list(s.client.completions.create(model=NAME, prompt="Hello", max_tokens=12,
+                                             temperature=0, stop=[stop], echo=True, stream=True))
+    assert "".join(p.choices[0].text for p in parts) == cut.choices[0].text
+    assert cut.choices[0].text == "Hello" + text[:text.find(stop)]
+    assert parts[-1].choices[0].finish_reason == "stop"
+
+
 def test_concurrent_requests_share_a_call_and_keep_greedy_output(served):
     s = served
     prompts = [tk.encode(s.tok, t) for t in ("a", "bb cc", "the box", "Sally left")]
