@@ -55,6 +55,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-body-bytes", type=cli.positive_int, default=1 << 20)
     ap.add_argument("--graceful-shutdown-s", type=float, default=30.0)
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--no-token-streaming", action="store_true",
+                    help="compile the sampler without its per-step host callback: streamed "
+                         "requests then get their text when the call ends")
     ap.add_argument("--allow-nonfinite", action="store_true",
                     help="load weights with NaN/Inf instead of refusing them (debugging only)")
     add_model_args(ap)
@@ -150,7 +153,8 @@ def build_loader(args):
         model = load_model(load_path, dtype=args.dtype, mesh=mesh,
                            allow_nonfinite=args.allow_nonfinite, step=args.step)
         engine = Engine(model, eos_ids=eos, pad_id=tk.pad_id(tok, eos), max_model_len=max_len,
-                        batch_buckets=rows, prompt_buckets=prompts, mesh=mesh)
+                        batch_buckets=rows, prompt_buckets=prompts, mesh=mesh,
+                        stream=not args.no_token_streaming)
         log.info("warming up: batch sizes %s, prompt buckets %s, context %d",
                  engine.batch_buckets, engine.prompt_buckets, max_len)
         engine.warm_up(log=log.info)
