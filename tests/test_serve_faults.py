@@ -135,3 +135,20 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes(run_folder)
     pieces = [plain.push(t) for t in ids + [EOS[0]] + ids]  # nothing after an EOS
     assert pieces[:4] == ["a", "b", "", "é"]  # the first byte of é waits for the second
     assert "".join(pieces) == "abécd STOP ef" and plain.rest("abécd STOP ef") == ""
+
+
+def test_no_token_streaming_sends_the_text_when_the_call_ends(run_folder):
+    root, _ = run_folder
+    args, (name, load) = _loader(root / "hf", "--no-token-streaming")
+    server = Server(ServerConfig(model_name=name), load)
+    body = {"model": name, "prompt": "Anne thinks", "max_tokens": 8, "temperature": 0}
+    with TestClient(create_app(server)) as client:
+        _wait_ready(client)
+        assert not server.engine.stream
+        plain = client.post("/v1/completions", json=body).json()["choices"][0]
+        streamed = client.post("/v1/completions", json={**body, "stream": True})
+    events = [json.loads(line[5:]) for line in streamed.text.splitlines()
+              if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    pieces = [e["choices"][0]["text"] for e in events if e["choices"][0]["text"]]
+    assert "".join(pieces) == plain["text"] and len(pieces) <= 1
+    assert events[-1]["choices"][0]["finish_reason"] == plain["finish_reason"]
