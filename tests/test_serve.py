@@ -222,6 +222,15 @@ def test_streamed_choices_stops_and_echo_join_to_the_plain_answer(served):
             reasons[ch.index] = ch.finish_reason or reasons.get(ch.index)
     assert texts == {c.index: c.text for c in plain.choices}
     assert reasons == {c.index: c.finish_reason for c in plain.choices}
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = s.client.chat.completions.create(model=NAME, messages=msgs, max_tokens=10, n=2,
+                                            temperature=1.0, seed=5)
+    deltas = {}
+    for c in s.client.chat.completions.create(model=NAME, messages=msgs, max_tokens=10, n=2,
+                                              temperature=1.0, seed=5, stream=True):
+        for ch in c.choices:
+            deltas[ch.index] = deltas.get(ch.index, "") + (ch.delta.content or "")
+    assert deltas == {c.index: c.message.content for c in chat.choices}
     full = s.client.completions.create(model=NAME, prompt="Hello", max_tokens=12, temperature=0)
     text = full.choices[0].text
     at = next(i for i, ch in enumerate(text) if i > 2 and ch.isascii() and text.find(ch) == i)
