@@ -1,4 +1,5 @@
-"""From completion ids to OpenAI's response pieces: text, stop strings, log-probs, stream deltas.
+"""From completion ids to OpenAI's response pieces: text, stop strings, log-probs (the stream's
+deltas are `streaming.TextStream`'s).
 
 A completion ends at the first of: an EOS id (kept in the token count and the log-probs, left
 out of the text, finish_reason "stop"), a `stop` string (the text is cut before it and the
@@ -99,9 +100,3 @@ def chat_logprobs(tokenizer, scored: Scored, prompt_len: int, done: Finished, k:
         content.append({"token": text, "logprob": scored.logprobs[at],
                         "bytes": list(text.encode()), "top_logprobs": tops})
     return {"content": content}
-
-
-def deltas(done: Finished) -> list[str]:
-    """The text in per-token pieces for streaming (joined they are exactly `done.text`)."""
-    bounds = done.offsets + [len(done.text)]
-    return [done.text[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
