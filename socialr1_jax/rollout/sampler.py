@@ -272,14 +272,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     if slots is None:
         cap = (jnp.int32(n_new) if np.ndim(max_new_tokens) == 0
                else np.pad(caps, (0, padded_rows - rows), constant_values=1))
-        sid = stream.register(on_tokens) if on_tokens is not None else None
-        try:
-            out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, sid)
-            if sid is not None:  # the callbacks have all run once the outputs are ready
-                jax.block_until_ready(out)
-        finally:
-            if sid is not None:
-                stream.release(sid)
+        out = _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, on_tokens)
     else:
         out = _run_refill(model, mesh, ids, mask, scalars, caps, plan,
                           slots=int(slots), group=int(num_samples), draw_rows=padded_rows)
@@ -359,10 +352,18 @@ def _left_padded(prompts, num_samples, padded_rows, p_len, pad_id):
     return ids, mask
 
 
-def _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, stream_id=None):
+def _run_static(model, mesh, ids, mask, rows, scalars, cap, plan, on_tokens=None):
+    """The static-batch program; with on_tokens, registered for the call's host callbacks."""
     active = np.arange(ids.shape[0]) < rows
-    extra = () if stream_id is None else (jnp.int32(stream_id),)
-    return _run(_generate, model, mesh, (ids, mask, active), (*scalars, cap, *extra), plan=plan)
+    if on_tokens is None:
+        return _run(_generate, model, mesh, (ids, mask, active), (*scalars, cap), plan=plan)
+    sid = stream.register(on_tokens)
+    try:
+        out = _run(_generate, model, mesh, (ids, mask, active),
+                   (*scalars, cap, jnp.int32(sid)), plan=plan)
+        return jax.block_until_ready(out)  # every callback has run once the outputs are ready
+    finally:
+        stream.release(sid)
 
 
 def _run(program, model, mesh, arrays, scalars, **static):
