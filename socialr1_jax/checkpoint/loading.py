@@ -110,7 +110,11 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
-    if checkpoint.is_orbax_checkpoint(path):
+    from socialr1_jax.checkpoint import lora_io
+
+    if lora_io.is_lora_root(path):  # a LoRA run: its base (lora.json) with the adapters
+        model = lora_io.load_lora_model(path, dtype=dtype, mesh=mesh, step=step)
+    elif checkpoint.is_orbax_checkpoint(path):
         model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh, step=step)
     elif step is not None:
         raise CheckpointError(f"{path}: step {step} asked for, but this is no Orbax checkpoint "
