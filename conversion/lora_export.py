@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 
 from conversion import Summary, check_out
 from socialr1_jax import cli
 from socialr1_jax.checkpoint import lora_io, orbax_io
+from socialr1_jax.checkpoint.loading import load_lora_model
 from socialr1_jax.model.config import parse_dtype
 
 
@@ -26,27 +25,18 @@ def _adapted(ckpt: str, step, flag: str):
         raise cli.UsageError(f"{flag}: --ckpt {ckpt} has no LoRA adapters (no "
                              f"{lora_io.LORA_JSON}); export it without {flag}")
     root = lora_io._root_of(ckpt)
-    return root, lora_io.load_lora_model(ckpt, step=step)
+    return root, load_lora_model(ckpt, step=step)
 
 
-def export_merged(ckpt: str, out: str, *, step=None, dtype=None, overwrite: bool = False,
-                  max_shard_size="5GB", progress: bool = True, allow_nonfinite: bool = False):
-    """Full HF weights of the adapted model at `out` (see the module docstring)."""
-    from conversion import orbax_to_hf
-
+def merged_checkpoint(ckpt: str, out: str, tmp: str, *, step=None, overwrite: bool = False):
+    """(the LoRA run's root, an Orbax root under `tmp` holding the adapted model with its
+    adapters merged, plus the run's side files) for `orbax_to_hf.export` to write as HF."""
     root, model = _adapted(ckpt, step, "--merge-lora")
-    out = check_out(out, {"--ckpt": root}, overwrite=overwrite)
+    check_out(out, {"--ckpt": root}, overwrite=overwrite)
     merged = lora_io.merged_model(model)
-    tmp = tempfile.mkdtemp(prefix=".merge-lora-", dir=os.path.dirname(os.path.abspath(out)))
-    try:
-        src = orbax_io.save_checkpoint(os.path.join(tmp, "ckpt"), 0, _state(merged),
-                                       cfg=merged.cfg)
-        orbax_io.copy_side_files(root, os.path.dirname(src), only_missing=True)
-        return orbax_to_hf.export(os.path.dirname(src), out, step=0, dtype=dtype,
-                                  overwrite=overwrite, max_shard_size=max_shard_size,
-                                  progress=progress, allow_nonfinite=allow_nonfinite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    src = orbax_io.save_checkpoint(os.path.join(tmp, "ckpt"), 0, _state(merged), cfg=merged.cfg)
+    orbax_io.copy_side_files(root, os.path.dirname(src), only_missing=True)
+    return root, os.path.dirname(src)
 
 
 def _state(model):

@@ -27,7 +27,9 @@ kernel-copied ones by a background thread reading the same chunk files).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -163,6 +165,20 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
     return Summary("orbax_to_hf", len(table), total, time.perf_counter() - t0, out)
 
 
+def export_merged(ckpt: str, out: str, *, step: int | None = None, overwrite: bool = False,
+                  **kwargs) -> Summary:
+    """Full HF weights of a LoRA run's adapted model, its adapters merged into the base weights
+    (conversion/lora_export.py), at `out`; keyword arguments as `export`'s."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".merge-lora-", dir=parent)
+    try:
+        _, src = lora_export.merged_checkpoint(ckpt, out, tmp, step=step, overwrite=overwrite)
+        return export(src, out, step=0, overwrite=overwrite, **kwargs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     """The command line (see the module docstring); errors as one `error:` line via cli.run."""
     p = cli.ArgumentParser(prog="python -m conversion.orbax_to_hf",
@@ -180,7 +196,7 @@ def main(argv=None) -> int:
                           "adapter_model.safetensors)")
     a = p.parse_args(argv)
     if a.merge_lora:
-        return run_cli(lambda: lora_export.export_merged(
+        return run_cli(lambda: export_merged(
             a.ckpt, a.out, step=a.step, dtype=a.dtype, overwrite=a.overwrite,
             max_shard_size=a.max_shard_size, progress=not a.no_progress,
             allow_nonfinite=a.allow_nonfinite), a.out)

@@ -28,7 +28,7 @@ from flax import nnx
 from socialr1_jax.checkpoint import orbax_io
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.model import build, lora
-from socialr1_jax.model.config import preset
+
 
 LORA_JSON = "lora.json"
 PEFT_CONFIG = "adapter_config.json"
@@ -118,49 +118,6 @@ def spec_of(root: str) -> lora.LoraSpec:
     rec = read_lora_json(root)
     return lora.parse_spec(int(rec["rank"]), rec["alpha"], rec["target_modules"],
                            key=os.path.join(root, LORA_JSON))
-
-
-def load_base(root: str, *, dtype=None, mesh=None):
-    """The base model lora.json names, its hash checked against the record."""
-    from socialr1_jax.checkpoint.loading import load_model
-
-    rec = read_lora_json(root)["base"]
-    if rec.get("path"):
-        path = rec["path"]
-        path = path if os.path.isabs(path) else os.path.join(os.path.dirname(root), path)
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{os.path.join(root, LORA_JSON)}: base checkpoint {path} "
-                                  "does not exist")
-        check_base(root, {"path": path, "hash": content_hash(path)})
-        return load_model(path, dtype=dtype, mesh=mesh)
-    cfg = preset(rec["preset"], vocab_size=rec["vocab_size"], param_dtype=rec["param_dtype"],
-                 dtype=rec["dtype"])
-    model = build.create_model(cfg, mesh=mesh, seed=int(rec["seed"]))
-    check_base(root, {"preset": rec["preset"], "hash": params_hash(nnx.state(model))})
-    return model
-
-
-def load_lora_model(path: str, *, dtype=None, mesh=None, step: Optional[int] = None):
-    """The adapted model of a LoRA run's checkpoint (root or step directory): the base from
-    lora.json with the step's adapters."""
-    import orbax.checkpoint as ocp
-
-    root = _root_of(path)
-    root, step = orbax_io.resolve(root, step if step is not None or path == root
-                                  else int(os.path.basename(os.path.abspath(path))))
-    base = load_base(root, dtype=dtype, mesh=mesh)
-    model = build.with_lora(base, spec_of(root), mesh=mesh)
-    graphdef, base_state, adapters = build.split_lora(model)
-    target = nnx.to_pure_dict(adapters)
-    mgr = orbax_io.manager(root)
-    try:
-        out = mgr.restore(step, args=ocp.args.Composite(**{orbax_io.PARAMS: ocp.args.PyTreeRestore(
-            item=target, restore_args=orbax_io._restore_args_for(target, mesh, orbax_io.PARAMS))}))
-    finally:
-        mgr.close()
-    nnx.replace_by_pure_dict(adapters, out[orbax_io.PARAMS])
-    adapters = jax.tree.map(lambda x: x.astype(model.cfg.jnp_param_dtype), adapters)
-    return build.merge_lora(graphdef, base_state, adapters)
 
 
 # -- exports -------------------------------------------------------------------------------
