@@ -164,3 +164,13 @@ def test_merge_lora_without_adapters_is_one_error_line(tmp_path, capsys):
                                       str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no LoRA adapters" in err[0], err
+
+
+@pytest.mark.parametrize("job", ["sft", "train_rm"])
+def test_jobs_without_lora_refuse_it_in_one_line(job, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"socialr1_jax.jobs.{job}")
+    code = cli.run(mod.main, ["model.lora.rank=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "LoRA is implemented for GRPO" in err[0], err

@@ -52,11 +52,3 @@ def start_fns(cfg, mcfg, mesh, adapters):
     kw = {"total_updates": cfg.total_updates}
     return (lambda: lora_train.abstract_train_state(mcfg, cfg.optim, mesh, **kw),
             lambda: ts.init_train_state(adapters, cfg.optim, mesh, **kw))
-
-
-def refuse(section, job: str, key: str = "model.lora.rank") -> None:
-    """ConfigError for a job without LoRA support when its config turns LoRA on."""
-    lora = getattr(section, "lora", None)
-    if lora is not None and lora.rank:
-        raise ConfigError(f"{key}={lora.rank}: LoRA is implemented for GRPO (socialr1_jax.train)"
-                          f" only, not for {job}; set {key}=0")

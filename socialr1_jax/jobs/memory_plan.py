@@ -261,8 +261,13 @@ def topology_devices(topology: str) -> list:
     0.10.2); nothing runs on them, XLA's TPU compiler only plans their memory."""
     from jax.experimental import topologies
 
+    dims = [int(x) for x in topology.split(":")[-1].split("x") if x.isdigit()]
+    # A slice smaller than one host (a single chip: 'v6e:1x1') needs its host bounds given.
+    small = {"chips_per_host_bounds": tuple(dims + [1] * (3 - len(dims)))[:3]} \
+        if dims and math.prod(dims) < 4 else {}
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                                 **small).devices)
     except Exception as e:  # libtpu missing or the name unknown: say which
         from socialr1_jax.cli import UsageError
 

@@ -55,6 +55,12 @@ class LoraSection:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
+    def refuse(self, job: str) -> None:
+        """ConfigError when LoRA is on in a job that does not implement it."""
+        if self.rank:
+            raise ConfigError(f"model.lora.rank={self.rank}: LoRA is implemented for GRPO "
+                              f"(socialr1_jax.train) only, not for {job}; set model.lora.rank=0")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
