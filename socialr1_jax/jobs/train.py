@@ -51,7 +51,8 @@ from socialr1_jax.yaml_config import ConfigError
 # a demo-sized length window, the heuristic judges) trains on other stories' belief questions;
 # held-out stories are evaluated before the warm start, before GRPO and after it.
 DEMO = {
-    "model": {"preset": "tiny", "vocab_size": 512, "tokenizer": "demo", "seed": 0},
+    "model": {"preset": "tiny", "vocab_size": 512, "tokenizer": "demo", "seed": 0,
+              "lora": {"rank": 0, "alpha": 256.0}},  # model.lora.rank=8: docs/lora.md
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0},
     "grpo": {"group_size": 8, "beta": 0.04, "kl": "k3", "agg": "token-mean"},
     "rollout": {"prompts_per_step": 8, "max_prompt_len": 192, "max_new_tokens": 72,
