@@ -49,8 +49,8 @@ def _runner(model, rank: int, alpha: float):
     graphdef, base, adapters = build.split_lora(adapted)
     parts = lora_train.LoraParts(base, adapted.cfg)
     step = lora_train.LoraStep(lora_train.make_train_step(adapted.cfg, ocfg, gcfg), base)
-    return (ts.init_train_state(adapters, ocfg, None), parts.policy, graphdef, base,
-            ts.make_logprob_fn(parts.reference_cfg, None), step)
+    return (ts.init_train_state(adapters, ocfg, None), lambda s: parts.policy(s.params),
+            graphdef, base, ts.make_logprob_fn(parts.reference_cfg, None), step)
 
 
 def _step(r, state, prompts, target, seed, rng):

@@ -174,3 +174,28 @@ def test_jobs_without_lora_refuse_it_in_one_line(job, capsys):
     code = cli.run(mod.main, ["model.lora.rank=4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "LoRA is implemented for GRPO" in err[0], err
+
+
+def test_memory_plan_of_a_lora_config():
+    """`memory_plan --config` reads the 4B LoRA config as written; a LoRA plan's state is the
+    adapters (and their moments) only, the base an argument of the train step."""
+    import argparse
+
+    from socialr1_jax.jobs import memory_plan
+    from socialr1_jax.jobs.plan_config import settings_from_config
+
+    args = argparse.Namespace(meshes=["1x8x1"], mesh_given=False, devices=1, layers=0)
+    (s,) = settings_from_config(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                             "socialr1_qwen3_4b_lora.yaml"), args)
+    assert (s["preset"], s["mesh"], s["prompts"], s["group"], s["completion_len"]) == \
+        ("qwen3-4b", "1x1x1", 8, 5, 2048)
+    assert (s["micro_batch"], s["remat"], s["lora"].rank, len(s["lora"].targets)) == \
+        (1, "full", 16, 7)
+    spec = lora.parse_spec(1, 8, "q_proj,v_proj")
+    plan = memory_plan.plan(preset="tiny", mesh="1x8x1", prompts=4, group=4, prompt_len=8,
+                            completion_len=16, micro_batch=8, param_dtype="bfloat16", lora=spec)
+    st, (train, ref) = plan["state_bytes_per_device"], plan["programs"]
+    assert st["params"] < st["reference_params"] / 10  # adapters only
+    assert st["master"] == 2 * st["params"]  # their fp32 master copy beside the bf16 adapters
+    assert train["arguments"] >= st["train_state_total"] + st["reference_params"]
+    assert train["resident_besides"] == 0 and ref["resident_besides"] == st["train_state_total"]

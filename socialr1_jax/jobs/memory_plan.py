@@ -458,9 +458,10 @@ def write_results(plans: list[dict], out: str, command: str) -> None:
         f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
                 f"Commit {prov['commit']}, {prov['date']}, load average "
                 f"{', '.join(map(str, prov['load_avg']))}.\n\n"
-                f"`{command}` (jax {first['jax']}, backend {first['backend']}, "
-                f"{first['setting']['devices']} simulated devices, "
-                f"XLA_FLAGS=`{first['xla_flags']}`). GB = 1e9 bytes.\n\n"
+                f"`{command}` (jax {first.get('jax', '?')}, backend "
+                f"{first.get('backend', 'tpu (every setting refused)')}, "
+                f"{first['setting'].get('devices', '?')} simulated devices, "
+                f"XLA_FLAGS=`{first.get('xla_flags', '')}`). GB = 1e9 bytes.\n\n"
                 + sweep_markdown(plans) + "\n")
 
 
