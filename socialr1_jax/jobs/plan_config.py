@@ -44,4 +44,9 @@ def settings_from_config(path: str, args, *, topology=None) -> list[dict]:
         if not topology and math.prod(sizes.values()) != args.devices:
             raise cli.UsageError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; "
                                  f"there are {args.devices} (--devices)")
+        shards = sizes["data"] * sizes["fsdp"]
+        if cfg.micro_batch % shards:
+            raise cli.UsageError(f"--config {path}: its micro-batch of {cfg.micro_batch} "
+                                 f"sequences does not split over the {shards} batch shards of "
+                                 f"mesh {mesh}")
     return [dict(base, mesh=mesh) for mesh in meshes]

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from socialr1_jax.parallel.sharding import ACT_BTF, constrain
 
 if TYPE_CHECKING:
     from socialr1_jax.model.config import ModelConfig
@@ -42,6 +41,7 @@ TARGETS = {
 }
 ALL_LINEAR = "all-linear"
 MLP_SHORT = ("gate", "up", "down")
+MLP_WEIGHTS = ("gate_lfd", "up_lfd", "down_ldf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,20 +145,38 @@ def add(cfg: "ModelConfig", w: dict, short: str, x, y):
     return y + (cfg.lora.scale * up).astype(y.dtype).reshape(y.shape)
 
 
-def has_mlp(w: dict) -> bool:
-    """Whether layer weights `w` hold an adapter on any MLP projection."""
-    return any(f"lora_{s}_a" in w for s in MLP_SHORT)
+def mlp_weights(cfg: "ModelConfig", w: dict, gate_fd, up_fd, down_df):
+    """The MLP's weights with their adapters folded in, W + scale * B @ A, for one layer.
+
+    The MLP is the one place that merges on the fly: `qwen3.swiglu_mlp`'s hand-written
+    backward pass (which XLA:CPU runs much faster than autodiff's) then serves adapted layers
+    too, and autodiff carries its weight gradients on to A and B. Inside the layer scan only
+    one layer's merged MLP exists at a time. With B = 0 the sum is W exactly."""
+    out = []
+    for short, base in zip(MLP_SHORT, (gate_fd, up_fd, down_df)):
+        a = w.get(f"lora_{short}_a")
+        if a is not None:
+            b = w[f"lora_{short}_b"].astype(base.dtype)
+            base = base + cfg.lora.scale * jnp.einsum("or,ri->oi", b, a.astype(base.dtype),
+                                                      precision=cfg.precision)
+        out.append(base)
+    return out
 
 
-def mlp(cfg: "ModelConfig", w: dict, x_btd, gate_fd, up_fd, down_df):
-    """The SwiGLU MLP with adapters on its projections (autodiff's backward pass: the
-    hand-written one of `qwen3.swiglu_mlp` has no adapter terms). The base products are the
-    same einsums as swiglu_mlp's, so with B = 0 the output is the base MLP's exactly."""
-    mm = lambda s, a, b: jnp.einsum(s, a, b, precision=cfg.precision)  # noqa: E731
-    gate = add(cfg, w, "gate", x_btd, mm("btd,fd->btf", x_btd, gate_fd))
-    up = add(cfg, w, "up", x_btd, mm("btd,fd->btf", x_btd, up_fd))
-    h_btf = constrain(jax.nn.silu(gate) * up, ACT_BTF)
-    return add(cfg, w, "down", h_btf, mm("btf,df->btd", h_btf, down_df))
+def merged_layer(cfg: "ModelConfig", w: dict) -> dict:
+    """One layer's weights with every adapter folded into its base weight (no lora_* keys).
+
+    What the sampler's decode loop runs (`Qwen3.unstacked_layers`): it takes a per-layer copy of
+    the weights anyway, so merging there costs no memory, and a decode step then runs the base
+    model's matmuls only (benchmarks/results/lora_bench.md)."""
+    if not any(k.startswith("lora_") for k in w):
+        return w
+    out = {k: v for k, v in w.items() if not k.startswith("lora_")}
+    for t in cfg.lora.targets:
+        short, name = TARGETS[t][:2]
+        out[name] = merged_weight(cfg, t, w[name], w[f"lora_{short}_a"],
+                                  w[f"lora_{short}_b"]).astype(w[name].dtype)
+    return out
 
 
 def merged_weight(cfg: "ModelConfig", target: str, base, a, b):

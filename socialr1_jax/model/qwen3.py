@@ -334,9 +334,8 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
                                  jnp.einsum("btj,dj->btd", out_btj, o_dj, precision=prec))
     with jax.named_scope("mlp"):
         h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
-        mlp = partial(lora.mlp, cfg, w) if lora.has_mlp(w) else partial(swiglu_mlp, precision=prec)
-        x_btd = x_btd + mlp(h_btd, w["gate_lfd"].astype(dt), w["up_lfd"].astype(dt),
-                            w["down_ldf"].astype(dt))
+        mlp_w = lora.mlp_weights(cfg, w, *(w[n].astype(dt) for n in lora.MLP_WEIGHTS))
+        x_btd = x_btd + swiglu_mlp(h_btd, *mlp_w, prec)
     return constrain(x_btd, ACT_BTD), kv
 
 
@@ -471,7 +470,8 @@ class Qwen3(nnx.Module):
         slices cost one copy of the layers' weights, held while the loop runs.
         """
         stacked = self.stacked_weights()
-        return [{name: w[i] for name, w in stacked.items()} for i in range(self.cfg.num_layers)]
+        return [lora.merged_layer(self.cfg, {name: w[i] for name, w in stacked.items()})
+                for i in range(self.cfg.num_layers)]
 
     def stacked_weights(self) -> dict:
         """`Layers.stacked()` plus the LoRA adapters' stacked arrays when the model has them."""
