@@ -2,9 +2,10 @@
 scanned Qwen3 decoder, initialised and scaled as Hugging Face PEFT's `LoraConfig` does.
 
 A target projection W [out, in] (HF's torch layout, the one our weights keep) gains
-A [r, in] and B [out, r]; the layer computes x @ W^T + (alpha / r) * (x @ A^T) @ B^T, unmerged:
-the base weights are never copied or changed, so the same arrays serve the frozen reference
-(adapters off) and the adapted policy. A is drawn as PEFT draws it (torch's
+A [r, in] and B [out, r]; the layer computes x @ W^T + (alpha / r) * (x @ A^T) @ B^T. The
+attention projections apply it unmerged; the MLP (`mlp_weights`) and the sampler's decode loop
+(`merged_layer`) fold W + s B A into one layer's copy of the weights. The base arrays are never
+changed, so they serve both the frozen reference (adapters off) and the adapted policy. A is drawn as PEFT draws it (torch's
 `kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(in), 1/sqrt(in))) and B is zero, so an adapted
 model at step 0 computes exactly the base model's outputs.
 
