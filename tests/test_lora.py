@@ -199,3 +199,23 @@ def test_memory_plan_of_a_lora_config():
     assert st["master"] == 2 * st["params"]  # their fp32 master copy beside the bf16 adapters
     assert train["arguments"] >= st["train_state_total"] + st["reference_params"]
     assert train["resident_besides"] == 0 and ref["resident_besides"] == st["train_state_total"]
+
+
+def test_adapters_shard_with_their_layer():
+    """A is split along its input dim and B along its output dim as the base weight's dims are
+    (PARAM_RULES); the rank axis is replicated; the layer axis stays whole (scanned)."""
+    from socialr1_jax.parallel.sharding import path_str
+
+    cfg = preset("tiny").replace(lora=lora.parse_spec(4, 8, "all-linear"))
+    _, abstract = build.abstract_state(cfg, make_mesh(1, 4, 2))
+    spec = {path_str(p).split("/")[-1]: tuple(x.sharding.spec) + (None,) * 4
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    # (base, its output-dim axis, its input-dim axis) in our [out..., in...] layout
+    for t, (short, base, a_name, b_name) in lora.TARGETS.items():
+        out_axis, in_axis = {"q_lnhd": (1, 3), "k_lkhd": (1, 3), "v_lkhd": (1, 3),
+                             "o_ldnh": (1, 2), "gate_lfd": (1, 2), "up_lfd": (1, 2),
+                             "down_ldf": (1, 2)}[base]
+        a, b = spec[f"{short}_a_{a_name}"], spec[f"{short}_b_{b_name}"]
+        assert a[:3] == (None, None, spec[base][in_axis]), t
+        assert b[:3] == (None, spec[base][out_axis], None), t
+        assert spec[base][in_axis] and spec[base][out_axis]  # both dims are split at all
