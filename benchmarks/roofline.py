@@ -386,7 +386,10 @@ def measure(program: str, topology: str, r: Recipe, devices: list) -> dict:
               ("argument", "output", "alias", "temp", "generated_code")}
     if floor is None:  # every argument read once, every output written once
         floor = memory["argument"] + memory["output"]
-    text = compiled.as_text()
+    try:
+        text, text_error = compiled.as_text(), ""
+    except Exception as e:  # noqa: BLE001  libtpu can fail to print a program it compiled
+        text, text_error = "", str(e).splitlines()[0][:200]
     kernels = kernel_counts(text)
     chip = CHIPS[topology.split(":")[0]]
     flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -401,7 +404,8 @@ def measure(program: str, topology: str, r: Recipe, devices: list) -> dict:
             "t_floor_ms": floor / chip.hbm_bytes_s * 1e3,
             "bound": "HBM" if t_hbm >= t_flops else "compute",
             "xla_optimal_seconds": cost.get("optimal_seconds"),
-            "memory": memory, "heaviest": heaviest(text), "compile_s": round(seconds, 1)}
+            "memory": memory, "heaviest": heaviest(text), "compile_s": round(seconds, 1),
+            "hlo_text_error": text_error}
 
 
 def topology_devices(topology: str) -> list:
@@ -445,8 +449,12 @@ def markdown(rows: list[dict], r: Recipe, command: str, libtpu: str | None) -> s
             f"| {w['program']} | {w['topology']} | {w['mesh']} | {w['batch']} | "
             f"{w['flops'] / 1e9:.1f} | {_gb(w['bytes_accessed'])} | {_gb(w['floor_bytes'])} | "
             f"**{w['ratio_to_floor']:.2f}** | {w['t_hbm_ms']:.3g} | {w['t_flops_ms']:.3g} | "
-            f"{w['bound']} | {w['fusions']} | {w['kernels']} | {_gb(w['memory']['temp'])} | "
+            f"{w['bound']} | {w['fusions'] if not w['hlo_text_error'] else 'n/a'} | "
+            f"{w['kernels'] if not w['hlo_text_error'] else 'n/a'} | {_gb(w['memory']['temp'])} | "
             f"{w['compile_s']:.0f} |")
+    lines += [f"\n{w['program']} on {w['topology']}: compiled, but libtpu could not print its "
+              f"HLO ({w['hlo_text_error']}), so its kernels are not counted." for w in rows
+              if w["hlo_text_error"]]
     lines += ["", "Chips (per chip): " + "; ".join(
         f"{k}: {v.source}" for k, v in CHIPS.items()), ""]
     for w in rows:
