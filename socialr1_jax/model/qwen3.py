@@ -202,32 +202,43 @@ def _heads_proj(x_btd, w_nhd, precision):
     return out_btj.reshape(b, t, n, h)
 
 
-def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
+def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs, precision, reduce: bool):
     """One query per row against the cache: out [B, K, G, H] in fp32.
 
-    Written as fused multiply-reduces rather than einsums: per (row, KV head) the products are
-    [G, H] x [H, S], far too small for a matmul kernel, and XLA:CPU ran them as batched dots at
-    half the speed (measured 0.26 -> 0.13 ms per layer at B=8, S=128). Accelerators fuse the
-    same reduces; a decode step's attention is bound by reading the cache either way. Products
-    are in fp32, so no matmul precision applies.
+    reduce=False (accelerators): two dots that read the cache in its own dtype and accumulate
+    in fp32. reduce=True (XLA:CPU): fused fp32 multiply-reduces, since per (row, KV head) the
+    products are [G, H] x [H, S], too small for a matmul kernel, and XLA:CPU ran them as batched
+    dots at half the speed (0.26 -> 0.13 ms per layer at B=8, S=128). On TPU the reduces cost
+    an fp32 copy of every layer's cache per step: the 4B decode step of 40 rows on a v5e 2x4
+    (tensor-parallel mesh, XLA's TPU compiler ahead of time) accessed 13.6 GB by reduces and
+    5.6 GB by dots (benchmarks/roofline.py).
     """
     f32 = jnp.float32
     h = q_bkgh.shape[-1]
-    scores_bkgs = jnp.sum(q_bkgh.astype(f32)[:, :, :, None, :] * k_bksh.astype(f32)[:, :, None],
-                          axis=-1) * (h ** -0.5)
+    if reduce:
+        scores_bkgs = jnp.sum(q_bkgh.astype(f32)[:, :, :, None, :]
+                              * k_bksh.astype(f32)[:, :, None], axis=-1) * (h ** -0.5)
+    else:
+        scores_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh.astype(q_bkgh.dtype),
+                                 precision=precision, preferred_element_type=f32) * (h ** -0.5)
     scores_bkgs = jnp.where(mask_bs[:, None, None, :], scores_bkgs, _MASKED)
     probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
-    return jnp.sum(probs_bkgs[..., None] * v_bksh.astype(f32)[:, :, None], axis=-2)
+    if reduce:
+        return jnp.sum(probs_bkgs[..., None] * v_bksh.astype(f32)[:, :, None], axis=-2)
+    return jnp.einsum("bkgs,bksh->bkgh", probs_bkgs.astype(v_bksh.dtype), v_bksh,
+                      precision=precision, preferred_element_type=f32)
 
 
-def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision):
-    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]."""
+def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision, reduce: bool = False):
+    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]
+    (reduce: how one query per row attends, see `_decode_attention`)."""
     b, t, n, h = q_btnh.shape
     kv_heads = k_bksh.shape[1]
     dt = q_btnh.dtype
     q_btkgh = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h)
     if t == 1:
-        out = _decode_attention(q_btkgh[:, 0], k_bksh, v_bksh, mask_bts[:, 0]).astype(dt)
+        out = _decode_attention(q_btkgh[:, 0], k_bksh, v_bksh, mask_bts[:, 0], precision,
+                                reduce).astype(dt)
         return out.reshape(b, 1, n * h)
     scores = jnp.einsum("btkgh,bksh->bkgts", q_btkgh, k_bksh.astype(dt), precision=precision,
                         preferred_element_type=jnp.float32) * (h ** -0.5)
@@ -324,7 +335,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
             k_bksh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
             v_bksh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
             kv = (k_all, v_all)
-        out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec)
+        out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec, cfg.decode_by_reduce)
         o_dnh = w["o_ldnh"].astype(dt)
         o_dj = o_dnh.reshape(o_dnh.shape[0], -1)  # free reshape, see _heads_proj
         x_btd = x_btd + jnp.einsum("btj,dj->btd", out_btj, o_dj, precision=prec)
