@@ -98,7 +98,8 @@ def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
 
 def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
                allow_nonfinite: bool = False, step: int | None = None) -> Qwen3:
-    """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
+    """Load a Qwen3 model from an HF directory, an Orbax checkpoint written by our converter or
+    a training job, or a training run's folder (RUN, whose RUN/checkpoints is loaded).
 
     dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
     mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
@@ -112,6 +113,7 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
+    path = checkpoint.run_checkpoints(path)
     if lora_io.is_lora_root(path):  # a LoRA run: its base (lora.json) with the adapters
         model = load_lora_model(path, dtype=dtype, mesh=mesh, step=step)
     elif checkpoint.is_orbax_checkpoint(path):

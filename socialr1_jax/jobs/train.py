@@ -160,8 +160,6 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
         if not task_given:
             check_task(cfg)
         if rows is not None:
-            from socialr1_jax.rollout import tokenizer as tk
-
             tokenizer = run_tokenizer(cfg.model)
         prep = _prepare_run(cfg, task_given, rows, rewards)
         prep.tokenizer = tokenizer
@@ -250,24 +248,23 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
 
 def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary,
                 stop=None):
-    """The `sft` section before GRPO (jobs/sft.py: trained and saved to RUN/warm_start, or loaded
+    """The `sft` section before GRPO (jobs/warm_start.py: trained and saved to RUN/warm_start, or loaded
     from there on resume), with a held-out evaluation of the model before it when evaluating.
     Returns (model, {"loss_first", "loss_last", "eval_before"} of a fresh warm start)."""
-    from socialr1_jax.jobs import sft
-    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.jobs import sft, warm_start
 
     say = (log or print) if primary else (lambda line: None)
     tokenizer = getattr(task, "tokenizer", None) or run_tokenizer(cfg.model)
     sft.check_batch_fits_mesh(cfg.sft, mesh)
     info: dict = {}
-    root = os.path.join(out_dir, sft.WARM_START_DIR) if out_dir else ""
+    root = os.path.join(out_dir, warm_start.WARM_START_DIR) if out_dir else ""
     if evaluator is not None and not (root and os.path.isdir(root)):
         graphdef, params = nnx.split(model)
         info["eval_before"] = evaluator(graphdef, params, mesh, eos_ids=task.eos_ids,
                                         pad_id=task.pad_id)
         say(f"eval before the warm start: accuracy {info['eval_before']['eval/accuracy']:.3f} "
             f"({info['eval_before']['eval/unparsable']} unparsable)")
-    model, res = sft.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
+    model, res = warm_start.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
                                       prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
                                       progress=cfg.run.progress and primary, meta=info,
                                       stop=stop)

@@ -11,7 +11,6 @@ then checks its values and `TrainConfig.__post_init__` the ones that only make s
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Optional
 

@@ -146,6 +146,38 @@ def add(cfg: "ModelConfig", w: dict, short: str, x, y):
     return y + (cfg.lora.scale * up).astype(y.dtype).reshape(y.shape)
 
 
+def projected(cfg: "ModelConfig", w: dict, x, proj, short: str, name: str):
+    """A q / k / v projection `proj(x, W, precision)` of layer weights `w` plus its adapter."""
+    return add(cfg, w, short, x, proj(x, w[name].astype(x.dtype), cfg.precision))
+
+
+def out_projected(cfg: "ModelConfig", w: dict, x_btj):
+    """The attention output projection x @ W_o^T plus its adapter; W_o [D, N, H] is used as
+    its free reshape [D, N*H] (see `qwen3._heads_proj`)."""
+    o_dnh = w["o_ldnh"].astype(x_btj.dtype)
+    o_dj = o_dnh.reshape(o_dnh.shape[0], -1)
+    return add(cfg, w, "o", x_btj, jnp.einsum("btj,dj->btd", x_btj, o_dj,
+                                              precision=cfg.precision))
+
+
+def attach(model, cfg: "ModelConfig", rngs: nnx.Rngs) -> None:
+    """Give a Qwen3 being built its adapters (`model.lora`) when `cfg.lora` is set."""
+    if cfg.lora is not None:
+        model.lora = Adapters(cfg, rngs=rngs)
+
+
+def stacked_weights(model) -> dict:
+    """`Layers.stacked()` of a Qwen3 plus its adapters' stacked arrays when it has them."""
+    adapters = model.lora.stacked() if model.cfg.lora is not None else {}
+    return {**model.layers.stacked(), **adapters}
+
+
+def per_layer(cfg: "ModelConfig", stacked: dict) -> list[dict]:
+    """Each layer's weights of stacked ones, its adapters merged in (`merged_layer`)."""
+    return [merged_layer(cfg, {name: w[i] for name, w in stacked.items()})
+            for i in range(cfg.num_layers)]
+
+
 def mlp_weights(cfg: "ModelConfig", w: dict, gate_fd, up_fd, down_df):
     """The MLP's weights with their adapters folded in, W + scale * B @ A, for one layer.
 
