@@ -125,7 +125,7 @@ def test_readme_demo_with_lora_learns(readme_demo, tmp_path):
     README run's own warm start (model.path=RUN/warm_start: the base the LoRA demo's adapters
     start from, the same seeds), shortened to 20 steps: the mean reward rises and held-out
     accuracy beats the warm start's (measured: reward 4.24 -> 5.07 by quarters, accuracy
-    0.768 -> 0.896; the 40-step LoRA demo: docs/demo.md)."""
+    0.768 -> 0.896; the 40-step LoRA demo: docs/demo.md). About 50 s beside the fixture's run."""
     out, r = readme_demo
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = train_mod.parse_args(["model.lora.rank=8", f"model.path={out}/run/warm_start",
