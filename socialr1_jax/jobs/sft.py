@@ -77,6 +77,9 @@ class SFTConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: SFTRunSection = dataclasses.field(default_factory=SFTRunSection)
 
+    def __post_init__(self):
+        self.model.lora.refuse("the sft job")
+
 
 @dataclasses.dataclass
 class SFTResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,7 @@ class ModelConfig:
     init_std: float = 0.02
     matmul_precision: str = ""
     decode_attention: str = "auto"
+    lora: Optional[Any] = None  # a model.lora.LoraSpec: adapters on the layers (None = off)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

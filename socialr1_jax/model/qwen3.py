@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from socialr1_jax.model import lora
 from socialr1_jax.model.config import ModelConfig
 from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, CACHE_LBKSH,
                                             LOGITS_BTV, cache_shardings, check_model_fits_mesh,
@@ -306,9 +307,10 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
         h_btd = rms_norm(x_btd, w["input_norm_ld"], eps)
-        q = rms_norm(_heads_proj(h_btd, w["q_lnhd"].astype(dt), prec), w["q_norm_lh"], eps)
-        k = rms_norm(_heads_proj(h_btd, w["k_lkhd"].astype(dt), prec), w["k_norm_lh"], eps)
-        v = constrain(_heads_proj(h_btd, w["v_lkhd"].astype(dt), prec), ACT_BTNH)
+        proj = partial(lora.projected, cfg, w, h_btd, _heads_proj)  # + adapters (lora.py)
+        q = rms_norm(proj("q", "q_lnhd"), w["q_norm_lh"], eps)
+        k = rms_norm(proj("k", "k_lkhd"), w["k_norm_lh"], eps)
+        v = constrain(proj("v", "v_lkhd"), ACT_BTNH)
         q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
         k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
         k_bksh, v_bksh = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
@@ -336,13 +338,11 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
             v_bksh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
             kv = (k_all, v_all)
         out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec, cfg.decode_by_reduce)
-        o_dnh = w["o_ldnh"].astype(dt)
-        o_dj = o_dnh.reshape(o_dnh.shape[0], -1)  # free reshape, see _heads_proj
-        x_btd = x_btd + jnp.einsum("btj,dj->btd", out_btj, o_dj, precision=prec)
+        x_btd = x_btd + lora.out_projected(cfg, w, out_btj)  # o_proj (+ its adapter)
     with jax.named_scope("mlp"):
         h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
-        x_btd = x_btd + swiglu_mlp(h_btd, w["gate_lfd"].astype(dt), w["up_lfd"].astype(dt),
-                                   w["down_ldf"].astype(dt), prec)
+        mlp_w = lora.mlp_weights(cfg, w, *(w[n].astype(dt) for n in lora.MLP_WEIGHTS))
+        x_btd = x_btd + swiglu_mlp(h_btd, *mlp_w, prec)
     return constrain(x_btd, ACT_BTD), kv
 
 
@@ -381,6 +381,7 @@ class Qwen3(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head_vd = nnx.Param(
                 _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
+        lora.attach(self, cfg, rngs)  # after the base weights: their draws are unchanged
 
     # -- public -------------------------------------------------------------------------------
 
@@ -416,7 +417,7 @@ class Qwen3(nnx.Module):
 
         x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
-        weights = self.layers.stacked() if layer_weights is None else None
+        weights = lora.stacked_weights(self) if layer_weights is None else None
         if cache is None:
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
@@ -474,8 +475,7 @@ class Qwen3(nnx.Module):
         decode loop would copy every weight on every step. Taken once before the loop, the
         slices cost one copy of the layers' weights, held while the loop runs.
         """
-        stacked = self.layers.stacked()
-        return [{name: w[i] for name, w in stacked.items()} for i in range(self.cfg.num_layers)]
+        return lora.per_layer(self.cfg, lora.stacked_weights(self))  # adapters merged in
 
     def logits(self, hidden_btd):
         """LM head on hidden states (tied: the embedding matrix)."""
