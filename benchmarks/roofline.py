@@ -46,7 +46,7 @@ import bench_common  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_CONFIG = os.path.join(ROOT, "configs", "socialr1_qwen3_4b.yaml")
-PROGRAMS = ("decode", "decode_b1", "prefill", "train")
+PROGRAMS = ("decode", "decode_tp", "decode_b1", "prefill", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,9 @@ def load_recipe(config: str, *, preset: str | None = None, prompt_len: int = 0,
     m = tc.model
     changes = {k: v for k, v in dict(param_dtype=m.param_dtype, dtype=m.dtype,
                                      remat=m.remat).items() if v}
+    # What a TPU host traces: decode_attention='auto' picks by the backend, and this host's
+    # backend is the CPU, whose multiply-reduce form a TPU never runs.
+    changes["decode_attention"] = "einsum"
     if layers:
         changes["num_layers"] = layers
     cfg = get_preset(preset or m.preset, **changes)
@@ -246,8 +249,8 @@ def meshes(r: Recipe, devices: list) -> dict:
     t = max(d for d in range(1, n + 1) if n % d == 0 and not (
         cfg.num_heads % d or cfg.num_kv_heads % d or cfg.intermediate_size % d))
     recipe = make_mesh(1, n, 1, devices=devices)
-    return {"decode": (recipe, r.rows), "decode_b1": (make_mesh(1, n // t, t, devices=devices),
-                                                      n // t),
+    tp = make_mesh(1, n // t, t, devices=devices)
+    return {"decode": (recipe, r.rows), "decode_tp": (tp, r.rows), "decode_b1": (tp, n // t),
             "prefill": (recipe, r.rows), "train": (recipe, r.rows)}
 
 
@@ -298,26 +301,62 @@ def shape_bytes(text: str) -> int:
     return total
 
 
+def _instruction(line: str) -> tuple[str, str, str, str]:
+    """(name, opcode, result types, operand text) of one HLO instruction line."""
+    op = opcode(line)
+    name = line.split("=", 1)[0].replace("ROOT", "").strip().lstrip("%")
+    rhs = line.split("=", 1)[1]
+    at = rhs.index(op + "(") if op + "(" in rhs else len(rhs)
+    args = rhs[at + len(op) + 1:]
+    depth, end = 1, 0
+    for end, ch in enumerate(args):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            break
+    return name, op, rhs[:at], args[:end]
+
+
+def _top_level(types: str) -> list[str]:
+    """The element types of a result: '(a, b[2], (c))' -> ['a', 'b[2]', '(c)']; 'a' -> ['a']."""
+    types = types.strip()
+    if not types.startswith("("):
+        return [types]
+    out, cur, depth = [], "", 0
+    for ch in types[1:-1]:
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        cur += ch
+    return out + [cur]
+
+
 def heaviest(text: str, n: int = 8) -> list[dict]:
-    """The n entry instructions with the most operand + result bytes (from their HLO types:
-    what each would move if it read every operand whole; a slice or an in-place write moves
-    less), to say which kernel reads what."""
+    """The n entry instructions with the most operand + result bytes (operands by their names'
+    types; outputs that alias an operand, `output_to_operand_aliasing`, are the operand passed
+    through and count once): what each would move if it read every operand whole (a slice or
+    an in-place write moves less), to say which kernel reads what."""
+    lines = entry_computation(text)
+    sizes = {}
+    for ln in lines:
+        name, _, result, _ = _instruction(ln)
+        sizes[name] = shape_bytes(result)
     out = []
-    for ln in entry_computation(text):
-        op = opcode(ln)
+    for ln in lines:
+        name, op, result, args = _instruction(ln)
         if op in _FREE:
             continue
-        name = ln.split("=", 1)[0].replace("ROOT", "").strip().lstrip("%")
-        rhs = ln.split("=", 1)[1]
-        args = rhs[rhs.index(op + "(") + len(op) + 1:]
-        depth, end = 1, 0
-        for end, ch in enumerate(args):
-            depth += {"(": 1, ")": -1}.get(ch, 0)
-            if depth == 0:
-                break
-        result, operands = shape_bytes(rhs[:rhs.index(op + "(")]), shape_bytes(args[:end])
-        out.append({"name": name, "opcode": op, "operand_bytes": operands,
-                    "result_bytes": result})
+        aliased = re.search(r"output_to_operand_aliasing=\{(.*?)\}, ", ln)
+        passed = {int(o or 0) for o in re.findall(r"\{(\d*)\}: \(\d+", aliased.group(1))
+                  } if aliased else set()
+        results = _top_level(result)
+        out.append({"name": name, "opcode": op,
+                    "operand_bytes": sum(sizes.get(a, 0) for a in re.findall(r"%([\w.\-]+)",
+                                                                               args)),
+                    "result_bytes": sum(shape_bytes(t) for k, t in enumerate(results)
+                                        if k not in passed),
+                    "metadata": (re.search(r'op_name="([^"]*)"', ln) or [None, ""])[1]})
     return sorted(out, key=lambda d: -(d["operand_bytes"] + d["result_bytes"]))[:n]
 
 
@@ -347,7 +386,10 @@ def measure(program: str, topology: str, r: Recipe, devices: list) -> dict:
               ("argument", "output", "alias", "temp", "generated_code")}
     if floor is None:  # every argument read once, every output written once
         floor = memory["argument"] + memory["output"]
-    text = compiled.as_text()
+    try:
+        text, text_error = compiled.as_text(), ""
+    except Exception as e:  # noqa: BLE001  libtpu can fail to print a program it compiled
+        text, text_error = "", str(e).splitlines()[0][:200]
     kernels = kernel_counts(text)
     chip = CHIPS[topology.split(":")[0]]
     flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -362,7 +404,8 @@ def measure(program: str, topology: str, r: Recipe, devices: list) -> dict:
             "t_floor_ms": floor / chip.hbm_bytes_s * 1e3,
             "bound": "HBM" if t_hbm >= t_flops else "compute",
             "xla_optimal_seconds": cost.get("optimal_seconds"),
-            "memory": memory, "heaviest": heaviest(text), "compile_s": round(seconds, 1)}
+            "memory": memory, "heaviest": heaviest(text), "compile_s": round(seconds, 1),
+            "hlo_text_error": text_error}
 
 
 def topology_devices(topology: str) -> list:
@@ -406,16 +449,21 @@ def markdown(rows: list[dict], r: Recipe, command: str, libtpu: str | None) -> s
             f"| {w['program']} | {w['topology']} | {w['mesh']} | {w['batch']} | "
             f"{w['flops'] / 1e9:.1f} | {_gb(w['bytes_accessed'])} | {_gb(w['floor_bytes'])} | "
             f"**{w['ratio_to_floor']:.2f}** | {w['t_hbm_ms']:.3g} | {w['t_flops_ms']:.3g} | "
-            f"{w['bound']} | {w['fusions']} | {w['kernels']} | {_gb(w['memory']['temp'])} | "
+            f"{w['bound']} | {w['fusions'] if not w['hlo_text_error'] else 'n/a'} | "
+            f"{w['kernels'] if not w['hlo_text_error'] else 'n/a'} | {_gb(w['memory']['temp'])} | "
             f"{w['compile_s']:.0f} |")
+    lines += [f"\n{w['program']} on {w['topology']}: compiled, but libtpu could not print its "
+              f"HLO ({w['hlo_text_error']}), so its kernels are not counted." for w in rows
+              if w["hlo_text_error"]]
     lines += ["", "Chips (per chip): " + "; ".join(
         f"{k}: {v.source}" for k, v in CHIPS.items()), ""]
     for w in rows:
         if w["program"].startswith("decode"):
             lines.append(f"Heaviest kernels of {w['program']} on {w['topology']} (operand + "
                          "result bytes from their HLO types): " + ", ".join(
-                             f"{h['name']} ({h['opcode']}) {_gb(h['operand_bytes'])} + "
-                             f"{_gb(h['result_bytes'])} GB" for h in w["heaviest"][:5]) + ".\n")
+                             f"{h['name']} ({h['opcode']}, {h['metadata'] or '-'}) "
+                             f"{_gb(h['operand_bytes'])} + {_gb(h['result_bytes'])} GB"
+                             for h in w["heaviest"][:5]) + ".\n")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,11 @@
     python -m conversion.orbax_to_hf --ckpt CKPT [--step N] --out DIR [--max-shard-size 5GB]
                                      [--dtype bf16|fp32] [--overwrite] [--fsync]
                                      [--allow-nonfinite] [--no-progress]
+                                     [--merge-lora | --adapter-only]
+
+A LoRA run's checkpoint (adapters over a recorded base) exports with `--merge-lora` (full HF
+weights, the adapters folded in) or `--adapter-only` (a PEFT adapter directory); see
+conversion/lora_export.py.
 
 Only the `params` item of the step is read (a training checkpoint's optimizer state is left on
 disk). Arrays stored as raw zarr chunks in the exported dtype (what hf_to_orbax writes) are
@@ -22,7 +27,9 @@ kernel-copied ones by a background thread reading the same chunk files).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -30,8 +37,9 @@ from tqdm import tqdm
 
 from conversion import (DATA_ALIGN, FiniteChecker, Summary, add_output_args, check_out,
                         parse_size, run_cli, staged_dir, write_safetensors)
+from conversion import lora_export
 from socialr1_jax import cli
-from socialr1_jax.checkpoint import finite, hf_layout
+from socialr1_jax.checkpoint import finite, hf_layout, lora_io
 from socialr1_jax.checkpoint.errors import damaged_chunk
 from socialr1_jax.checkpoint.orbax_io import (check_params, copy_side_files, PARAMS, read_config,
                                               resolve, write_json_atomic)
@@ -92,6 +100,9 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
     if not os.path.exists(ckpt):
         raise CheckpointError(f"--ckpt {ckpt}: no such checkpoint directory")
     root, step = resolve(ckpt, step)
+    if lora_io.is_lora_root(root):
+        raise cli.UsageError(f"--ckpt {ckpt} is a LoRA run's checkpoint (adapters only): export "
+                             "it with --merge-lora (full HF weights) or --adapter-only (PEFT)")
     out = check_out(out, {"--ckpt": root}, overwrite=overwrite)
     cfg = read_config(root)
     item_dir = os.path.join(root, str(step), PARAMS)
@@ -154,6 +165,20 @@ def export(ckpt: str, out: str, *, step: int | None = None, max_shard_size: str 
     return Summary("orbax_to_hf", len(table), total, time.perf_counter() - t0, out)
 
 
+def export_merged(ckpt: str, out: str, *, step: int | None = None, overwrite: bool = False,
+                  **kwargs) -> Summary:
+    """Full HF weights of a LoRA run's adapted model, its adapters merged into the base weights
+    (conversion/lora_export.py), at `out`; keyword arguments as `export`'s."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".merge-lora-", dir=parent)
+    try:
+        _, src = lora_export.merged_checkpoint(ckpt, out, tmp, step=step, overwrite=overwrite)
+        return export(src, out, step=0, overwrite=overwrite, **kwargs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     """The command line (see the module docstring); errors as one `error:` line via cli.run."""
     p = cli.ArgumentParser(prog="python -m conversion.orbax_to_hf",
@@ -163,7 +188,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="HF directory to create")
     p.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB, 2GiB")
     add_output_args(p, "export in this dtype (default: as stored)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--merge-lora", action="store_true",
+                     help="a LoRA run: full HF weights with the adapters merged in")
+    how.add_argument("--adapter-only", action="store_true",
+                     help="a LoRA run: a PEFT adapter directory (adapter_config.json + "
+                          "adapter_model.safetensors)")
     a = p.parse_args(argv)
+    if a.merge_lora:
+        return run_cli(lambda: export_merged(
+            a.ckpt, a.out, step=a.step, dtype=a.dtype, overwrite=a.overwrite,
+            max_shard_size=a.max_shard_size, progress=not a.no_progress,
+            allow_nonfinite=a.allow_nonfinite), a.out)
+    if a.adapter_only:
+        return run_cli(lambda: lora_export.export_adapter(
+            a.ckpt, a.out, step=a.step, dtype=a.dtype, overwrite=a.overwrite), a.out)
     return run_cli(lambda: export(a.ckpt, a.out, step=a.step, max_shard_size=a.max_shard_size,
                                   dtype=a.dtype, overwrite=a.overwrite,
                                   progress=not a.no_progress, fsync=a.fsync,

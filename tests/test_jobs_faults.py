@@ -120,14 +120,14 @@ def test_sigterm_hint_resumes_as_printed_over_a_damaged_newest_checkpoint(tmp_pa
 def test_sigterm_in_the_warm_start_saves_it_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     warm = ["model.tokenizer=demo", "model.vocab_size=512", "sft.steps=3", "sft.batch_size=8",
-            "sft.data.path=tomi", "sft.data.rows=16", "sft.log_every=100",
+            "sft.data.path=tomi", "sft.data.rows=16", "sft.log_every=1",
             "sft.max_prompt_len=256", "sft.max_response_len=256", "run.steps=1"]
     cfg = train_mod.parse_args(TOY + FAST + warm + [f"run.out_dir={out}"])
     lines = []
 
     def log(line):
         lines.append(line)
-        if line.startswith("warm start: 16 pairs"):  # the updates are about to start
+        if line.startswith("sft step    0"):  # the first update is done
             os.kill(os.getpid(), signal.SIGTERM)
 
     res = train_mod.train(cfg, log=log)
@@ -141,6 +141,28 @@ def test_sigterm_in_the_warm_start_saves_it_and_the_run_resumes(tmp_path):
     res2 = train_mod.train(cfg2, log=lines.append)
     assert res2.exit_code == 0 and len(res2.history) == 1, lines
     assert any("holds 1 of 3 steps (stopped); running it again" in ln for ln in lines), lines
+
+
+def test_a_stop_during_the_first_evaluation_runs_no_step():
+    """SIGTERM while the harness evaluates before the first step (the demo's evaluation before
+    its warm start) ends the job before any update, not after one."""
+    from socialr1_jax.jobs.harness import Job, Run
+    from socialr1_jax.jobs.preemption import StopSignals
+
+    ran = []
+
+    def evaluate(done, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"eval/accuracy": 0.0}
+
+    with StopSignals() as stop:
+        run = Run(None, "", None, command="train", stop=stop, console={"progress": False})
+        run.open(5)
+        out = run.loop(Job(5, lambda k, st: ran.append(k) or (st, {}), lambda d, st: {},
+                           evaluate=evaluate), None)
+        run.close()
+    assert ran == [] and out.done == 0 and out.exit_code == 143, (ran, out)
+    assert out.status == "stopped by SIGTERM after 0 steps"
 
 
 def test_train_rm_reads_its_nan_skip_stop_from_the_config():
@@ -198,7 +220,7 @@ def test_readme_sft_and_train_rm_lines_run_as_written(tmp_path, monkeypatch, cap
     assert steps, f"README's sft line names no sft.steps (it defaults to 0): {words}"
     words[steps[0]] = "sft.steps=1"
     assert cli.run(sft.main, ckpt(words)) == 0, capsys.readouterr().err
-    assert os.path.isdir("ckpt_sft/1")
+    assert os.path.isdir("ckpt_sft/checkpoints/1")
     assert cli.run(train_rm.main, ckpt(_readme_line("train_rm")) + [
         "run.steps=1", "run.batch_size=8", "run.micro_batch_size=8"]) == 0, \
         capsys.readouterr().err

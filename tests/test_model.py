@@ -103,8 +103,12 @@ def test_bf16_tracks_transformers_bf16(tmp_path):
     assert rms(got - want_fp32) <= 1.2 * hf_cost  # and as accurate as transformers' bf16
 
 
-def test_kv_cache_decode_matches_full_forward():
-    cfg = preset("tiny")
+@pytest.mark.parametrize("how", ["reduce", "einsum"])
+def test_kv_cache_decode_matches_full_forward(how):
+    """Both decode-attention forms (XLA:CPU's multiply-reduces, the accelerators' dots) give
+    the full forward's logits token by token."""
+    cfg = preset("tiny").replace(decode_attention=how)
+    assert cfg.decode_by_reduce == (how == "reduce")
     model = create_model(cfg, seed=1)
     ids, mask = _ragged_batch(cfg.vocab_size, [10, 6, 8], 10, seed=1)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)

@@ -16,6 +16,7 @@ from socialr1_jax.checkpoint import rm_io
 from socialr1_jax.model.config import preset
 from socialr1_jax.model.reward_model import create_reward_model
 from socialr1_jax.jobs import train_rm as tr
+from socialr1_jax.rl import rm_step
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.jobs.rm_data import RMOptimConfig
 from tests.hf_fixtures import make_tiny_chat_checkpoint
@@ -44,7 +45,7 @@ def _batch(rng, b, t, vocab=32):
             n = rng.integers(t // 2, t + 1)
             ids[i, n:], mask[i, n:] = 0, 0
         return ids, mask
-    return tr.PairBatch(*map(jnp.asarray, (*rows(), *rows())))
+    return rm_step.PairBatch(*map(jnp.asarray, (*rows(), *rows())))
 
 
 def test_pair_loss_is_bradley_terry():
@@ -55,7 +56,7 @@ def test_pair_loss_is_bradley_terry():
     @jax.jit
     def run(params, batch):
         model = nnx.merge(graphdef, params)
-        return (*tr.pair_loss(model, batch, 6), model(batch.chosen_ids, batch.chosen_mask),
+        return (*rm_step.pair_loss(model, batch, 6), model(batch.chosen_ids, batch.chosen_mask),
                 model(batch.rejected_ids, batch.rejected_mask))
 
     loss, m, r_c, r_r = run(nnx.state(rm), batch)
@@ -73,7 +74,7 @@ def test_micro_batches_give_the_same_update():
     out = []
     for micro in (0, 2):
         state = ts.init_train_state(nnx.state(rm), optim, None, total_updates=2)
-        state, m = tr.make_rm_step(rm, optim, None, micro_batch_size=micro)(state, batch)
+        state, m = rm_step.make_rm_step(rm, optim, None, micro_batch_size=micro)(state, batch)
         out.append((jax.tree.leaves(state.params), m, int(state.step)))
     (p0, m0, s0), (p1, m1, s1) = out
     assert s0 == s1 == 1

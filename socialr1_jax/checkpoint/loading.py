@@ -15,7 +15,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from socialr1_jax.checkpoint import finite, hf_layout
+from socialr1_jax.checkpoint import finite, hf_layout, lora_io, orbax_io
+from socialr1_jax.model import build
+from socialr1_jax.model.config import preset
 from socialr1_jax.model.config import from_hf_config, ModelConfig
 from socialr1_jax.model.build import abstract_state
 from socialr1_jax.model.qwen3 import Qwen3
@@ -96,7 +98,8 @@ def load_hf(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
 
 def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
                allow_nonfinite: bool = False, step: int | None = None) -> Qwen3:
-    """Load a Qwen3 model from an HF directory or an Orbax checkpoint written by our converter.
+    """Load a Qwen3 model from an HF directory, an Orbax checkpoint written by our converter or
+    a training job, or a training run's folder (RUN, whose RUN/checkpoints is loaded).
 
     dtype: 'bf16' / 'fp32' for both parameters and compute (default: the checkpoint's own).
     mesh: a `make_mesh(...)` mesh; parameters come back already sharded on it.
@@ -110,7 +113,10 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     from socialr1_jax.checkpoint import orbax_io as checkpoint  # orbax is heavy to import; only when needed
 
-    if checkpoint.is_orbax_checkpoint(path):
+    path = checkpoint.run_checkpoints(path)
+    if lora_io.is_lora_root(path):  # a LoRA run: its base (lora.json) with the adapters
+        model = load_lora_model(path, dtype=dtype, mesh=mesh, step=step)
+    elif checkpoint.is_orbax_checkpoint(path):
         model = checkpoint.load_model_from_orbax(path, dtype=dtype, mesh=mesh, step=step)
     elif step is not None:
         raise CheckpointError(f"{path}: step {step} asked for, but this is no Orbax checkpoint "
@@ -123,3 +129,44 @@ def load_model(path: str, *, dtype: str | None = None, mesh: Mesh | None = None,
     if not allow_nonfinite:
         finite.check_model(model, where=path)
     return model
+
+
+def load_base(root: str, *, dtype=None, mesh=None):
+    """The base model lora.json names, its hash checked against the record."""
+    rec = lora_io.read_lora_json(root)["base"]
+    if rec.get("path"):
+        path = rec["path"]
+        path = path if os.path.isabs(path) else os.path.join(os.path.dirname(root), path)
+        if not os.path.isdir(path):
+            raise CheckpointError(f"{os.path.join(root, lora_io.LORA_JSON)}: base checkpoint {path} "
+                                  "does not exist")
+        lora_io.check_base(root, {"path": path, "hash": lora_io.content_hash(path)})
+        return load_model(path, dtype=dtype, mesh=mesh)
+    cfg = preset(rec["preset"], vocab_size=rec["vocab_size"], param_dtype=rec["param_dtype"],
+                 dtype=rec["dtype"])
+    model = build.create_model(cfg, mesh=mesh, seed=int(rec["seed"]))
+    lora_io.check_base(root, {"preset": rec["preset"], "hash": lora_io.params_hash(nnx.state(model))})
+    return model
+
+
+def load_lora_model(path: str, *, dtype=None, mesh=None, step: Optional[int] = None):
+    """The adapted model of a LoRA run's checkpoint (root or step directory): the base from
+    lora.json with the step's adapters."""
+    import orbax.checkpoint as ocp
+
+    root = lora_io._root_of(path)
+    root, step = orbax_io.resolve(root, step if step is not None or path == root
+                                  else int(os.path.basename(os.path.abspath(path))))
+    base = load_base(root, dtype=dtype, mesh=mesh)
+    model = build.with_lora(base, lora_io.spec_of(root), mesh=mesh)
+    graphdef, base_state, adapters = build.split_lora(model)
+    target = nnx.to_pure_dict(adapters)
+    mgr = orbax_io.manager(root)
+    try:
+        out = mgr.restore(step, args=ocp.args.Composite(**{orbax_io.PARAMS: ocp.args.PyTreeRestore(
+            item=target, restore_args=orbax_io._restore_args_for(target, mesh, orbax_io.PARAMS))}))
+    finally:
+        mgr.close()
+    nnx.replace_by_pure_dict(adapters, out[orbax_io.PARAMS])
+    adapters = jax.tree.map(lambda x: x.astype(model.cfg.jnp_param_dtype), adapters)
+    return build.merge_lora(graphdef, base_state, adapters)

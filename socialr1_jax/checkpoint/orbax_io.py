@@ -95,6 +95,14 @@ def is_orbax_checkpoint(path: str) -> bool:
     return os.path.isdir(path) and (bool(list_steps(path)) or _is_step_dir(path))
 
 
+def run_checkpoints(path: str) -> str:
+    """A training run's folder (RUN, not itself a checkpoint) -> its checkpoint root
+    RUN/checkpoints; any other path unchanged. Every command that takes a checkpoint takes a
+    run folder through this."""
+    ckpts = os.path.join(os.fspath(path), "checkpoints")
+    return ckpts if not is_orbax_checkpoint(path) and is_orbax_checkpoint(ckpts) else path
+
+
 def resolve(path: str, step: int | None = None) -> tuple[str, int]:
     """(root, step) from a root (step None = latest) or a step directory; clear errors otherwise."""
     path = os.path.abspath(os.fspath(path))

@@ -84,7 +84,7 @@ class TrainCheckpointer:
             orbax_io.write_json_atomic(cfg_path, hf_config)
             written.append("config.json")
         if source:
-            src = source
+            src = orbax_io.run_checkpoints(source)  # a run folder: its checkpoints/
             if orbax_io.is_orbax_checkpoint(src) and not orbax_io.list_steps(src):
                 src = os.path.dirname(os.path.abspath(src))  # a step directory: its root
             written += orbax_io.copy_side_files(src, self.root, dtype=model_cfg.param_dtype,

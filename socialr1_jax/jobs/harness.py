@@ -145,6 +145,8 @@ class Run:
         if job.evaluate is not None and self.first == 0 and job.eval_at_start:
             self.evaluate(job, 0, state, out)
         for k in range(self.first, job.steps):
+            if self.stop.requested():  # e.g. during the evaluation at the start: no new step
+                break
             res = job.step(k, state)
             if res is None:  # stopped before the update
                 break
@@ -161,8 +163,6 @@ class Run:
                 self.evaluate(job, out.done, state, out)
             if self.save_every and out.done % self.save_every == 0:
                 self.save(out.done, state, job)
-            if self.stop.requested():
-                break
         return self._finish(job, out)
 
     def _too_many_skips(self, state, k: int, out: Outcome) -> bool:

@@ -112,16 +112,20 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
          prompt_len: int = 512, completion_len: int = 2048, micro_batch: int = 0,
          ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
          master_dtype: str = "float32", logprob_chunk: int = 256, layers: int = 0,
-         compute_entropy: bool = True, topology: str | None = None) -> dict:
+         compute_entropy: bool = True, topology: str | None = None, lora=None) -> dict:
     """Compile the train step and the log-prob forward abstractly; return the memory plan.
 
     micro_batch: sequences per forward/backward (0 = the whole batch); ref_micro_batch: the
     same for the reference forward (None = micro_batch). layers: override the layer count
     (0 = the preset's), for quick looks. topology: compile for a TPU slice (e.g. 'v5e:2x4')
     through libtpu's ahead-of-time compiler instead of the simulated CPU devices.
+    lora: a model.lora.LoraSpec: plan a LoRA run (rl/lora_train.py: the state holds the
+    adapters and their moments; the frozen base is an argument of the train step and the
+    reference forward's weights).
     """
     import jax
 
+    from socialr1_jax.rl import lora_train
     from socialr1_jax.rl import train_step as ts
     from socialr1_jax.model.config import preset as get_preset
     from socialr1_jax.model.build import abstract_state
@@ -148,17 +152,24 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     grpo_cfg = GRPOConfig(group_size=group, micro_batch_size=micro_batch,
                           logprob_chunk=logprob_chunk, compute_entropy=compute_entropy)
 
-    state = ts.abstract_train_state(cfg, optim, m)
     abatch = ts.abstract_batch(batch, prompt_len, completion_len, m)
     _, ref_params = abstract_state(cfg, m)
-
-    state_bytes = tree_bytes_per_device(state)
     ref_bytes = tree_bytes_per_device(ref_params)
-    step = ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch)
+    if lora is None:
+        state = ts.abstract_train_state(cfg, optim, m)
+        step = ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch)
+        beside_step = ref_bytes
+    else:  # the base is the train step's argument (counted there) and the reference's weights
+        cfg_lora = cfg.replace(lora=lora)
+        state = lora_train.abstract_train_state(cfg_lora, optim, m)
+        step = lora_train.LoraStep(lora_train.make_train_step(
+            cfg_lora, optim, grpo_cfg, m, micro_batch_size=micro_batch), ref_params)
+        beside_step = 0
+    state_bytes = tree_bytes_per_device(state)
     logp = ts.make_logprob_fn(cfg, m, chunk=logprob_chunk,
                               micro_batch_size=ref_micro)
     programs = [
-        _measure("train step", lambda: step.lower(state, abatch), ref_bytes),
+        _measure("train step", lambda: step.lower(state, abatch), beside_step),
         _measure("log-prob forward", lambda: logp.lower(
             ref_params, abatch.prompt_ids, abatch.prompt_mask, abatch.completion_ids,
             abatch.completion_mask), state_bytes),
@@ -170,7 +181,9 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                         completion_len=completion_len, micro_batch=micro_batch or batch,
                         ref_micro_batch=ref_micro or batch, remat=remat, param_dtype=param_dtype,
                         master_dtype=master_dtype, logprob_chunk=logprob_chunk,
-                        layers=cfg.num_layers, params=cfg.num_params()),
+                        layers=cfg.num_layers, params=cfg.num_params(),
+                        lora=None if lora is None else dict(rank=lora.rank, alpha=lora.alpha,
+                                                            targets=list(lora.targets))),
         "state_bytes_per_device": {
             "params": tree_bytes_per_device(state.params),
             "master": tree_bytes_per_device(state.master) if state.master is not None else 0,
@@ -248,8 +261,13 @@ def topology_devices(topology: str) -> list:
     0.10.2); nothing runs on them, XLA's TPU compiler only plans their memory."""
     from jax.experimental import topologies
 
+    dims = [int(x) for x in topology.split(":")[-1].split("x") if x.isdigit()]
+    # A slice smaller than one host (a single chip: 'v6e:1x1') needs its host bounds given.
+    small = {"chips_per_host_bounds": tuple(dims + [1] * (3 - len(dims)))[:3]} \
+        if dims and math.prod(dims) < 4 else {}
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                                 **small).devices)
     except Exception as e:  # libtpu missing or the name unknown: say which
         from socialr1_jax.cli import UsageError
 
@@ -278,8 +296,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     ap = cli.ArgumentParser(prog="python -m socialr1_jax.memory_plan",
                             description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=None,
+                    help="plan a training config as written (model, model.lora, group, "
+                         "lengths, micro-batch, remat, mesh); the shape flags are ignored")
     ap.add_argument("--preset", default=RECIPE["preset"])
-    ap.add_argument("--mesh", default="1x8x1", help="DATAxFSDPxTENSOR[,...]")
+    ap.add_argument("--mesh", default=None, help="DATAxFSDPxTENSOR[,...] (default 1x8x1; "
+                    "with --config, the config's mesh over --devices)")
     ap.add_argument("--devices", type=cli.positive_int, default=8, help="simulated CPU devices")
     ap.add_argument("--prompts", type=cli.positive_int, default=RECIPE["prompts"])
     ap.add_argument("--group", type=cli.positive_int, default=RECIPE["group"])
@@ -311,13 +333,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         raise cli.UsageError(f"--remat {bad[0]!r}: expected none, full or dots")
     args.micro_batches = cli.int_list("--micro-batch", args.micro_batch, minimum=0)
+    args.mesh_given, args.mesh = args.mesh is not None, args.mesh or "1x8x1"
     args.meshes = args.mesh.split(",")
     cfg = cli.checked("--preset", args.preset, preset)
     if args.layers:
         cfg = cfg.replace(num_layers=args.layers)
     cli.checked("--param-dtype", args.param_dtype, parse_dtype)
     cli.checked("--master-dtype", args.master_dtype, parse_dtype)
-    if not args.sweep:
+    if not args.sweep and not args.config:
         for m in args.meshes:
             _check_setting(cli, cfg, args, m)
     if args.topology and ":" not in args.topology:
@@ -358,7 +381,11 @@ def main(argv=None) -> int:
     else:
         _setup_devices(args.devices, args.xla_flags)
 
-    if args.sweep:
+    if args.config:
+        from socialr1_jax.jobs.plan_config import settings_from_config
+
+        settings = settings_from_config(args.config, args, topology=args.topology)
+    elif args.sweep:
         settings = [dict(RECIPE, mesh=mesh, remat=remat, micro_batch=mb, ref_micro_batch=rmb,
                          layers=args.layers, topology=args.topology)
                     for mesh, remat, mb, rmb in SWEEP]
@@ -431,9 +458,10 @@ def write_results(plans: list[dict], out: str, command: str) -> None:
         f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
                 f"Commit {prov['commit']}, {prov['date']}, load average "
                 f"{', '.join(map(str, prov['load_avg']))}.\n\n"
-                f"`{command}` (jax {first['jax']}, backend {first['backend']}, "
-                f"{first['setting']['devices']} simulated devices, "
-                f"XLA_FLAGS=`{first['xla_flags']}`). GB = 1e9 bytes.\n\n"
+                f"`{command}` (jax {first.get('jax', '?')}, backend "
+                f"{first.get('backend', 'tpu (every setting refused)')}, "
+                f"{first['setting'].get('devices', '?')} simulated devices, "
+                f"XLA_FLAGS=`{first.get('xla_flags', '')}`). GB = 1e9 bytes.\n\n"
                 + sweep_markdown(plans) + "\n")
 
 

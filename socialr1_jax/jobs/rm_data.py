@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from socialr1_jax.jobs.train_config import MeshConfig, OptimConfig
+from socialr1_jax.jobs.train_config import LoraSection, MeshConfig, OptimConfig
 from socialr1_jax.social import rm_prompt
 from socialr1_jax.social.data import iter_jsonl
 from socialr1_jax.yaml_config import check_at_least, load_yaml
@@ -55,8 +55,10 @@ class RMModelSection:
     remat: str = "none"
     pad_token_id: int = -1
     seed: int = 0
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
 
     def __post_init__(self):
+        self.lora.refuse("the reward-model job (train_rm)")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; expected 'none', 'full' or 'dots'")
 

@@ -52,8 +52,8 @@ def check_mesh_fits_model(cfg) -> None:
         model_cfg = sec.preset_config()
     else:
         try:
-            root = (orbax_io.resolve(sec.path)[0] if orbax_io.is_orbax_checkpoint(sec.path)
-                    else sec.path)
+            path = orbax_io.run_checkpoints(sec.path)
+            root = orbax_io.resolve(path)[0] if orbax_io.is_orbax_checkpoint(path) else path
             model_cfg = from_hf_config(os.path.join(root, "config.json"))
         except (OSError, ValueError):
             return
@@ -89,7 +89,9 @@ def run_tokenizer(model_section):
     name = getattr(model_section, "tokenizer", "") or ""
     if name == "demo":
         return demo_tokenizer()
-    path = name or model_section.path
+    from socialr1_jax.checkpoint.orbax_io import run_checkpoints
+
+    path = run_checkpoints(name or model_section.path)  # a run folder: its checkpoints/
     if not path:
         raise cli.UsageError("model.tokenizer is required when the model is a preset "
                              "(model.tokenizer=demo for the offline demo tokenizer, or a "

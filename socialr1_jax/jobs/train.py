@@ -36,7 +36,7 @@ from socialr1_jax.rl import train_step as ts
 from socialr1_jax.jobs.setup import (broadcast_str, build_mesh, check_mesh_fits_model,
                                      load_policy, run_tokenizer)
 from socialr1_jax.jobs.console import summary  # noqa: F401  summary: train.summary
-from socialr1_jax.jobs import harness
+from socialr1_jax.jobs import harness, lora_setup
 from socialr1_jax.jobs.harness import Run
 from socialr1_jax.jobs.preemption import StopSignals
 from socialr1_jax.rl.experience import Programs, sample_rows, score_metrics
@@ -51,7 +51,8 @@ from socialr1_jax.yaml_config import ConfigError
 # a demo-sized length window, the heuristic judges) trains on other stories' belief questions;
 # held-out stories are evaluated before the warm start, before GRPO and after it.
 DEMO = {
-    "model": {"preset": "tiny", "vocab_size": 512, "tokenizer": "demo", "seed": 0},
+    "model": {"preset": "tiny", "vocab_size": 512, "tokenizer": "demo", "seed": 0,
+              "lora": {"rank": 0, "alpha": 256.0}},  # model.lora.rank=8: docs/lora.md
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0},
     "grpo": {"group_size": 8, "beta": 0.04, "kl": "k3", "agg": "token-mean"},
     "rollout": {"prompts_per_step": 8, "max_prompt_len": 192, "max_new_tokens": 72,
@@ -159,8 +160,6 @@ def prepare(cfg: TrainConfig, *, task_given: bool = False) -> Prepared:
         if not task_given:
             check_task(cfg)
         if rows is not None:
-            from socialr1_jax.rollout import tokenizer as tk
-
             tokenizer = run_tokenizer(cfg.model)
         prep = _prepare_run(cfg, task_given, rows, rewards)
         prep.tokenizer = tokenizer
@@ -249,24 +248,23 @@ def _prepare_run(cfg: TrainConfig, task_given: bool, rows, rewards) -> Prepared:
 
 def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, log, primary,
                 stop=None):
-    """The `sft` section before GRPO (jobs/sft.py: trained and saved to RUN/warm_start, or loaded
+    """The `sft` section before GRPO (jobs/warm_start.py: trained and saved to RUN/warm_start, or loaded
     from there on resume), with a held-out evaluation of the model before it when evaluating.
     Returns (model, {"loss_first", "loss_last", "eval_before"} of a fresh warm start)."""
-    from socialr1_jax.jobs import sft
-    from socialr1_jax.rollout import tokenizer as tk
+    from socialr1_jax.jobs import sft, warm_start
 
     say = (log or print) if primary else (lambda line: None)
     tokenizer = getattr(task, "tokenizer", None) or run_tokenizer(cfg.model)
     sft.check_batch_fits_mesh(cfg.sft, mesh)
     info: dict = {}
-    root = os.path.join(out_dir, sft.WARM_START_DIR) if out_dir else ""
+    root = os.path.join(out_dir, warm_start.WARM_START_DIR) if out_dir else ""
     if evaluator is not None and not (root and os.path.isdir(root)):
         graphdef, params = nnx.split(model)
         info["eval_before"] = evaluator(graphdef, params, mesh, eos_ids=task.eos_ids,
                                         pad_id=task.pad_id)
         say(f"eval before the warm start: accuracy {info['eval_before']['eval/accuracy']:.3f} "
             f"({info['eval_before']['eval/unparsable']} unparsable)")
-    model, res = sft.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
+    model, res = warm_start.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
                                       prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
                                       progress=cfg.run.progress and primary, meta=info,
                                       stop=stop)
@@ -333,18 +331,26 @@ def _train(cfg: TrainConfig, prep: Prepared, run: Run, task, model, on_step) -> 
     if cfg.sft.steps:
         model, warm = _warm_start(cfg, model, task, mesh, prep.out_dir, prep.evaluator,
                                   run.log, run.primary, run.stop)
-    graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
+    lora = None
+    if cfg.model.lora.rank:  # the state holds adapters; ref_params is the frozen base
+        graphdef, ref_params, adapters, lora = lora_setup.adapt(cfg, model, mesh, prep.out_dir,
+                                                                prep.resume is not None)
+        mcfg = lora.policy_cfg
+        start = lora_setup.start_fns(cfg, mcfg, mesh, adapters)
+    else:
+        graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
+        start = (lambda: ts.abstract_train_state(mcfg, cfg.optim, mesh,
+                                                 total_updates=cfg.total_updates),
+                 lambda: ts.init_train_state(ref_params, cfg.optim, mesh,
+                                             total_updates=cfg.total_updates))
     del model
     if run.stop.signum is not None:  # stopped in the warm start: its checkpoint is saved
         run.open(cfg.run.steps)  # config.yaml: the folder is a run that resumes
         out = run.loop(harness.Job(0, None, None, eval_at_end=False), None)
         return TrainResult([], None, out.status, mcfg, prep.out_dir, out.exit_code,
                            warm_start=warm)
-    programs = Programs(cfg, mcfg, graphdef, mesh)
-    state, meta = run.start(
-        lambda: ts.abstract_train_state(mcfg, cfg.optim, mesh, total_updates=cfg.total_updates),
-        lambda: ts.init_train_state(ref_params, cfg.optim, mesh,
-                                    total_updates=cfg.total_updates))
+    programs = Programs(cfg, mcfg, graphdef, mesh, lora)
+    state, meta = run.start(*start)
     if meta and "task_state" in meta and hasattr(task, "load_state_dict"):
         task.load_state_dict(meta["task_state"])
     if run.ckpt is not None:
@@ -391,7 +397,8 @@ def _grpo_job(cfg, run: Run, task, programs, graphdef, ref_params, mesh, evaluat
         return state, m
 
     def evaluate(done: int, state):
-        m = evaluator(graphdef, state.params, mesh, eos_ids=task.eos_ids, pad_id=task.pad_id)
+        m = evaluator(graphdef, programs.policy_params(state), mesh, eos_ids=task.eos_ids,
+                      pad_id=task.pad_id)
         run.say(f"eval after {done} steps: accuracy {m['eval/accuracy']:.3f} on "
                 f"{m['eval/questions']} questions ({m['eval/unparsable']} unparsable)")
         return m

@@ -11,11 +11,11 @@ then checks its values and `TrainConfig.__post_init__` the ones that only make s
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Optional
 
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig  # noqa: F401  (sections of TrainConfig)
+from socialr1_jax.model.lora import parse_spec
 from socialr1_jax.model.config import MATMUL_PRECISIONS, PRESETS, ModelConfig, parse_dtype, preset
 from socialr1_jax.social.prompts import PromptConfig
 from socialr1_jax.social.reward_fns import RewardSetConfig
@@ -30,6 +30,35 @@ RANDOM_INIT_MAX_PARAMS = 50_000_000
 # The default run directory: a new one per run (the time it started), so a command can be
 # repeated without touching the last run's files.
 DEFAULT_OUT_DIR = "runs/{time}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """`model.lora`: LoRA adapters (Hu et al. 2021; initialised and scaled as PEFT does) on the
+    layers' projections; only they are trained. rank 0 = off (full fine-tuning); scale =
+    alpha / rank; target_modules: HF module names (q_proj, k_proj, v_proj, o_proj, gate_proj,
+    up_proj, down_proj) or all-linear; dropout: only 0 (refused otherwise)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("all-linear",)
+
+    def __post_init__(self):
+        self.spec()
+
+    def spec(self):
+        """The model's LoraSpec, or None when off (ConfigError for bad values)."""
+        try:
+            return parse_spec(self.rank, self.alpha, self.target_modules, self.dropout)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def refuse(self, job: str) -> None:
+        """ConfigError when LoRA is on in a job that does not implement it."""
+        if self.rank:
+            raise ConfigError(f"model.lora.rank={self.rank}: LoRA is implemented for GRPO "
+                              f"(socialr1_jax.train) only, not for {job}; set model.lora.rank=0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +84,7 @@ class ModelSection:
     seed: int = 0
     random_init: bool = False
     tokenizer: str = ""
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
 
     def __post_init__(self):
         if self.remat not in ("none", "full", "dots"):

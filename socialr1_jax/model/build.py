@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from socialr1_jax.model.config import ModelConfig
+from socialr1_jax.model.lora import Adapters
 from socialr1_jax.model.qwen3 import Qwen3
 from socialr1_jax.parallel.sharding import check_model_fits_mesh, param_shardings
 
@@ -67,3 +68,40 @@ def create_model(cfg: ModelConfig, *, mesh: Mesh | None = None, seed: int = 0) -
     """A randomly initialised model, its parameters created directly in their shardings."""
     graphdef, _ = nnx.split(abstract_model(cfg))
     return nnx.merge(graphdef, init_program(cfg, mesh, seed=seed)())
+
+
+def with_lora(model: Qwen3, spec, *, mesh: Mesh | None = None, seed: int = 0) -> Qwen3:
+    """`model` with fresh LoRA adapters (`spec`: a model.lora.LoraSpec), created in their
+    shardings; the base parameters are the same arrays (not copied). A is drawn from
+    `seed` as PEFT draws it and B is zero, so the result computes exactly what `model` does."""
+    if model.cfg.lora is not None:
+        raise ValueError("the model already has LoRA adapters")
+    cfg = model.cfg.replace(lora=spec)
+    graphdef, abstract = abstract_state(cfg, mesh)
+
+    def init():
+        return nnx.state(Adapters(cfg, rngs=nnx.Rngs(seed)))
+
+    _, _, abstract_adapters = abstract_lora_parts(cfg, mesh)
+    out = None if mesh is None else shardings_of(abstract_adapters)["lora"]
+    adapters = jax.jit(init, out_shardings=out)()
+    return nnx.merge(graphdef, nnx.state(model), nnx.State({"lora": adapters}))
+
+
+def abstract_lora_parts(cfg: ModelConfig, mesh: Mesh | None = None):
+    """(graphdef, abstract base state, abstract adapter state) of an adapted model's config,
+    split as `split_lora` splits a model (with shardings on a mesh)."""
+    graphdef, abstract = abstract_state(cfg, mesh)
+    adapters, base = nnx.split_state(abstract, nnx.PathContains("lora"), ...)
+    return graphdef, base, adapters
+
+
+def split_lora(model: Qwen3):
+    """(graphdef, base parameter state, adapter state {'lora': ...}) of an adapted model."""
+    graphdef, adapters, base = nnx.split(model, nnx.PathContains("lora"), ...)
+    return graphdef, base, adapters
+
+
+def merge_lora(graphdef, base, adapters) -> Qwen3:
+    """The adapted model from `split_lora`'s parts (no array is copied)."""
+    return nnx.merge(graphdef, base, adapters)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,9 @@ class ModelConfig:
     'highest', as `jax.lax.Precision`); '' picks by `dtype`: 'highest' for float32 (otherwise
     GPUs and TPUs multiply fp32 operands in reduced precision, and fp32 logits differ from
     torch's by ~1e-2), 'default' for bf16 / fp16 (their operands are exact either way).
+    `decode_attention` is how a decode step attends over the KV cache: 'einsum' (dots that read
+    the cache in its own dtype: accelerators), 'reduce' (fp32 multiply-reduces: faster on
+    XLA:CPU) or 'auto' (by `jax.default_backend()` where the program is traced).
     """
 
     vocab_size: int = 151936
@@ -67,6 +70,8 @@ class ModelConfig:
     remat: str = "none"
     init_std: float = 0.02
     matmul_precision: str = ""
+    decode_attention: str = "auto"
+    lora: Optional[Any] = None  # a model.lora.LoraSpec: adapters on the layers (None = off)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -79,6 +84,9 @@ class ModelConfig:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ValueError(f"matmul_precision={self.matmul_precision!r}; expected one of "
                              f"{MATMUL_PRECISIONS} ('' = by dtype)")
+        if self.decode_attention not in ("auto", "einsum", "reduce"):
+            raise ValueError(f"decode_attention={self.decode_attention!r}; expected 'auto', "
+                             "'einsum' or 'reduce'")
         parse_dtype(self.param_dtype)
         parse_dtype(self.dtype)
 
@@ -96,6 +104,13 @@ class ModelConfig:
         if self.matmul_precision:
             return self.matmul_precision
         return "highest" if jnp.dtype(self.jnp_dtype) == jnp.float32 else "default"
+
+    @property
+    def decode_by_reduce(self) -> bool:
+        """Whether decode attention runs as multiply-reduces (`decode_attention`)."""
+        if self.decode_attention == "auto":
+            return jax.default_backend() == "cpu"
+        return self.decode_attention == "reduce"
 
     @property
     def precision(self) -> jax.lax.Precision:

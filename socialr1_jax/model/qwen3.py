@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from socialr1_jax.model import lora
 from socialr1_jax.model.config import ModelConfig
 from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, CACHE_LBKSH,
                                             LOGITS_BTV, cache_shardings, check_model_fits_mesh,
@@ -202,32 +203,43 @@ def _heads_proj(x_btd, w_nhd, precision):
     return out_btj.reshape(b, t, n, h)
 
 
-def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs):
+def _decode_attention(q_bkgh, k_bksh, v_bksh, mask_bs, precision, reduce: bool):
     """One query per row against the cache: out [B, K, G, H] in fp32.
 
-    Written as fused multiply-reduces rather than einsums: per (row, KV head) the products are
-    [G, H] x [H, S], far too small for a matmul kernel, and XLA:CPU ran them as batched dots at
-    half the speed (measured 0.26 -> 0.13 ms per layer at B=8, S=128). Accelerators fuse the
-    same reduces; a decode step's attention is bound by reading the cache either way. Products
-    are in fp32, so no matmul precision applies.
+    reduce=False (accelerators): two dots that read the cache in its own dtype and accumulate
+    in fp32. reduce=True (XLA:CPU): fused fp32 multiply-reduces, since per (row, KV head) the
+    products are [G, H] x [H, S], too small for a matmul kernel, and XLA:CPU ran them as batched
+    dots at half the speed (0.26 -> 0.13 ms per layer at B=8, S=128). On TPU the reduces cost
+    an fp32 copy of every layer's cache per step: the 4B decode step of 40 rows on a v5e 2x4
+    (tensor-parallel mesh, XLA's TPU compiler ahead of time) accessed 13.6 GB by reduces and
+    5.6 GB by dots (benchmarks/roofline.py).
     """
     f32 = jnp.float32
     h = q_bkgh.shape[-1]
-    scores_bkgs = jnp.sum(q_bkgh.astype(f32)[:, :, :, None, :] * k_bksh.astype(f32)[:, :, None],
-                          axis=-1) * (h ** -0.5)
+    if reduce:
+        scores_bkgs = jnp.sum(q_bkgh.astype(f32)[:, :, :, None, :]
+                              * k_bksh.astype(f32)[:, :, None], axis=-1) * (h ** -0.5)
+    else:
+        scores_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh.astype(q_bkgh.dtype),
+                                 precision=precision, preferred_element_type=f32) * (h ** -0.5)
     scores_bkgs = jnp.where(mask_bs[:, None, None, :], scores_bkgs, _MASKED)
     probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
-    return jnp.sum(probs_bkgs[..., None] * v_bksh.astype(f32)[:, :, None], axis=-2)
+    if reduce:
+        return jnp.sum(probs_bkgs[..., None] * v_bksh.astype(f32)[:, :, None], axis=-2)
+    return jnp.einsum("bkgs,bksh->bkgh", probs_bkgs.astype(v_bksh.dtype), v_bksh,
+                      precision=precision, preferred_element_type=f32)
 
 
-def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision):
-    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]."""
+def _attend(q_btnh, k_bksh, v_bksh, mask_bts, precision, reduce: bool = False):
+    """Grouped-query attention: queries [B, T, N, H] over keys, values [B, K, S, H] -> [B, T, N*H]
+    (reduce: how one query per row attends, see `_decode_attention`)."""
     b, t, n, h = q_btnh.shape
     kv_heads = k_bksh.shape[1]
     dt = q_btnh.dtype
     q_btkgh = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h)
     if t == 1:
-        out = _decode_attention(q_btkgh[:, 0], k_bksh, v_bksh, mask_bts[:, 0]).astype(dt)
+        out = _decode_attention(q_btkgh[:, 0], k_bksh, v_bksh, mask_bts[:, 0], precision,
+                                reduce).astype(dt)
         return out.reshape(b, 1, n * h)
     scores = jnp.einsum("btkgh,bksh->bkgts", q_btkgh, k_bksh.astype(dt), precision=precision,
                         preferred_element_type=jnp.float32) * (h ** -0.5)
@@ -295,9 +307,10 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
         h_btd = rms_norm(x_btd, w["input_norm_ld"], eps)
-        q = rms_norm(_heads_proj(h_btd, w["q_lnhd"].astype(dt), prec), w["q_norm_lh"], eps)
-        k = rms_norm(_heads_proj(h_btd, w["k_lkhd"].astype(dt), prec), w["k_norm_lh"], eps)
-        v = constrain(_heads_proj(h_btd, w["v_lkhd"].astype(dt), prec), ACT_BTNH)
+        proj = partial(lora.projected, cfg, w, h_btd, _heads_proj)  # + adapters (lora.py)
+        q = rms_norm(proj("q", "q_lnhd"), w["q_norm_lh"], eps)
+        k = rms_norm(proj("k", "k_lkhd"), w["k_norm_lh"], eps)
+        v = constrain(proj("v", "v_lkhd"), ACT_BTNH)
         q = constrain(rope(q, positions_bt, cfg.rope_theta), ACT_BTNH)
         k = constrain(rope(k, positions_bt, cfg.rope_theta), ACT_BTNH)
         k_bksh, v_bksh = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, H]
@@ -324,14 +337,12 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
             k_bksh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
             v_bksh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
             kv = (k_all, v_all)
-        out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec)
-        o_dnh = w["o_ldnh"].astype(dt)
-        o_dj = o_dnh.reshape(o_dnh.shape[0], -1)  # free reshape, see _heads_proj
-        x_btd = x_btd + jnp.einsum("btj,dj->btd", out_btj, o_dj, precision=prec)
+        out_btj = _attend(q, k_bksh, v_bksh, mask_bts, prec, cfg.decode_by_reduce)
+        x_btd = x_btd + lora.out_projected(cfg, w, out_btj)  # o_proj (+ its adapter)
     with jax.named_scope("mlp"):
         h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
-        x_btd = x_btd + swiglu_mlp(h_btd, w["gate_lfd"].astype(dt), w["up_lfd"].astype(dt),
-                                   w["down_ldf"].astype(dt), prec)
+        mlp_w = lora.mlp_weights(cfg, w, *(w[n].astype(dt) for n in lora.MLP_WEIGHTS))
+        x_btd = x_btd + swiglu_mlp(h_btd, *mlp_w, prec)
     return constrain(x_btd, ACT_BTD), kv
 
 
@@ -370,6 +381,7 @@ class Qwen3(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head_vd = nnx.Param(
                 _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pd))
+        lora.attach(self, cfg, rngs)  # after the base weights: their draws are unchanged
 
     # -- public -------------------------------------------------------------------------------
 
@@ -405,7 +417,7 @@ class Qwen3(nnx.Module):
 
         x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
-        weights = self.layers.stacked() if layer_weights is None else None
+        weights = lora.stacked_weights(self) if layer_weights is None else None
         if cache is None:
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
@@ -463,8 +475,7 @@ class Qwen3(nnx.Module):
         decode loop would copy every weight on every step. Taken once before the loop, the
         slices cost one copy of the layers' weights, held while the loop runs.
         """
-        stacked = self.layers.stacked()
-        return [{name: w[i] for name, w in stacked.items()} for i in range(self.cfg.num_layers)]
+        return lora.per_layer(self.cfg, lora.stacked_weights(self))  # adapters merged in
 
     def logits(self, hidden_btd):
         """LM head on hidden states (tied: the embedding matrix)."""

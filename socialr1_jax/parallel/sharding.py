@@ -39,6 +39,12 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"layers/(gate|up)_lfd$", P(None, "tensor", "fsdp")),
     (r"layers/down_ldf$", P(None, "fsdp", "tensor")),
     (r"norm_l?[dh]$", P()),  # small vectors: replicated
+    # LoRA adapters (model/lora.py): A [l, r, in] split along `in` and B [l, out, r] along `out`
+    # exactly as their base weight's dims are; the rank axis replicated.
+    (r"lora/(q|k|v|gate|up)_a_lrd$", P(None, None, "fsdp")),
+    (r"lora/(o_a_lrj|down_a_lrf)$", P(None, None, "tensor")),
+    (r"lora/([qkv]_b_ljr|(gate|up)_b_lfr)$", P(None, "tensor", None)),
+    (r"lora/(o|down)_b_ldr$", P(None, "fsdp", None)),
 )
 
 # Activations at layer boundaries and the KV cache.

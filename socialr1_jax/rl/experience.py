@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,9 @@ from flax import nnx
 from socialr1_jax.parallel import distributed
 from socialr1_jax.parallel.sharding import batch_sharding
 from socialr1_jax.rl import grpo
+from socialr1_jax.rl import lora_train
 from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.lora_train import LoraParts
 from socialr1_jax.rl.task import PromptBatch, Scores, as_scores
 from socialr1_jax.rollout.sampler import sample
 
@@ -42,18 +45,24 @@ class Rollout:
 
 class Programs:
     """The long-lived programs of one run, built once: sampler, log-prob forward, train step.
-    `cfg`: the GRPO job's config (its optim, grpo and rollout sections and batch sizes)."""
+    `cfg`: the GRPO job's config (its optim, grpo and rollout sections and batch sizes).
+    `lora`: a LoRA run's `lora_train.LoraParts` (the state then holds the adapters only; the
+    reference forward runs the base without them), None for full fine-tuning."""
 
-    def __init__(self, cfg, model_cfg, graphdef, mesh):
+    def __init__(self, cfg, model_cfg, graphdef, mesh, lora: Optional[LoraParts] = None):
         g, r = cfg.grpo, cfg.rollout
-        self.cfg, self.mesh, self.graphdef = cfg, mesh, graphdef
-        self.train_step = ts.make_train_step(model_cfg, cfg.optim, g, mesh,
-                                             temperature=r.temperature,
-                                             micro_batch_size=cfg.micro_batch,
-                                             total_updates=cfg.total_updates)
-        self.logprobs = ts.make_logprob_fn(model_cfg, mesh, temperature=r.temperature,
-                                           chunk=g.logprob_chunk,
-                                           micro_batch_size=cfg.micro_batch)
+        self.cfg, self.mesh, self.graphdef, self.lora = cfg, mesh, graphdef, lora
+        kw = dict(temperature=r.temperature, micro_batch_size=cfg.micro_batch)
+        if lora is None:
+            self.train_step = ts.make_train_step(model_cfg, cfg.optim, g, mesh,
+                                                 total_updates=cfg.total_updates, **kw)
+        else:
+            self.train_step = lora_train.LoraStep(lora_train.make_train_step(
+                model_cfg, cfg.optim, g, mesh, total_updates=cfg.total_updates, **kw), lora.base)
+        ref_cfg = model_cfg if lora is None else lora.reference_cfg
+        self.logprobs = ts.make_logprob_fn(ref_cfg, mesh, chunk=g.logprob_chunk, **kw)
+        self.old_logprobs = self.logprobs if lora is None else ts.make_logprob_fn(
+            model_cfg, mesh, chunk=g.logprob_chunk, **kw)
         two, one = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
         # The sampler's outputs, re-laid out on the devices (no host round trip).
         self._layout = jax.jit(lambda *xs: xs, out_shardings=(two,) * 5)
@@ -75,11 +84,12 @@ class Programs:
         """Sample; start the reference (and, if asked, old-policy) log-prob forward; score this
         process's rows on the host while the devices run it; advantages on the devices."""
         g = self.cfg.grpo.group_size
-        pid, pm, tokens, mask, logps = self.sample(state.params, prompts, seed=seed,
+        policy = self.policy_params(state)
+        pid, pm, tokens, mask, logps = self.sample(policy, prompts, seed=seed,
                                                    eos_ids=task.eos_ids, pad_id=task.pad_id)
         seqs = (pid, pm, tokens, mask)
         ref = self.logprobs(ref_params, *seqs)  # dispatched, not awaited: overlaps the rewards
-        old = self.logprobs(state.params, *seqs) if self.cfg.grpo.recompute_old_logp else logps
+        old = self.old_logprobs(policy, *seqs) if self.cfg.grpo.recompute_old_logp else logps
         rows = tokens.shape[0]
         local = distributed.process_rows(self.mesh, rows)
         if local.start % g or local.stop % g:
@@ -93,6 +103,10 @@ class Programs:
         rewards = distributed.global_batch(scores.rewards, self.mesh, global_size=rows)
         adv = self._advantages(rewards)
         return Rollout(ts.TrainBatch(*seqs, old, ref, adv), rewards, local, scores, tok_h, mask_h)
+
+    def policy_params(self, state):
+        """The policy's whole parameter state (a LoRA run's: base + the state's adapters)."""
+        return state.params if self.lora is None else self.lora.policy(state.params)
 
     def generated_tokens(self, ro: Rollout) -> int:
         """Tokens generated in the whole rollout (every process)."""

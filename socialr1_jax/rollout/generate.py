@@ -229,6 +229,9 @@ def generate(argv=None) -> list[dict]:
     args = parse_args(argv)
     use_host_devices(args)
     texts = read_prompts(args)
+    from socialr1_jax.checkpoint.orbax_io import run_checkpoints
+
+    args.model = run_checkpoints(args.model)  # a run folder: its checkpoints/
     cfg = check_model_dir(args.model)
 
     import numpy as np

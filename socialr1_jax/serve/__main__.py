@@ -73,10 +73,7 @@ def resolve_checkpoint(args) -> tuple[str, str]:
     from socialr1_jax.checkpoint import orbax_io
     from socialr1_jax.checkpoint.errors import CheckpointError
 
-    path = args.model
-    run_ckpts = os.path.join(path, "checkpoints")
-    if os.path.isdir(run_ckpts) and orbax_io.is_orbax_checkpoint(run_ckpts):
-        path = run_ckpts  # a training run's folder
+    path = orbax_io.run_checkpoints(args.model)
     if orbax_io.is_orbax_checkpoint(path):
         try:
             root, step = orbax_io.resolve(path, args.step)

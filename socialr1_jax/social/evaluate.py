@@ -358,6 +358,9 @@ def _load_inputs(args, cfg: EvalConfig):
     columns = column_map(args.column) if args.column else None
     rows = load_benchmark(args.benchmark, args.data, limit=args.limit, split=args.split,
                           language=args.language, columns=columns)
+    from socialr1_jax.checkpoint.orbax_io import run_checkpoints
+
+    args.model = run_checkpoints(args.model)  # a run folder: its checkpoints/
     model_cfg = check_model_dir(args.model)
     try:
         tok = tk.load_tokenizer(args.tokenizer or args.model)

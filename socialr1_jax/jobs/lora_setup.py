@@ -1,0 +1,54 @@
+"""The GRPO job's LoRA hook (`model.lora.rank > 0`): adapters on the loaded (and, with an `sft`
+section, warm-started) policy, the base recorded in RUN/checkpoints/lora.json and checked on
+resume. The adapters, their optimizer and the frozen base are rl/lora_train.py's; the record is
+checkpoint/lora_io.py's.
+"""
+
+from __future__ import annotations
+
+import os
+from socialr1_jax.checkpoint import lora_io
+from socialr1_jax.checkpoint.errors import CheckpointError
+from socialr1_jax.jobs import run_dir
+from socialr1_jax.model import build
+from socialr1_jax.rl import lora_train
+from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.lora_train import LoraParts
+from socialr1_jax.yaml_config import ConfigError
+
+
+def base_path(cfg, out_dir: str) -> str:
+    """The checkpoint the adapters adapt: the warm start's (RUN/warm_start) when the run has an
+    `sft` section, else model.path ('' = a random preset)."""
+    if cfg.sft.steps and out_dir:
+        from socialr1_jax.jobs.warm_start import WARM_START_DIR
+        return os.path.join(out_dir, WARM_START_DIR)
+    return cfg.model.path
+
+
+def adapt(cfg, model, mesh, out_dir: str, resuming: bool):
+    """(graphdef, base state, adapters, LoraParts) of the policy with fresh adapters (seed
+    model.seed); the base is recorded in lora.json of a new run and checked against it on a
+    resumed one (ConfigError: one `error:` line, for a different base)."""
+    spec = cfg.model.lora.spec()
+    adapted = build.with_lora(model, spec, mesh=mesh, seed=cfg.model.seed)
+    graphdef, base, adapters = build.split_lora(adapted)
+    if out_dir:
+        root = os.path.join(out_dir, run_dir.CHECKPOINTS)
+        rec = lora_io.base_record(root, base_path(cfg, out_dir), base,
+                                  preset_name=cfg.model.preset, seed=cfg.model.seed,
+                                  model_cfg=model.cfg)
+        if resuming and os.path.isfile(os.path.join(root, lora_io.LORA_JSON)):
+            try:
+                lora_io.check_base(root, rec)
+            except CheckpointError as e:
+                raise ConfigError(f"run.resume: {e}") from None
+        lora_io.write_lora_json(root, spec, rec)
+    return graphdef, base, adapters, LoraParts(base, adapted.cfg)
+
+
+def start_fns(cfg, mcfg, mesh, adapters):
+    """(abstract TrainState, fresh TrainState) builders of a LoRA run for `Run.start`."""
+    kw = {"total_updates": cfg.total_updates}
+    return (lambda: lora_train.abstract_train_state(mcfg, cfg.optim, mesh, **kw),
+            lambda: ts.init_train_state(adapters, cfg.optim, mesh, **kw))

@@ -1,0 +1,126 @@
+"""GRPO with LoRA adapters (Hu et al. 2021; initialised as PEFT does, see model/lora.py).
+
+The TrainState holds the adapters only (`{'lora': ...}`), their fp32 master copy when the
+model's dtype is lower, and AdamW's moments over them: the optimizer never sees a base weight.
+The base parameters are one frozen set of arrays, passed to every program as an argument that
+is never donated. They serve three uses without a second copy:
+
+- the policy: base + adapters, merged as nnx states (no array is copied) for the sampler, the
+  old-policy forward and the loss; the adapters are applied unmerged (x @ W + s (x @ A) @ B);
+- the KL reference: the same base arrays under the model config without adapters, i.e. the
+  policy with its adapters off;
+- the train step: `step(state, batch)` closes over the base (`LoraStep`), so the GRPO loop
+  (`train_step.rollout_updates`) calls it as it calls the full fine-tuning step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from socialr1_jax.model import build
+from socialr1_jax.model.config import ModelConfig
+from socialr1_jax.parallel.sharding import batch_shards
+from socialr1_jax.rl import grpo
+from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl.config import GRPOConfig, OptimConfig
+from socialr1_jax.rl.optimizer import make_optimizer
+
+
+def full_params(base, adapters):
+    """The adapted model's parameter state from its two parts (no array copied)."""
+    return nnx.merge_state(base, adapters)
+
+
+def abstract_adapters(model_cfg: ModelConfig, mesh: Optional[Mesh]):
+    """The adapter state {'lora': ...} of `model_cfg` as ShapeDtypeStructs (with shardings)."""
+    return build.abstract_lora_parts(model_cfg, mesh)[2]
+
+
+def abstract_train_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh],
+                         *, total_updates: int = 1) -> ts.TrainState:
+    """The LoRA TrainState (adapters, master, moments, counters) as ShapeDtypeStructs."""
+    return ts.abstract_state_of(abstract_adapters(model_cfg, mesh), optim_cfg, mesh,
+                                total_updates=total_updates)
+
+
+class LoraStep:
+    """`step(state, batch)` of a LoRA run: the jitted `fn(state, batch, base)` with the frozen
+    base bound (never donated). `lower(state, batch, base=None)` lowers it (abstract args)."""
+
+    def __init__(self, fn: ts.MeshFunction, base):
+        self.fn, self.base = fn, base
+
+    def __call__(self, state, batch):
+        return self.fn(state, batch, self.base)
+
+    def lower(self, state, batch, base=None):
+        return self.fn.lower(state, batch, self.base if base is None else base)
+
+
+def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                    micro_batch_size: int = 0, total_updates: int = 1) -> ts.MeshFunction:
+    """The jitted LoRA update `fn(state, batch, base) -> (state, metrics)`: the GRPO loss of
+    `train_step.policy_loss` under base + adapters, differentiated in the adapters only, with
+    the update (`train_step.apply_update`: micro-batches, clipping, AdamW, NaN skip) applied
+    to them. The state is donated; the base is not."""
+    graphdef, base_abstract, adapters = build.abstract_lora_parts(model_cfg, mesh)
+    optimizer, schedule = make_optimizer(optim_cfg, total_updates)
+    master = ts._needs_master(model_cfg.jnp_param_dtype, optim_cfg)
+    compute_dtype = model_cfg.jnp_param_dtype if master else None
+    shards = batch_shards(mesh) if mesh is not None else 1
+    ts.check_micro_batch(micro_batch_size, mesh, "grpo.micro_batch_size")
+
+    def step(state: ts.TrainState, batch: ts.TrainBatch, base):
+        mbs = micro_batch_size or batch.size
+        norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
+                                       grpo_cfg.loss_scale_factor or None)
+        remat_head = ts.head_remat(grpo_cfg, mbs, batch.completion_ids.shape[1],
+                                   model_cfg.vocab_size, shards)
+
+        def loss_fn(adapters, mb):
+            return ts.policy_loss(graphdef, full_params(base, adapters), mb, grpo_cfg,
+                                  temperature=temperature, normalisers=norms,
+                                  remat_head=remat_head)
+
+        new_state, metrics = ts.apply_update(state, batch, loss_fn, optimizer, schedule,
+                                             micro_batch_size=micro_batch_size,
+                                             compute_dtype=compute_dtype)
+        adv = batch.advantages.astype(jnp.float32)
+        metrics.update(adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(),
+                       adv_max=adv.max())
+        return new_state, metrics
+
+    if mesh is None:
+        return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)
+    st_sh = ts.train_state_shardings(adapters, optim_cfg, mesh, total_updates=total_updates)
+    base_sh = build.shardings_of(base_abstract)
+    rep = NamedSharding(mesh, P())
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(st_sh, ts.batch_shardings(mesh), base_sh),
+                     out_shardings=(st_sh, rep))
+    return ts.MeshFunction(jitted, mesh)
+
+
+@dataclasses.dataclass
+class LoraParts:
+    """What a LoRA run's programs share: the frozen base state and the model configs of the
+    policy (with adapters) and of the reference (without)."""
+
+    base: Any
+    policy_cfg: ModelConfig
+
+    @property
+    def reference_cfg(self) -> ModelConfig:
+        return self.policy_cfg.replace(lora=None)
+
+    def policy(self, adapters):
+        """The adapted model's parameter state (for the sampler, evaluation, old log-probs)."""
+        return full_params(self.base, adapters)
+
