@@ -108,6 +108,28 @@ def _measure(name, lowered_fn, resident_besides: int) -> ProgramMemory:
                          round(seconds, 1))
 
 
+def _model_and_mesh(preset: str, changes: dict, mesh: str, topology: str | None):
+    """(ModelConfig, Mesh, devices) of a plan: the preset with `changes` on the --mesh of the
+    simulated CPU devices or of a TPU slice; errors name the flag."""
+    import jax
+
+    from socialr1_jax.model.config import preset as get_preset
+    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
+
+    cfg = get_preset(preset, **changes)
+    try:
+        sizes = parse_mesh(mesh)
+    except ValueError as e:
+        raise ValueError(f"--mesh {mesh}: {e}") from None
+    devices = topology_devices(topology) if topology else jax.devices()
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there are "
+                         f"{len(devices)} ({topology or 'set --devices'})")
+    m = make_mesh(**sizes, devices=devices)
+    check_model_fits_mesh(cfg, m)
+    return cfg, m, devices
+
+
 def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, group: int = 5,
          prompt_len: int = 512, completion_len: int = 2048, micro_batch: int = 0,
          ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
@@ -127,25 +149,13 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
 
     from socialr1_jax.rl import lora_train
     from socialr1_jax.rl import train_step as ts
-    from socialr1_jax.model.config import preset as get_preset
     from socialr1_jax.model.build import abstract_state
-    from socialr1_jax.parallel.sharding import check_model_fits_mesh, make_mesh, parse_mesh
     from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 
     changes = dict(param_dtype=param_dtype, dtype=param_dtype, remat=remat)
     if layers:
         changes["num_layers"] = layers
-    cfg = get_preset(preset, **changes)
-    try:
-        sizes = parse_mesh(mesh)
-    except ValueError as e:
-        raise ValueError(f"--mesh {mesh}: {e}") from None
-    devices = topology_devices(topology) if topology else jax.devices()
-    if math.prod(sizes.values()) != len(devices):
-        raise ValueError(f"--mesh {mesh} needs {math.prod(sizes.values())} devices; there are "
-                         f"{len(devices)} ({topology or 'set --devices'})")
-    m = make_mesh(**sizes, devices=devices)
-    check_model_fits_mesh(cfg, m)
+    cfg, m, devices = _model_and_mesh(preset, changes, mesh, topology)
     batch = prompts * group
     ref_micro = micro_batch if ref_micro_batch is None else ref_micro_batch
     optim = OptimConfig(master_dtype=master_dtype)
