@@ -122,7 +122,8 @@ def test_rules_cover_every_parameter_and_hand_checked_shards():
     assert shard(w.down_ldf[...]) == (2, 16, 64)          # [2, 64, 128]
     assert shard(w.input_norm_ld[...]) == (2, 64)         # small: replicated
     assert shard(model.final_norm_d[...]) == (64,)
-    assert len(PARAM_RULES) == 9  # and the reward model's head (test_reward_model.py)
+    # and the reward model's head (test_reward_model.py), the 4 LoRA adapter rules (test_lora.py)
+    assert len(PARAM_RULES) == 13
 
 
 def test_create_model_program_never_holds_a_full_copy(monkeypatch):
