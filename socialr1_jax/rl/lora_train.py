@@ -19,17 +19,13 @@ import dataclasses
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from socialr1_jax.model import build
 from socialr1_jax.model.config import ModelConfig
-from socialr1_jax.parallel.sharding import batch_shards
-from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
-from socialr1_jax.rl.optimizer import make_optimizer
 
 
 def full_params(base, adapters):
@@ -71,31 +67,10 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
     the update (`train_step.apply_update`: micro-batches, clipping, AdamW, NaN skip) applied
     to them. The state is donated; the base is not."""
     graphdef, base_abstract, adapters = build.abstract_lora_parts(model_cfg, mesh)
-    optimizer, schedule = make_optimizer(optim_cfg, total_updates)
-    master = ts._needs_master(model_cfg.jnp_param_dtype, optim_cfg)
-    compute_dtype = model_cfg.jnp_param_dtype if master else None
-    shards = batch_shards(mesh) if mesh is not None else 1
-    ts.check_micro_batch(micro_batch_size, mesh, "grpo.micro_batch_size")
-
-    def step(state: ts.TrainState, batch: ts.TrainBatch, base):
-        mbs = micro_batch_size or batch.size
-        norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
-                                       grpo_cfg.loss_scale_factor or None)
-        remat_head = ts.head_remat(grpo_cfg, mbs, batch.completion_ids.shape[1],
-                                   model_cfg.vocab_size, shards)
-
-        def loss_fn(adapters, mb):
-            return ts.policy_loss(graphdef, full_params(base, adapters), mb, grpo_cfg,
-                                  temperature=temperature, normalisers=norms,
-                                  remat_head=remat_head)
-
-        new_state, metrics = ts.apply_update(state, batch, loss_fn, optimizer, schedule,
-                                             micro_batch_size=micro_batch_size,
-                                             compute_dtype=compute_dtype)
-        adv = batch.advantages.astype(jnp.float32)
-        metrics.update(adv_mean=adv.mean(), adv_std=adv.std(), adv_min=adv.min(),
-                       adv_max=adv.max())
-        return new_state, metrics
+    step = ts.grpo_update(graphdef, model_cfg, optim_cfg, grpo_cfg, mesh,
+                          temperature=temperature, micro_batch_size=micro_batch_size,
+                          total_updates=total_updates,
+                          params_of=lambda adapters, base: full_params(base, adapters))
 
     if mesh is None:
         return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)

@@ -14,10 +14,9 @@ abstract_train_state(model_cfg, optim_cfg, mesh, total_updates) -> TrainState of
     ShapeDtypeStruct carrying shardings (nothing allocated); abstract_state_of(params, ...) the
     same around any module's parameters (the reward model's)
 abstract_batch(batch, prompt_len, completion_len, mesh) -> TrainBatch of ShapeDtypeStruct
-make_train_step(model_cfg, optim_cfg, grpo_cfg, mesh, *, temperature, micro_batch_size,
-    total_updates) -> step; `step(state, batch) -> (state, metrics)` applies ONE optimizer
-    update over the batch (its micro-batches accumulated inside the program); the state is
-    donated. `step.lower(abstract_state, abstract_batch)` compiles it abstractly.
+make_train_step(model_cfg, optim_cfg, grpo_cfg, mesh, ...) -> step (jitted `grpo_update`);
+    `step(state, batch) -> (state, metrics)` applies ONE optimizer update over the batch
+    (micro-batches accumulated inside), state donated; `step.lower(...)` compiles abstractly.
 apply_update(state, batch, loss_fn, optimizer, schedule, ...) -> (state, metrics): the update
     itself (accumulation, clipping + AdamW, NaN skipping) for any loss; jit_step(step, mesh, ...)
     jits such a step with its shardings (the reward-model trainer builds its step from both).
@@ -41,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -369,22 +368,20 @@ def check_micro_batch(micro_batch_size: int, mesh: Optional[Mesh], key: str) -> 
                          f"{shards} batch shards of the mesh")
 
 
-def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
-                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
-                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
-    """The jitted update `step(state, batch) -> (state, metrics)`; see the module docstring.
-
-    micro_batch_size: sequences per forward/backward (0 = the whole batch); must divide the batch
-    and, on a mesh, be a multiple of the batch shard count.
-    """
-    graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
+def grpo_update(graphdef, model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                micro_batch_size: int = 0, total_updates: int = 1,
+                params_of: Callable = lambda p: p):
+    """The un-jitted `step(state, batch, *extra)`: `policy_loss` under the model params
+    `params_of(trained, *extra)` (LoRA: base + adapters) through `apply_update`. micro_batch_size:
+    sequences per forward/backward (0 = the batch; a multiple of the mesh's batch shards)."""
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     master = _needs_master(model_cfg.jnp_param_dtype, optim_cfg)
     compute_dtype = model_cfg.jnp_param_dtype if master else None
     shards = batch_shards(mesh) if mesh is not None else 1
     check_micro_batch(micro_batch_size, mesh, "grpo.micro_batch_size")
 
-    def step(state: TrainState, batch: TrainBatch):
+    def step(state: TrainState, batch: TrainBatch, *extra):
         mbs = micro_batch_size or batch.size
         norms = grpo.batch_normalisers(batch.completion_mask, grpo_cfg.agg,
                                        grpo_cfg.loss_scale_factor or None)
@@ -392,8 +389,8 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
                                 model_cfg.vocab_size, shards)
 
         def loss_fn(p, mb):
-            return policy_loss(graphdef, p, mb, grpo_cfg, temperature=temperature,
-                               normalisers=norms, remat_head=remat_head)
+            return policy_loss(graphdef, params_of(p, *extra), mb, grpo_cfg,
+                               temperature=temperature, normalisers=norms, remat_head=remat_head)
 
         new_state, metrics = apply_update(state, batch, loss_fn, optimizer, schedule,
                                           micro_batch_size=micro_batch_size,
@@ -403,6 +400,16 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
                        adv_max=adv.max())
         return new_state, metrics
 
+    return step
+
+
+def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                    mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
+                    micro_batch_size: int = 0, total_updates: int = 1) -> MeshFunction:
+    """The jitted update `step(state, batch) -> (state, metrics)`; see the module docstring."""
+    graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
+    step = grpo_update(graphdef, model_cfg, optim_cfg, grpo_cfg, mesh, temperature=temperature,
+                       micro_batch_size=micro_batch_size, total_updates=total_updates)
     st_sh = train_state_shardings(abstract_params, optim_cfg, mesh, total_updates=total_updates)
     return jit_step(step, mesh, st_sh, batch_shardings(mesh))
 

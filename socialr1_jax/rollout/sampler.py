@@ -244,17 +244,13 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     n_new = int(caps.max()) if rows else 1  # no prompts: check_against_model says so
     check_sampling(max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                    top_p=top_p, num_samples=num_samples, prefill_chunk=prefill_chunk)
-    _check_slots(slots, unstack_layers)
+    _check_slots(slots, unstack_layers, shapes, on_tokens)
     prompts = token_lists(prompts)
     eos_ids = tuple(as_int("eos id", e) for e in eos_ids)
     check_against_model(prompts, vocab=cfg.vocab_size, max_len=max_len,
                         max_new_tokens=n_new, eos_ids=eos_ids, pad_id=pad_id)
     p_len, n_len = _buffer_lengths(max(len(p) for p in prompts), n_new, max_len,
                                    bucket_shapes, prefill_chunk, shapes, rows)
-    if shapes is not None and slots is not None:
-        raise ArgumentError("slots", slots, "cannot be combined with explicit shapes")
-    if on_tokens is not None and slots is not None:
-        raise ArgumentError("slots", slots, "cannot be combined with on_tokens")
     shards = batch_shards(mesh) if mesh is not None else 1
     padded_rows = -(-max(rows, int(shapes[0]) if shapes else 0) // shards) * shards
     ids, mask = _left_padded(prompts, num_samples, padded_rows, p_len, pad_id)
@@ -299,12 +295,18 @@ def _result(out, *, rows: int, n_new: int, cut: bool, keep: int,
                         refills=refills[0] if refills else None)
 
 
-def _check_slots(slots, unstack_layers) -> None:
-    if slots is not None:
-        as_int("slots", slots, minimum=1)
-        if not unstack_layers:
-            raise ArgumentError("slots", slots, "needs unstack_layers=True (the refill loop "
-                                "decodes over per-layer weights and cache)")
+def _check_slots(slots, unstack_layers, shapes, on_tokens) -> None:
+    """Refill's own arguments, and what it cannot be combined with."""
+    if slots is None:
+        return
+    as_int("slots", slots, minimum=1)
+    if not unstack_layers:
+        raise ArgumentError("slots", slots, "needs unstack_layers=True (the refill loop "
+                            "decodes over per-layer weights and cache)")
+    if shapes is not None:
+        raise ArgumentError("slots", slots, "cannot be combined with explicit shapes")
+    if on_tokens is not None:
+        raise ArgumentError("slots", slots, "cannot be combined with on_tokens")
 
 
 def _buffer_lengths(longest, n_new, max_len, bucket_shapes, prefill_chunk, shapes, rows):

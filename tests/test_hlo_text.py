@@ -1,6 +1,6 @@
-"""benchmarks/roofline.py's reading of compiled HLO: kernels counted and their bytes taken from
-the types of their operands and results, on a program XLA:CPU compiles here (the HLO text has
-the TPU compiler's syntax) and on an instruction line in the TPU compiler's form."""
+"""benchmarks/hlo_text.py, how roofline.py reads compiled HLO: kernels counted and their bytes
+taken from the types of their operands and results, on a program XLA:CPU compiles here (the HLO
+text has the TPU compiler's syntax) and on an instruction line in the TPU compiler's form."""
 
 import os
 import sys
@@ -10,14 +10,14 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-import roofline  # noqa: E402
+import hlo_text  # noqa: E402
 
 
 def test_kernels_and_their_bytes_of_a_compiled_program():
     f = jax.jit(lambda x, y: jnp.tanh(x @ y))
     text = f.lower(jnp.ones((64, 128)), jnp.ones((128, 32))).compile().as_text()
-    assert roofline.kernel_counts(text)["kernels"] >= 1
-    top = roofline.heaviest(text)
+    assert hlo_text.kernel_counts(text)["kernels"] >= 1
+    top = hlo_text.heaviest(text)
     dot = [k for k in top if "dot_general" in k["metadata"]]
     assert len(dot) == 1, top
     # reads x (64 x 128 fp32) and y (128 x 32), writes 64 x 32, whatever else is fused in
@@ -37,9 +37,9 @@ def test_an_output_that_aliases_an_operand_counts_once():
         "output_to_operand_aliasing={{1}: (1, {})}, calls=%c, metadata={op_name=\"mlp\"}",
         "  ROOT %gte = bf16[4,256]{1,0} get-tuple-element(%fusion.1), index=0",
         "}"])
-    (k,) = roofline.heaviest(text)
+    (k,) = hlo_text.heaviest(text)
     assert k["name"] == "fusion.1" and k["metadata"] == "mlp"
     assert k["operand_bytes"] == 2 * (4 * 8 + 1024 * 256)
     assert k["result_bytes"] == 2 * 4 * 256  # the aliased [1024, 256] output is not a write
-    assert roofline.kernel_counts(text) == {"fusions": 1, "custom_calls": 0, "kernels": 1,
+    assert hlo_text.kernel_counts(text) == {"fusions": 1, "custom_calls": 0, "kernels": 1,
                                             "by_opcode": {"fusion": 1}}
