@@ -191,14 +191,19 @@ def test_memory_plan_of_a_lora_config():
         ("qwen3-4b", "1x1x1", 8, 5, 2048)
     assert (s["micro_batch"], s["remat"], s["lora"].rank, len(s["lora"].targets)) == \
         (1, "full", 16, 7)
+    assert s["slots"] == 16  # the config's rollout.slots
     spec = lora.parse_spec(1, 8, "q_proj,v_proj")
     plan = memory_plan.plan(preset="tiny", mesh="1x8x1", prompts=4, group=4, prompt_len=8,
                             completion_len=16, micro_batch=8, param_dtype="bfloat16", lora=spec)
-    st, (train, ref) = plan["state_bytes_per_device"], plan["programs"]
+    st, (train, ref, rollout) = plan["state_bytes_per_device"], plan["programs"]
     assert st["params"] < st["reference_params"] / 10  # adapters only
     assert st["master"] == 2 * st["params"]  # their fp32 master copy beside the bf16 adapters
     assert train["arguments"] >= st["train_state_total"] + st["reference_params"]
     assert train["resident_besides"] == 0 and ref["resident_besides"] == st["train_state_total"]
+    # The sampler gets base + adapters; the adapters' master copy and moments stay resident.
+    assert st["reference_params"] + st["params"] <= rollout["arguments"] <= \
+        st["reference_params"] + st["params"] + 1024
+    assert rollout["resident_besides"] == st["train_state_total"] - st["params"]
 
 
 def test_adapters_shard_with_their_layer():

@@ -34,7 +34,7 @@ def test_plan_agrees_with_the_shardings():
     assert 8 * n <= st["optimizer"] <= 8 * n + 64             # fp32 mu + nu, and step counters
     assert st["train_state_total"] == st["params"] + st["master"] + st["optimizer"] + 12
 
-    train, ref = plan["programs"]
+    train, ref, rollout = plan["programs"]
     rows = b // 8
     # XLA's arguments of the reference forward: its weight shards and this device's rows.
     assert ref["arguments"] == st["reference_params"] + 4 * rows * 2 * (p_len + c_len)
@@ -44,6 +44,11 @@ def test_plan_agrees_with_the_shardings():
     assert train["outputs"] >= st["train_state_total"] - 64
     assert train["resident_besides"] == st["reference_params"]
     assert ref["resident_besides"] == st["train_state_total"]
+    # The sampler's weights are the policy's bf16 params (plus its prompts: under 1 KiB here);
+    # the master copy, the moments and the reference stay resident while it runs.
+    assert st["params"] <= rollout["arguments"] <= st["params"] + 1024
+    assert rollout["resident_besides"] == (st["train_state_total"] - st["params"]
+                                           + st["reference_params"])
     for q in plan["programs"]:
         assert q["program_total"] == q["arguments"] + q["outputs"] - q["aliased"] + q["temporaries"]
         assert q["peak"] == q["program_total"] + q["resident_besides"]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -41,7 +40,9 @@ import time
 
 from tqdm import tqdm
 
-GIB = 2 ** 30
+# The report's half (tables, results files) is plan_report's; re-exported as the tool's API.
+from socialr1_jax.jobs.plan_report import (format_plan, GIB, provenance,  # noqa: F401
+                                           sweep_markdown, write_results)
 
 # XLA:CPU's default scheduler orders for concurrency, not memory: it computes rematerialised
 # layers early, so remat saves nothing (measured: a checkpointed 8-layer chain needs 808 MiB of
@@ -98,7 +99,13 @@ def tree_bytes_per_device(tree) -> int:
 
 def _measure(name, lowered_fn, resident_besides: int) -> ProgramMemory:
     t0 = time.perf_counter()
-    compiled = lowered_fn().compile()
+    try:
+        compiled = lowered_fn().compile()
+    except Exception as e:  # which program the TPU compiler refused, for the plan's table
+        if "RESOURCE_EXHAUSTED:" not in str(e):
+            raise
+        why = str(e).split("RESOURCE_EXHAUSTED:")[-1].strip()
+        raise RuntimeError(f"RESOURCE_EXHAUSTED: {name}: {why}") from None
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     if m is None:
@@ -108,7 +115,7 @@ def _measure(name, lowered_fn, resident_besides: int) -> ProgramMemory:
                          round(seconds, 1))
 
 
-def _model_and_mesh(preset: str, changes: dict, mesh: str, topology: str | None):
+def model_and_mesh(preset: str, changes: dict, mesh: str, topology: str | None):
     """(ModelConfig, Mesh, devices) of a plan: the preset with `changes` on the --mesh of the
     simulated CPU devices or of a TPU slice; errors name the flag."""
     import jax
@@ -134,8 +141,10 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
          prompt_len: int = 512, completion_len: int = 2048, micro_batch: int = 0,
          ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
          master_dtype: str = "float32", logprob_chunk: int = 256, layers: int = 0,
-         compute_entropy: bool = True, topology: str | None = None, lora=None) -> dict:
-    """Compile the train step and the log-prob forward abstractly; return the memory plan.
+         compute_entropy: bool = True, topology: str | None = None, lora=None,
+         slots: int | None = None, rollout: bool = True) -> dict:
+    """Compile the train step, the log-prob forward and the rollout abstractly; return the
+    memory plan.
 
     micro_batch: sequences per forward/backward (0 = the whole batch); ref_micro_batch: the
     same for the reference forward (None = micro_batch). layers: override the layer count
@@ -144,6 +153,8 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     lora: a model.lora.LoraSpec: plan a LoRA run (rl/lora_train.py: the state holds the
     adapters and their moments; the frozen base is an argument of the train step and the
     reference forward's weights).
+    slots: the rollout's decode slots (`rollout.slots`: None = every row at once, K = refill
+    through K slots, rollout/refill.py); rollout=False leaves the rollout program out.
     """
     import jax
 
@@ -155,7 +166,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     changes = dict(param_dtype=param_dtype, dtype=param_dtype, remat=remat)
     if layers:
         changes["num_layers"] = layers
-    cfg, m, devices = _model_and_mesh(preset, changes, mesh, topology)
+    cfg, m, devices = model_and_mesh(preset, changes, mesh, topology)
     batch = prompts * group
     ref_micro = micro_batch if ref_micro_batch is None else ref_micro_batch
     optim = OptimConfig(master_dtype=master_dtype)
@@ -184,6 +195,11 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
             ref_params, abatch.prompt_ids, abatch.prompt_mask, abatch.completion_ids,
             abatch.completion_mask), state_bytes),
     ]
+    if rollout:
+        programs.append(_rollout_memory(cfg if lora is None else cfg.replace(lora=lora), m, state,
+                                        ref_bytes if lora is None else 0, prompts=prompts,
+                                        group=group, prompt_len=prompt_len,
+                                        completion_len=completion_len, slots=slots))
     peak = max(p.peak for p in programs)
     return {
         "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
@@ -192,6 +208,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                         ref_micro_batch=ref_micro or batch, remat=remat, param_dtype=param_dtype,
                         master_dtype=master_dtype, logprob_chunk=logprob_chunk,
                         layers=cfg.num_layers, params=cfg.num_params(),
+                        slots=slots if rollout else "not planned",
                         lora=None if lora is None else dict(rank=lora.rank, alpha=lora.alpha,
                                                             targets=list(lora.targets))),
         "state_bytes_per_device": {
@@ -205,6 +222,7 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                      for p in programs],
         "peak_bytes_per_device": peak,
         "fits_80GB": peak <= 80e9,
+        "fits_24GB": peak <= 24e9,
         "fits_16GB": peak <= 16e9,
         "backend": f"tpu {topology} (libtpu AOT)" if topology else jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -212,57 +230,20 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     }
 
 
-def format_plan(p: dict) -> str:
-    """A plan as a small per-program table (GiB per device; MiB for plans under 1 GiB)."""
-    s = p["setting"]
-    st = p["state_bytes_per_device"]
-    unit, scale = ("GiB", GIB) if p["peak_bytes_per_device"] >= GIB else ("MiB", 2 ** 20)
+def _rollout_memory(policy_cfg, mesh, state, ref_bytes: int, *, prompts: int, group: int,
+                    prompt_len: int, completion_len: int, slots) -> ProgramMemory:
+    """The sampler's program (rollout/sampler.lower) over the policy's weights (with a LoRA
+    config: base + adapters, the argument the sampler gets), with its KV cache (every row, or
+    `slots` rows) and its per-layer weight copy; the rest of the train state and the reference
+    weights stay resident while it runs."""
+    from socialr1_jax.model.build import abstract_state
+    from socialr1_jax.rollout import sampler
 
-    def _gib(n: int) -> str:
-        return f"{n / scale:.2f}"
-    lines = [
-        f"{s['preset']} ({s['layers']} layers, {s['params'] / 1e9:.2f}B params) on mesh "
-        f"{s['mesh']} ({s['devices']} devices): batch {s['batch']} = {s['prompts']} prompts x "
-        f"{s['group']}, prompt {s['prompt_len']} + completion {s['completion_len']}, micro-batch "
-        f"{s['micro_batch']} (reference {s['ref_micro_batch']}), remat {s['remat']}, "
-        f"{s['param_dtype']} params, {s['master_dtype']} master + AdamW moments",
-        f"  train state per device: params {_gib(st['params'])} + master {_gib(st['master'])} + "
-        f"optimizer {_gib(st['optimizer'])} = {_gib(st['train_state_total'])} {unit}; "
-        f"reference weights {_gib(st['reference_params'])} {unit}",
-        f"  {unit + ' per device':<18}{'args':>8}{'outputs':>9}{'aliased':>9}{'temps':>9}{'program':>9}"
-        f"{'+other':>8}{'peak':>8}{'compile':>9}",
-    ]
-    for q in p["programs"]:
-        lines.append(f"  {q['name']:<18}{_gib(q['arguments']):>8}{_gib(q['outputs']):>9}"
-                     f"{_gib(q['aliased']):>9}{_gib(q['temporaries']):>9}"
-                     f"{_gib(q['program_total']):>9}{_gib(q['resident_besides']):>8}"
-                     f"{_gib(q['peak']):>8}{q['compile_s']:>8.0f}s")
-    lines.append(f"  peak per device: {_gib(p['peak_bytes_per_device'])} {unit} "
-                 f"({p['peak_bytes_per_device'] / 1e9:.1f} GB); <= 80 GB: "
-                 f"{'yes' if p['fits_80GB'] else 'no'}; <= 16 GB: {'yes' if p['fits_16GB'] else 'no'}")
-    return "\n".join(lines)
-
-
-def sweep_markdown(plans: list[dict]) -> str:
-    """The sweep as a Markdown table (GB = 1e9 bytes, as the targets are stated)."""
-    head = ("| mesh | remat | micro-batch (train / ref) | train step: args / temps / peak | "
-            "ref forward: temps / peak | peak per device | <= 80 GB | <= 16 GB |\n"
-            "|---|---|---|---|---|---|---|---|")
-    rows = []
-    for p in plans:
-        s = p["setting"]
-        if "refused" in p:  # the TPU compiler proved it cannot fit: no numbers to show
-            rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / "
-                        f"{s['ref_micro_batch']} | compiler: {p['refused']} | - | - | no | no |")
-            continue
-        tr, rf = p["programs"]
-        gb = lambda n: f"{n / 1e9:.1f}"  # noqa: E731
-        rows.append(f"| {s['mesh']} | {s['remat']} | {s['micro_batch']} / {s['ref_micro_batch']} "
-                    f"| {gb(tr['arguments'])} / {gb(tr['temporaries'])} / {gb(tr['peak'])} GB "
-                    f"| {gb(rf['temporaries'])} / {gb(rf['peak'])} GB "
-                    f"| **{gb(p['peak_bytes_per_device'])} GB** "
-                    f"| {'yes' if p['fits_80GB'] else 'no'} | {'yes' if p['fits_16GB'] else 'no'} |")
-    return head + "\n" + "\n".join(rows)
+    graphdef, policy = abstract_state(policy_cfg, mesh)
+    beside = tree_bytes_per_device(state) - tree_bytes_per_device(state.params) + ref_bytes
+    return _measure("rollout", lambda: sampler.lower(
+        graphdef, policy, prompts=prompts, num_samples=group, prompt_len=prompt_len,
+        max_new_tokens=completion_len, slots=slots, mesh=mesh), beside)
 
 
 def topology_devices(topology: str) -> list:
@@ -325,6 +306,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--param-dtype", default=RECIPE["param_dtype"])
     ap.add_argument("--master-dtype", default=RECIPE["master_dtype"])
     ap.add_argument("--logprob-chunk", type=cli.positive_int, default=256)
+    ap.add_argument("--slots", type=cli.positive_int, default=None,
+                    help="the rollout's decode slots (refill, rollout.slots); default: every "
+                         "row at once (with --config: the config's rollout.slots)")
     ap.add_argument("--layers", type=cli.nonnegative_int, default=0,
                     help="override the layer count (quick looks)")
     ap.add_argument("--topology", default=None,
@@ -397,7 +381,7 @@ def main(argv=None) -> int:
         settings = settings_from_config(args.config, args, topology=args.topology)
     elif args.sweep:
         settings = [dict(RECIPE, mesh=mesh, remat=remat, micro_batch=mb, ref_micro_batch=rmb,
-                         layers=args.layers, topology=args.topology)
+                         layers=args.layers, topology=args.topology, slots=args.slots)
                     for mesh, remat, mb, rmb in SWEEP]
     else:
         settings = [dict(preset=args.preset, mesh=mesh, prompts=args.prompts, group=args.group,
@@ -405,7 +389,7 @@ def main(argv=None) -> int:
                          micro_batch=mb, ref_micro_batch=args.ref_micro_batch, remat=remat,
                          param_dtype=args.param_dtype, master_dtype=args.master_dtype,
                          logprob_chunk=args.logprob_chunk, layers=args.layers,
-                         topology=args.topology)
+                         topology=args.topology, slots=args.slots)
                     for mesh in args.meshes for remat in args.remats
                     for mb in args.micro_batches]
     plans = []
@@ -422,7 +406,7 @@ def main(argv=None) -> int:
             p = {"setting": dict(s, micro_batch=s.get("micro_batch") or "all",
                                  ref_micro_batch=s.get("ref_micro_batch") or s.get("micro_batch")
                                  or "all"),
-                 "refused": reason, "fits_80GB": False, "fits_16GB": False}
+                 "refused": reason, "fits_80GB": False, "fits_24GB": False, "fits_16GB": False}
             bar.write(f"{s.get('mesh')} remat {s.get('remat')}: does not fit ({reason})\n",
                       file=sys.stdout)
             plans.append(p)
@@ -436,43 +420,6 @@ def main(argv=None) -> int:
         write_results(plans, args.out, command)
         print(f"wrote {args.out}.json and {args.out}.md")
     return 0
-
-
-def provenance() -> dict:
-    """The commit of this checkout ('unknown' outside git), the UTC date and the load averages,
-    for the results files (as benchmarks/bench_common.py writes them)."""
-    import datetime
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
-
-
-def write_results(plans: list[dict], out: str, command: str) -> None:
-    """OUT.json (every number) and OUT.md (the table, with the command and XLA flags), each
-    with its provenance (commit, date, load average)."""
-    from socialr1_jax import cli
-
-    prov = provenance()
-    with cli.atomic_write(out + ".json") as f:
-        json.dump({"provenance": prov, "command": command, "plans": plans}, f, indent=1)
-    first = next((p for p in plans if "refused" not in p), plans[0])
-    with cli.atomic_write(out + ".md") as f:
-        f.write(f"# Memory plan: per-device bytes from XLA's compiled programs\n\n"
-                f"Commit {prov['commit']}, {prov['date']}, load average "
-                f"{', '.join(map(str, prov['load_avg']))}.\n\n"
-                f"`{command}` (jax {first.get('jax', '?')}, backend "
-                f"{first.get('backend', 'tpu (every setting refused)')}, "
-                f"{first['setting'].get('devices', '?')} simulated devices, "
-                f"XLA_FLAGS=`{first.get('xla_flags', '')}`). GB = 1e9 bytes.\n\n"
-                + sweep_markdown(plans) + "\n")
 
 
 if __name__ == "__main__":

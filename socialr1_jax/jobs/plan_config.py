@@ -1,6 +1,6 @@
 """`memory_plan --config FILE`: the settings of a training config as `memory_plan.plan` takes
 them (model preset or model.path's config.json, LoRA, prompts x group, lengths, micro-batch,
-remat, dtypes, mesh). Nothing is loaded: a config whose model.path is empty is planned on its
+remat, dtypes, mesh, rollout slots). Nothing is loaded: a config whose model.path is empty is planned on its
 preset (as if model.random_init were set)."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def settings_from_config(path: str, args, *, topology=None) -> list[dict]:
                 micro_batch=cfg.micro_batch, ref_micro_batch=cfg.micro_batch, remat=m.remat,
                 param_dtype=pdt, master_dtype=cfg.optim.master_dtype,
                 logprob_chunk=g.logprob_chunk, layers=args.layers, topology=topology,
-                compute_entropy=g.compute_entropy, lora=m.lora.spec())
+                compute_entropy=g.compute_entropy, lora=m.lora.spec(),
+                slots=r.slots if getattr(args, "slots", None) is None else args.slots)
     for mesh in meshes:
         sizes = cli.mesh_sizes("--mesh", mesh)
         if not topology and math.prod(sizes.values()) != args.devices:

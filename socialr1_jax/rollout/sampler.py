@@ -254,14 +254,10 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens,
     shards = batch_shards(mesh) if mesh is not None else 1
     padded_rows = -(-max(rows, int(shapes[0]) if shapes else 0) // shards) * shards
     ids, mask = _left_padded(prompts, num_samples, padded_rows, p_len, pad_id)
-    # Shared prefill needs whole groups (no dummy rows) that still split evenly over the mesh.
-    share = (num_samples > 1 and padded_rows == rows
-             and (rows // num_samples) % shards == 0)
-    plan = _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
-                 use_top_p=top_p < 1.0, pad_id=int(pad_id),
-                 prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
-                 shared_prefill=int(num_samples) if share else 1,
-                 unstack_layers=bool(unstack_layers), stream=on_tokens is not None)
+    plan = _make_plan(rows, padded_rows, shards, p_len, n_len, temperature=temperature,
+                      top_k=top_k, top_p=top_p, num_samples=num_samples, pad_id=pad_id,
+                      prefill_chunk=prefill_chunk, unstack_layers=unstack_layers,
+                      stream=on_tokens is not None)
     eos = np.asarray(eos_ids if eos_ids else (-1,), np.int32)  # -1 never matches a token
     scalars = (jax.random.key(seed), jnp.float32(temperature if temperature > 0 else 1.0),
                jnp.float32(top_p), jnp.asarray(eos))
@@ -293,6 +289,19 @@ def _result(out, *, rows: int, n_new: int, cut: bool, keep: int,
                         prompt_ids=p_ids, prompt_mask=p_mask,
                         num_samples=num_samples, steps=steps,
                         refills=refills[0] if refills else None)
+
+
+def _make_plan(rows, padded_rows, shards, p_len, n_len, *, temperature, top_k, top_p,
+               num_samples, pad_id, prefill_chunk, unstack_layers, stream=False) -> _Plan:
+    """The static plan of a request's program."""
+    # Shared prefill needs whole groups (no dummy rows) that still split evenly over the mesh.
+    share = (num_samples > 1 and padded_rows == rows
+             and (rows // num_samples) % shards == 0)
+    return _Plan(new_len=n_len, greedy=temperature == 0, top_k=int(top_k),
+                 use_top_p=top_p < 1.0, pad_id=int(pad_id),
+                 prefill_chunk=min(int(prefill_chunk), p_len), top_p_candidates=TOP_P_CANDIDATES,
+                 shared_prefill=int(num_samples) if share else 1,
+                 unstack_layers=bool(unstack_layers), stream=stream)
 
 
 def _check_slots(slots, unstack_layers, shapes, on_tokens) -> None:
@@ -332,13 +341,60 @@ def _run_refill(model, mesh, ids, mask, scalars, caps, plan, *, slots, group, dr
     rows = ids.shape[0]
     caps = np.pad(caps, (0, rows - len(caps)), constant_values=1)
     shards = batch_shards(mesh) if mesh is not None else 1
+    shape = _refill_shape(rows, shards, slots, group, draw_rows)
+    return _run(refill._generate_refill, model, mesh, (ids, mask),
+                (*scalars, caps.astype(np.int32)), plan=plan, shape=shape)
+
+
+def _refill_shape(rows: int, shards: int, slots: int, group: int, draw_rows: int):
+    """K = the slots rounded up to whole batch shards (at most the rows)."""
     k = -(-min(slots, rows) // shards) * shards
     # The first fill shares one prefill per prompt when the slots hold whole groups.
     whole = group > 1 and k % group == 0 and k <= rows and (k // group) % shards == 0
-    shape = refill.RefillShape(slots=k, draw_rows=draw_rows, group=group,
-                               first_group=group if whole else 1)
-    return _run(refill._generate_refill, model, mesh, (ids, mask),
-                (*scalars, caps.astype(np.int32)), plan=plan, shape=shape)
+    return refill.RefillShape(slots=k, draw_rows=draw_rows, group=group,
+                              first_group=group if whole else 1)
+
+
+def lower(graphdef, state, *, prompts: int, num_samples: int, prompt_len: int,
+          max_new_tokens: int, slots: Optional[int] = None, mesh: Optional[Mesh] = None,
+          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+          prefill_chunk: int = 512, unstack_layers: bool = True):
+    """The rollout program `sample` would run for `prompts` prompts of `prompt_len` tokens x
+    `num_samples`, up to `max_new_tokens` (both lengths bucketed as `sample` does), lowered
+    (`jax.stages.Lowered`) without running it: `state` may be abstract (ShapeDtypeStructs
+    carrying their shardings, `model.build.abstract_state`). For memory plans
+    (`.compile().memory_analysis()`) and cost analyses."""
+    _check_slots(slots, unstack_layers, None, None)
+    rows = prompts * num_samples
+    max_len = nnx.merge(graphdef, state).cfg.max_position_embeddings  # as `sample` bounds it
+    if prompt_len + max_new_tokens > max_len:
+        raise ArgumentError("max_new_tokens", max_new_tokens, f"with prompt_len {prompt_len} "
+                            f"exceeds the model's {max_len} positions")
+    p_len, n_len = _buffer_lengths(prompt_len, max_new_tokens, max_len, True, prefill_chunk,
+                                   None, rows)
+    shards = batch_shards(mesh) if mesh is not None else 1
+    padded = -(-rows // shards) * shards
+    plan = _make_plan(rows, padded, shards, p_len, n_len, temperature=temperature, top_k=top_k,
+                      top_p=top_p, num_samples=num_samples, pad_id=0,
+                      prefill_chunk=prefill_chunk, unstack_layers=unstack_layers)
+
+    def arg(shape, dtype):
+        sharding = batch_sharding(mesh, len(shape)) if mesh is not None else None
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    ids, mask = arg((padded, p_len), jnp.int32), arg((padded, p_len), jnp.int32)
+    scalars = (jax.random.key(0), jnp.float32(temperature or 1.0), jnp.float32(top_p),
+               jnp.zeros((1,), jnp.int32))
+    if slots is None:
+        program, arrays, static = _generate, (ids, mask, arg((padded,), jnp.bool_)), {}
+        scalars = (*scalars, jnp.int32(max_new_tokens))
+    else:
+        program, arrays = refill._generate_refill, (ids, mask)
+        static = dict(shape=_refill_shape(padded, shards, slots, num_samples, padded))
+        scalars = (*scalars, arg((padded,), jnp.int32))
+    if mesh is None:
+        return program.lower(graphdef, state, *arrays, *scalars, plan=plan, **static)
+    with jax.set_mesh(mesh):
+        return program.lower(graphdef, state, *arrays, *scalars, plan=plan, **static)
 
 
 def _left_padded(prompts, num_samples, padded_rows, p_len, pad_id):
