@@ -341,8 +341,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
         x_btd = x_btd + lora.out_projected(cfg, w, out_btj)  # o_proj (+ its adapter)
     with jax.named_scope("mlp"):
         h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
-        mlp_w = lora.mlp_weights(cfg, w, *(w[n].astype(dt) for n in lora.MLP_WEIGHTS))
-        x_btd = x_btd + swiglu_mlp(h_btd, *mlp_w, prec)
+        x_btd = x_btd + lora.mlp(cfg, w, h_btd, swiglu_mlp)  # + adapters (lora.py)
     return constrain(x_btd, ACT_BTD), kv
 
 
