@@ -56,7 +56,7 @@ from socialr1_jax.model import build
 from socialr1_jax.rl import lora_train
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.sft_step import make_sft_step
-from socialr1_jax.yaml_config import load_yaml
+from socialr1_jax.yaml_config import ConfigError, load_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,11 @@ class SFTConfig:
     sft: SFTSection = dataclasses.field(default_factory=SFTSection)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: SFTRunSection = dataclasses.field(default_factory=SFTRunSection)
+
+    def __post_init__(self):
+        if self.sft.lora:
+            raise ConfigError("sft.lora=true is the GRPO job's warm-start switch; this job "
+                              "trains LoRA adapters with model.lora.rank > 0 alone")
 
 
 @dataclasses.dataclass

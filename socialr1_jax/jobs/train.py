@@ -267,8 +267,8 @@ def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, lo
     model, res = warm_start.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
                                       prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
                                       progress=cfg.run.progress and primary, meta=info,
-                                      stop=stop, lora=cfg.model.lora.spec(),
-                                      seed=cfg.model.seed)
+                                      stop=stop, seed=cfg.model.seed,
+                                      lora=cfg.model.lora.spec() if cfg.sft.lora else None)
     if res is not None:
         info.update(loss_first=res.first_loss, loss_last=res.last_loss)
     return model, info

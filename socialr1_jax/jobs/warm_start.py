@@ -68,10 +68,10 @@ def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg
     warm start again from the start (its data order and initialisation are seeded, so the
     result is the uninterrupted one's).
 
-    lora / seed: `warm_start`'s. A LoRA run's warm start trains adapters and saves the model
-    with them merged; GRPO's fresh adapters then adapt that checkpoint, which is also the KL
-    reference (as a full warm start's result is), so no stage ever holds full-model
-    optimizer state."""
+    lora / seed: `warm_start`'s (a LoRA run with sft.lora=true). Such a warm start trains
+    adapters and saves the model with them merged; GRPO's fresh adapters then adapt that
+    checkpoint, which is also the KL reference (as a full warm start's result is), so no stage
+    holds full-model optimizer state."""
     from socialr1_jax.checkpoint.loading import load_model
     from socialr1_jax.checkpoint.orbax_io import list_steps
 
