@@ -128,9 +128,9 @@ def test_sft_lora_switch_is_refused_where_it_means_nothing(job, args, match, cap
 
 def test_grpo_warm_start_trains_adapters_and_merges_them(sft_run, tmp_path):
     """The warm start of a LoRA GRPO run with sft.lora=true (`warm_start_stage` with the run's
-    model.lora, as jobs/train.py calls it) trains adapters, not the whole model, and saves the model with them merged as RUN/warm_start, the
-    base of GRPO's fresh adapters (lora_setup.base_path) and its KL reference; a resumed run
-    loads it from there."""
+    model.lora, as jobs/train.py calls it) trains adapters, not the whole model, and saves the
+    model with them merged as RUN/warm_start, the base of GRPO's fresh adapters
+    (lora_setup.base_path) and its KL reference; a resumed run loads it from there."""
     from socialr1_jax.checkpoint import lora_io
     from socialr1_jax.jobs import lora_setup, warm_start
     from socialr1_jax.jobs.train import parse_args
@@ -207,7 +207,7 @@ def test_serve_of_a_lora_run_gives_the_greedy_text_of_its_merged_export(sft_run,
 
     from conversion import orbax_to_hf
     from socialr1_jax.rollout import tokenizer as tk
-    from tests.test_serve_mesh import EOS, _free_port, _start, _wait
+    from tests.test_serve_mesh import _free_port, _start, _wait, greedy_text
 
     d = sft_run[0]
     assert cli.run(orbax_to_hf.main, ["--ckpt", str(d / "run"), "--merge-lora", "--out",
@@ -222,14 +222,9 @@ def test_serve_of_a_lora_run_gives_the_greedy_text_of_its_merged_export(sft_run,
                                max_retries=0, timeout=60)
         for prompt in ("Where is the apple 3?", "In"):
             ids = tk.encode(tok, prompt)
-            x = torch.tensor([ids])
-            with torch.no_grad():
-                want = ref.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                                    max_new_tokens=12, eos_token_id=list(EOS),
-                                    pad_token_id=256)[0, len(ids):].tolist()
+            want, n = greedy_text(ref, tok, ids, 12)
             r = client.completions.create(model="m", prompt=ids, max_tokens=12, temperature=0)
-            assert r.choices[0].text == tok.decode(want[:-1] if want[-1] in EOS else want)
-            assert r.usage.completion_tokens == len(want)
+            assert r.choices[0].text == want and r.usage.completion_tokens == n
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

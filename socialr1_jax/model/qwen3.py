@@ -304,7 +304,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     and its own keys and values are returned as `kv` ([B, K, T, H]: what a prefill caches).
     Returns (x_btd, kv).
     """
-    dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
+    eps, prec = cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
         h_btd = rms_norm(x_btd, w["input_norm_ld"], eps)
         proj = partial(lora.projected, cfg, w, h_btd, _heads_proj)  # + adapters (lora.py)
