@@ -78,7 +78,8 @@ def test_sft_trains_adapters_that_load_and_export(sft_run, tmp_path):
     rows = _rows(d / "run")
     assert len(rows) == STEPS and rows[-1]["loss"] < rows[0]["loss"]
     rec = json.load(open(d / "run" / "checkpoints" / "lora.json"))
-    assert rec["rank"] == 4 and os.path.abspath(rec["base"]["path"]) == str(d / "base")
+    assert rec["rank"] == 4 and rec["dropout"] == 0.1
+    assert os.path.abspath(rec["base"]["path"]) == str(d / "base")
     loaded = load_model(str(d / "run"))  # the run folder: its base + the step's adapters
     state = _whole_state(d / "run", loaded.cfg)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
