@@ -21,6 +21,7 @@ from socialr1_jax.model.config import parse_dtype
 def _adapted(ckpt: str, step, flag: str):
     if not os.path.exists(ckpt):
         raise cli.UsageError(f"--ckpt {ckpt}: no such checkpoint directory")
+    ckpt = orbax_io.run_checkpoints(ckpt)  # a run folder: its checkpoints/
     if not lora_io.is_lora_root(ckpt):
         raise cli.UsageError(f"{flag}: --ckpt {ckpt} has no LoRA adapters (no "
                              f"{lora_io.LORA_JSON}); export it without {flag}")

@@ -145,7 +145,7 @@ def test_resume_is_bit_exact_and_refuses_another_base(run, tmp_path):
     ("model.lora.target_modules=q_proj,qq_proj", "'qq_proj' is not a module of Qwen3; valid: "
                                                  "q_proj, k_proj"),
     ("model.lora.rank=-2", "model.lora.rank=-2 must be > 0"),
-    ("model.lora.dropout=0.1", "model.lora.dropout=0.1 is not implemented"),
+    ("model.lora.dropout=1.5", "model.lora.dropout=1.5 must be in [0, 1)"),
 ])
 def test_bad_lora_settings_are_one_error_line(override, match, capsys):
     code = cli.run(train_mod.main, TOY + ["model.lora.rank=4", override])
@@ -166,12 +166,10 @@ def test_merge_lora_without_adapters_is_one_error_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "has no LoRA adapters" in err[0], err
 
 
-@pytest.mark.parametrize("job", ["sft", "train_rm"])
-def test_jobs_without_lora_refuse_it_in_one_line(job, capsys):
-    import importlib
+def test_jobs_without_lora_refuse_it_in_one_line(capsys):
+    from socialr1_jax.jobs import train_rm
 
-    mod = importlib.import_module(f"socialr1_jax.jobs.{job}")
-    code = cli.run(mod.main, ["model.lora.rank=4"])
+    code = cli.run(train_rm.main, ["model.lora.rank=4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "LoRA is implemented for GRPO" in err[0], err
 

@@ -51,6 +51,16 @@ def _wait(proc, url, log_path, seconds=120):
     pytest.fail("server not ready:\n" + open(log_path).read())
 
 
+def greedy_text(model, tok, ids, n_new):
+    """(text, token count) of transformers' greedy continuation of `ids` (the EOS not in it)."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=n_new, eos_token_id=list(EOS),
+                             pad_token_id=256)[0, len(ids):].tolist()
+    return tok.decode(out[:-1] if out[-1] in EOS else out), len(out)
+
+
 def test_mesh_server_gives_the_unsharded_greedy_text(tmp_path):
     model = make_tiny_chat_checkpoint(tmp_path, seed=4, chat_template=tk.DEMO_CHAT_TEMPLATE)
     port, log_path = _free_port(), str(tmp_path / "server.log")
@@ -62,14 +72,9 @@ def test_mesh_server_gives_the_unsharded_greedy_text(tmp_path):
         tok = tk.load_tokenizer(str(tmp_path))
         for prompt in ("Anne puts the ball", "Where"):
             ids = tk.encode(tok, prompt)
-            x = torch.tensor([ids])
-            with torch.no_grad():
-                ref = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                                     max_new_tokens=12, eos_token_id=list(EOS),
-                                     pad_token_id=256)[0, len(ids):].tolist()
-            want = tok.decode(ref[:-1] if ref[-1] in EOS else ref)
+            want, n = greedy_text(model, tok, ids, 12)
             r = client.completions.create(model="m", prompt=ids, max_tokens=12, temperature=0)
-            assert r.choices[0].text == want and r.usage.completion_tokens == len(ref)
+            assert r.choices[0].text == want and r.usage.completion_tokens == n
             parts = client.completions.create(model="m", prompt=ids, max_tokens=12,
                                               temperature=0, stream=True)
             assert "".join(p.choices[0].text for p in parts) == want

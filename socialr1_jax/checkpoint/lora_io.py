@@ -4,7 +4,7 @@ adapter format (Hugging Face PEFT's `adapter_config.json` + `adapter_model.safet
 A LoRA run's root `RUN/checkpoints` is a training root (train_checkpoint.py) whose `params`
 item holds the adapters only ({'lora': ...}), plus `lora.json`:
 
-    {"rank", "alpha", "target_modules",
+    {"rank", "alpha", "target_modules", "dropout" (training only; absent = 0),
      "base": {"path": the base checkpoint (relative to the root when inside the run directory),
               "preset", "seed", "param_dtype", "dtype" (a random preset base: no path),
               "hash": sha256 of the base checkpoint's files (or of a preset's parameters)}}
@@ -91,7 +91,8 @@ def write_lora_json(root: str, spec: lora.LoraSpec, base: dict) -> None:
         return
     os.makedirs(root, exist_ok=True)
     orbax_io.write_json_atomic(path, {"rank": spec.rank, "alpha": spec.alpha,
-                                      "target_modules": list(spec.targets), "base": base})
+                                      "target_modules": list(spec.targets),
+                                      "dropout": spec.dropout, "base": base})
 
 
 def read_lora_json(root: str) -> dict:
@@ -117,7 +118,7 @@ def check_base(root: str, base: dict) -> None:
 def spec_of(root: str) -> lora.LoraSpec:
     rec = read_lora_json(root)
     return lora.parse_spec(int(rec["rank"]), rec["alpha"], rec["target_modules"],
-                           key=os.path.join(root, LORA_JSON))
+                           rec.get("dropout", 0.0), key=os.path.join(root, LORA_JSON))
 
 
 # -- exports -------------------------------------------------------------------------------
@@ -141,9 +142,10 @@ def peft_tensors(model) -> dict[str, np.ndarray]:
 
 
 def peft_config(spec: lora.LoraSpec, base_path: str = "") -> dict:
-    """PEFT's adapter_config.json of a LoraSpec (plain LoRA: no dropout, bias or rsLoRA)."""
+    """PEFT's adapter_config.json of a LoraSpec (plain LoRA: no bias, rsLoRA or DoRA; the
+    training's lora_dropout, which PEFT applies in training mode only)."""
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_path,
-            "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": 0.0,
+            "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
             "target_modules": list(spec.targets), "bias": "none", "fan_in_fan_out": False,
             "use_rslora": False, "use_dora": False, "init_lora_weights": True,
             "inference_mode": True, "modules_to_save": None}

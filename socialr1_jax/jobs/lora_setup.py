@@ -1,12 +1,14 @@
-"""The GRPO job's LoRA hook (`model.lora.rank > 0`): adapters on the loaded (and, with an `sft`
-section, warm-started) policy, the base recorded in RUN/checkpoints/lora.json and checked on
-resume. The adapters, their optimizer and the frozen base are rl/lora_train.py's; the record is
+"""The LoRA hook of the GRPO and SFT jobs (`model.lora.rank > 0`): adapters on the loaded (and,
+in GRPO with an `sft` section, warm-started) model, the base recorded in
+RUN/checkpoints/lora.json and checked on resume. The adapters, their optimizer and the frozen base are rl/lora_train.py's; the record is
 checkpoint/lora_io.py's.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
+
 from socialr1_jax.checkpoint import lora_io
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.jobs import run_dir
@@ -26,16 +28,18 @@ def base_path(cfg, out_dir: str) -> str:
     return cfg.model.path
 
 
-def adapt(cfg, model, mesh, out_dir: str, resuming: bool):
-    """(graphdef, base state, adapters, LoraParts) of the policy with fresh adapters (seed
-    model.seed); the base is recorded in lora.json of a new run and checked against it on a
-    resumed one (ConfigError: one `error:` line, for a different base)."""
+def adapt(cfg, model, mesh, out_dir: str, resuming: bool, *, base_dir: Optional[str] = None):
+    """(graphdef, base state, adapters, LoraParts) of `model` with fresh adapters (seed
+    model.seed); the base (`base_dir`, default `base_path(cfg, out_dir)`: the GRPO job's) is
+    recorded in lora.json of a new run and checked against it on a resumed one (ConfigError:
+    one `error:` line, for a different base). `cfg`: any job's config with a `model` section."""
     spec = cfg.model.lora.spec()
     adapted = build.with_lora(model, spec, mesh=mesh, seed=cfg.model.seed)
     graphdef, base, adapters = build.split_lora(adapted)
     if out_dir:
         root = os.path.join(out_dir, run_dir.CHECKPOINTS)
-        rec = lora_io.base_record(root, base_path(cfg, out_dir), base,
+        base_dir = base_path(cfg, out_dir) if base_dir is None else base_dir
+        rec = lora_io.base_record(root, base_dir, base,
                                   preset_name=cfg.model.preset, seed=cfg.model.seed,
                                   model_cfg=model.cfg)
         if resuming and os.path.isfile(os.path.join(root, lora_io.LORA_JSON)):
@@ -47,8 +51,8 @@ def adapt(cfg, model, mesh, out_dir: str, resuming: bool):
     return graphdef, base, adapters, LoraParts(base, adapted.cfg)
 
 
-def start_fns(cfg, mcfg, mesh, adapters):
+def start_fns(optim, mcfg, mesh, adapters, total_updates: int):
     """(abstract TrainState, fresh TrainState) builders of a LoRA run for `Run.start`."""
-    kw = {"total_updates": cfg.total_updates}
-    return (lambda: lora_train.abstract_train_state(mcfg, cfg.optim, mesh, **kw),
-            lambda: ts.init_train_state(adapters, cfg.optim, mesh, **kw))
+    kw = {"total_updates": total_updates}
+    return (lambda: lora_train.abstract_train_state(mcfg, optim, mesh, **kw),
+            lambda: ts.init_train_state(adapters, optim, mesh, **kw))

@@ -21,6 +21,12 @@ tokenizer files beside the steps) that `load_model`, `generate`, `evaluate`, `se
 `run.resume=true` continues exactly after SIGTERM / Ctrl-C (saved, with a resume command
 printed) or a crash after a `run.save_every` checkpoint.
 
+With `model.lora.rank > 0` the job trains LoRA adapters over the frozen model, as the GRPO job
+does (docs/lora.md): the TrainState holds the adapters and their optimizer only,
+RUN/checkpoints/lora.json records the base (model.path, or the preset and seed) and a resume
+over another base is refused; `load_model(RUN)` runs the adapted model and
+`conversion.orbax_to_hf --merge-lora / --adapter-only` export it.
+
 Library: `encode_pairs(...)` -> examples, `train_sft(model, examples, cfg, optim, ...)` ->
 SFTResult; `jobs/warm_start.py` runs it in-process before a GRPO job's first step
 (`sft.data.path=tomi` generates ToMi traces).
@@ -39,15 +45,18 @@ import jax
 from flax import nnx
 
 from socialr1_jax import cli
-from socialr1_jax.jobs import run_dir
+from socialr1_jax.checkpoint import lora_io
+from socialr1_jax.jobs import lora_setup, run_dir
 from socialr1_jax.jobs.harness import Job, Run
 from socialr1_jax.jobs.preemption import StopSignals
 from socialr1_jax.jobs.sft_data import (Example, encode_pairs, make_batch, sft_batch_order,
                                         warm_start_pairs)
 from socialr1_jax.jobs.train_config import MeshConfig, ModelSection, OptimConfig, SFTSection
+from socialr1_jax.model import build
+from socialr1_jax.rl import lora_train
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.sft_step import make_sft_step
-from socialr1_jax.yaml_config import load_yaml
+from socialr1_jax.yaml_config import ConfigError, load_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +87,9 @@ class SFTConfig:
     run: SFTRunSection = dataclasses.field(default_factory=SFTRunSection)
 
     def __post_init__(self):
-        self.model.lora.refuse("the sft job")
+        if self.sft.lora:
+            raise ConfigError("sft.lora=true is the GRPO job's warm-start switch; this job "
+                              "trains LoRA adapters with model.lora.rank > 0 alone")
 
 
 @dataclasses.dataclass
@@ -125,29 +136,46 @@ def _console(section: SFTSection, progress: bool) -> dict:
             "line": sft_line, "postfix": lambda m: {"loss": f"{m['loss']:.3f}"}}
 
 
+def _step_fn(mcfg, optim: OptimConfig, section: SFTSection, mesh, base=None):
+    """The SFT update `step(state, batch)`; with adapters, over the frozen `base` (bound)."""
+    fn = make_sft_step(mcfg, optim, mesh, micro_batch_size=section.micro_batch_size,
+                       total_updates=section.steps, chunk=section.logprob_chunk,
+                       dropout_seed=section.seed)
+    return fn if base is None else lora_train.LoraStep(fn, base)
+
+
 def train_sft(model, examples: Sequence[Example], section: SFTSection, optim: OptimConfig, *,
               pad_id: int, mesh=None, log: Callable[[str], None] = print,
               progress: bool = False, on_step: Optional[Callable[[int, object], None]] = None,
-              stop=None) -> SFTResult:
+              stop=None, lora=None, seed: int = 0) -> SFTResult:
     """`section.steps` updates of `sft_loss` over shuffled batches of `examples`, starting from
     `model` (left unchanged), through the run harness without a run directory. Returns the new
     model (same graph, new params) and the metrics. stop: a StopSignals polled after each
-    update; when it fired, the updates done so far are returned."""
+    update; when it fired, the updates done so far are returned. lora: a LoraSpec: train fresh
+    adapters (drawn from `seed`) over the frozen `model` instead, and return `model` with them
+    merged in (W + s B A; `lora_io.merged_model`)."""
     if not examples:
         raise ValueError("no examples to train on")
-    graphdef, params = nnx.split(model)
+    base = None
+    if lora is not None:
+        graphdef, base, params = build.split_lora(build.with_lora(model, lora, mesh=mesh,
+                                                                  seed=seed))
+        mcfg = model.cfg.replace(lora=lora)
+    else:
+        (graphdef, params), mcfg = nnx.split(model), model.cfg
     state = ts.init_train_state(params, optim, mesh, total_updates=section.steps)
-    step_fn = make_sft_step(model.cfg, optim, mesh, micro_batch_size=section.micro_batch_size,
-                            total_updates=section.steps, chunk=section.logprob_chunk)
     run = Run(None, "", None, command="sft", stop=stop or StopSignals(),
               log=None if log is print else log, console=_console(section, progress))
     try:
         run.open(section.steps)
-        out = run.loop(sft_job(step_fn, examples, section, pad_id=pad_id, mesh=mesh,
-                               on_step=on_step), state)
+        out = run.loop(sft_job(_step_fn(mcfg, optim, section, mesh, base), examples, section,
+                               pad_id=pad_id, mesh=mesh, on_step=on_step), state)
     finally:
         run.close()
-    return SFTResult(model=nnx.merge(graphdef, out.state.params), history=out.history)
+    if base is None:
+        return SFTResult(model=nnx.merge(graphdef, out.state.params), history=out.history)
+    adapted = build.merge_lora(graphdef, base, out.state.params)
+    return SFTResult(model=lora_io.merged_model(adapted), history=out.history)
 
 
 def sft_line(step: int, steps: int, m: dict) -> str:
@@ -225,16 +253,23 @@ def _sft_run(cfg: SFTConfig, run: Run, model, tokenizer, examples, pad: int, mes
     from socialr1_jax.rollout import tokenizer as tk
 
     sec, optim = cfg.sft, cfg.sft.optim
-    params = nnx.state(model)
-    step_fn = make_sft_step(model.cfg, optim, mesh, micro_batch_size=sec.micro_batch_size,
-                            total_updates=sec.steps, chunk=sec.logprob_chunk)
-    state, _ = run.start(
-        lambda: ts.abstract_state_of(params, optim, mesh, total_updates=sec.steps),
-        lambda: ts.init_train_state(params, optim, mesh, total_updates=sec.steps))
+    mcfg, base = model.cfg, None
+    if cfg.model.lora.rank:  # the state holds the adapters; the base stays frozen
+        _, base, adapters, parts = lora_setup.adapt(cfg, model, mesh, cfg.run.out_dir,
+                                                     run.resume is not None,
+                                                     base_dir=cfg.model.path)
+        mcfg = parts.policy_cfg
+        start = lora_setup.start_fns(optim, mcfg, mesh, adapters, sec.steps)
+    else:
+        params = nnx.state(model)
+        start = (lambda: ts.abstract_state_of(params, optim, mesh, total_updates=sec.steps),
+                 lambda: ts.init_train_state(params, optim, mesh, total_updates=sec.steps))
+    step_fn = _step_fn(mcfg, optim, sec, mesh, base)
+    state, _ = run.start(*start)
     root = run.ckpt.root
     if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "tokenizer.json")):
         tk.save_tokenizer_files(root, tokenizer)
-    run.ckpt.write_side_files(model.cfg, source=cfg.model.path or None)
+    run.ckpt.write_side_files(mcfg, source=cfg.model.path or None)
     run.open(sec.steps)
     meta = lambda done, st: {"steps_done": done, "updates": int(st.step)}  # noqa: E731
     return run.loop(sft_job(step_fn, examples, sec, pad_id=pad, mesh=mesh, meta=meta), state)

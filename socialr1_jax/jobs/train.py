@@ -267,7 +267,8 @@ def _warm_start(cfg: TrainConfig, model, task, mesh, out_dir: str, evaluator, lo
     model, res = warm_start.warm_start_stage(model, tokenizer, cfg.sft, mesh=mesh,
                                       prompt_cfg=cfg.data.prompt, out_dir=out_dir, log=say,
                                       progress=cfg.run.progress and primary, meta=info,
-                                      stop=stop)
+                                      stop=stop, seed=cfg.model.seed,
+                                      lora=cfg.model.lora.spec() if cfg.sft.lora else None)
     if res is not None:
         info.update(loss_first=res.first_loss, loss_last=res.last_loss)
     return model, info
@@ -336,7 +337,7 @@ def _train(cfg: TrainConfig, prep: Prepared, run: Run, task, model, on_step) -> 
         graphdef, ref_params, adapters, lora = lora_setup.adapt(cfg, model, mesh, prep.out_dir,
                                                                 prep.resume is not None)
         mcfg = lora.policy_cfg
-        start = lora_setup.start_fns(cfg, mcfg, mesh, adapters)
+        start = lora_setup.start_fns(cfg.optim, mcfg, mesh, adapters, cfg.total_updates)
     else:
         graphdef, ref_params = nnx.split(model)  # frozen: the train state holds its own copy
         start = (lambda: ts.abstract_train_state(mcfg, cfg.optim, mesh,

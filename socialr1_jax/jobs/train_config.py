@@ -37,7 +37,8 @@ class LoraSection:
     """`model.lora`: LoRA adapters (Hu et al. 2021; initialised and scaled as PEFT does) on the
     layers' projections; only they are trained. rank 0 = off (full fine-tuning); scale =
     alpha / rank; target_modules: HF module names (q_proj, k_proj, v_proj, o_proj, gate_proj,
-    up_proj, down_proj) or all-linear; dropout: only 0 (refused otherwise)."""
+    up_proj, down_proj) or all-linear; dropout: PEFT's lora_dropout on the adapters' input,
+    in [0, 1), applied in train steps only (model/lora.py `Dropout`)."""
 
     rank: int = 0
     alpha: float = 16.0
@@ -58,7 +59,8 @@ class LoraSection:
         """ConfigError when LoRA is on in a job that does not implement it."""
         if self.rank:
             raise ConfigError(f"model.lora.rank={self.rank}: LoRA is implemented for GRPO "
-                              f"(socialr1_jax.train) only, not for {job}; set model.lora.rank=0")
+                              f"(socialr1_jax.train) and SFT (socialr1_jax.sft), not for {job}; "
+                              "set model.lora.rank=0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +305,9 @@ class SFTSection:
     `sft` section of `python -m socialr1_jax.sft`). steps: updates (0 = none); batch_size: pairs
     per update; micro_batch_size: pairs per forward/backward (0 = the batch); max lengths in
     tokens, longer pairs dropped and counted or refused (`on_too_long`); `optim` its own AdamW;
-    `data` the pairs."""
+    `data` the pairs. lora (the GRPO job's warm start with model.lora.rank > 0): train the
+    warm start as adapters of model.lora's spec over the frozen model and merge them into
+    RUN/warm_start (false: the warm start trains the whole model)."""
 
     steps: int = 0
     batch_size: int = 32
@@ -314,6 +318,7 @@ class SFTSection:
     logprob_chunk: int = 256
     seed: int = 0
     log_every: int = 25
+    lora: bool = False
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-5))
     data: SFTDataSection = dataclasses.field(default_factory=SFTDataSection)
 
@@ -378,6 +383,9 @@ class TrainConfig:
                               f"sequences (rollout.prompts_per_step x grpo.group_size)")
         if mb % mu:
             raise ConfigError(f"grpo.micro_batch_size={mu} does not divide the mini-batch of {mb}")
+        if self.sft.lora and not self.model.lora.rank:
+            raise ConfigError("sft.lora=true trains the warm start as LoRA adapters of "
+                              "model.lora; set model.lora.rank > 0")
 
 
 def load_train_config(path: Optional[str | os.PathLike] = None, overrides=(), *,

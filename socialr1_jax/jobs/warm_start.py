@@ -30,9 +30,11 @@ def save_sft(out_dir: str, model, tokenizer, *, step: int, meta: Optional[dict] 
 
 def warm_start(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
                log: Callable[[str], None] = print, progress: bool = False,
-               stop=None) -> SFTResult:
+               stop=None, lora=None, seed: int = 0) -> SFTResult:
     """Run the `sft` section on `model` (the GRPO job's cold start): read or generate the pairs,
-    encode them, `cfg.steps` updates. Errors in the data are UsageErrors naming the key."""
+    encode them, `cfg.steps` updates. Errors in the data are UsageErrors naming the key.
+    lora: a LoraSpec (the run's model.lora): the warm start trains adapters of that spec (drawn
+    from `seed`) over the frozen model and returns the model with them merged in."""
     from socialr1_jax.rollout import tokenizer as tk
 
     pairs, what = warm_start_pairs(cfg.data, prompt_cfg)
@@ -47,7 +49,7 @@ def warm_start(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
                              f"sft.max_prompt_len / sft.max_response_len")
     return train_sft(model, examples, cfg, cfg.optim,
                      pad_id=tk.pad_id(tokenizer, tk.stop_tokens(tokenizer)), mesh=mesh, log=log,
-                     progress=progress, stop=stop)
+                     progress=progress, stop=stop, lora=lora, seed=seed)
 
 
 WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of a GRPO run
@@ -55,7 +57,8 @@ WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of 
 
 def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
                      out_dir: str = "", log: Callable[[str], None] = print,
-                     progress: bool = False, meta: Optional[dict] = None, stop=None):
+                     progress: bool = False, meta: Optional[dict] = None, stop=None,
+                     lora=None, seed: int = 0):
     """The GRPO job's cold start: `warm_start` on `model`, saved to OUT/warm_start, or, when that
     checkpoint exists (a resumed run), loaded from it so that the resumed GRPO keeps the same
     reference model. Returns (model, SFTResult or None when loaded).
@@ -63,7 +66,12 @@ def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg
     A stop signal (`stop`) ends the warm start early: the steps done are saved as
     OUT/warm_start/<steps done>, and a resume, finding fewer than cfg.steps there, runs the
     warm start again from the start (its data order and initialisation are seeded, so the
-    result is the uninterrupted one's)."""
+    result is the uninterrupted one's).
+
+    lora / seed: `warm_start`'s (a LoRA run with sft.lora=true). Such a warm start trains
+    adapters and saves the model with them merged; GRPO's fresh adapters then adapt that
+    checkpoint, which is also the KL reference (as a full warm start's result is), so no stage
+    holds full-model optimizer state."""
     from socialr1_jax.checkpoint.loading import load_model
     from socialr1_jax.checkpoint.orbax_io import list_steps
 
@@ -77,7 +85,7 @@ def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg
         log(f"warm start: {root} holds {steps[-1]} of {cfg.steps} steps (stopped); running it "
             "again from the start")
     res = warm_start(model, tokenizer, cfg, mesh=mesh, prompt_cfg=prompt_cfg, log=log,
-                     progress=progress, stop=stop)
+                     progress=progress, stop=stop, lora=lora, seed=seed)
     if root and res.history:
         done = len(res.history)
         save_sft(root, res.model, tokenizer, step=done,

@@ -18,6 +18,7 @@ base weight's dims are split; the rank axis is replicated.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ class LoraSpec:
     rank: int
     alpha: float
     targets: tuple[str, ...]
+    dropout: float = 0.0  # PEFT's lora_dropout: on the adapters' input, in train steps only
 
     @property
     def scale(self) -> float:
@@ -71,8 +73,7 @@ def parse_spec(rank, alpha, target_modules, dropout=0.0, *, key: str = "model.lo
     """A LoraSpec, or None for rank 0 (off); ValueError naming `key` for bad values.
 
     target_modules: a list of HF names or 'all-linear' (every projection of a layer; never
-    the LM head, as in PEFT). dropout > 0 is refused: PEFT drops the adapter's input, which this
-    build does not implement (exact training needs a per-micro-batch dropout key).
+    the LM head, as in PEFT). dropout in [0, 1): PEFT's lora_dropout (see `Dropout`).
     """
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise ValueError(f"{key}.rank={rank!r} must be an integer (0 = LoRA off)")
@@ -82,8 +83,8 @@ def parse_spec(rank, alpha, target_modules, dropout=0.0, *, key: str = "model.lo
         raise ValueError(f"{key}.rank={rank} must be > 0 (or 0 for LoRA off)")
     if not alpha or float(alpha) <= 0:
         raise ValueError(f"{key}.alpha={alpha!r} must be > 0")
-    if dropout:
-        raise ValueError(f"{key}.dropout={dropout} is not implemented (only 0: no dropout)")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{key}.dropout={dropout} must be in [0, 1)")
     names = target_modules
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -94,7 +95,8 @@ def parse_spec(rank, alpha, target_modules, dropout=0.0, *, key: str = "model.lo
     if unknown or not names:
         raise ValueError(f"{key}.target_modules: {unknown[0] if unknown else 'empty'!r} is not a "
                          f"module of Qwen3; valid: {', '.join(TARGETS)} or {ALL_LINEAR}")
-    return LoraSpec(int(rank), float(alpha), tuple(t for t in TARGETS if t in names))
+    return LoraSpec(int(rank), float(alpha), tuple(t for t in TARGETS if t in names),
+                    float(dropout))
 
 
 def shapes(cfg: "ModelConfig", target: str) -> tuple[tuple, tuple]:
@@ -140,6 +142,8 @@ def add(cfg: "ModelConfig", w: dict, short: str, x, y):
     a = w.get(f"lora_{short}_a")
     if a is None:
         return y
+    if DROP in w:  # a train step with dropout: PEFT's lora_B(lora_A(dropout(x)))
+        x = _dropped(cfg, w[DROP], short, x)
     dt, prec = x.dtype, cfg.precision
     low = jnp.einsum("bti,ri->btr", x, a.astype(dt), precision=prec)
     up = jnp.einsum("btr,or->bto", low, w[f"lora_{short}_b"].astype(dt), precision=prec)
@@ -167,9 +171,80 @@ def attach(model, cfg: "ModelConfig", rngs: nnx.Rngs) -> None:
 
 
 def stacked_weights(model) -> dict:
-    """`Layers.stacked()` of a Qwen3 plus its adapters' stacked arrays when it has them."""
-    adapters = model.lora.stacked() if model.cfg.lora is not None else {}
+    """`Layers.stacked()` of a Qwen3 plus its adapters' stacked arrays when it has them, and,
+    inside a train step with dropout (`Dropout.wrap`), each layer's dropout keys [L, B, 2]."""
+    cfg = model.cfg
+    adapters = model.lora.stacked() if cfg.lora is not None else {}
+    rows = _ROW_KEYS.get()
+    if adapters and cfg.lora.dropout and rows is not None:
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))  # every row's key, one layer
+        adapters[DROP] = jax.vmap(lambda i: fold(rows, i))(jnp.arange(cfg.num_layers))
     return {**model.layers.stacked(), **adapters}
+
+
+# -- dropout (PEFT's lora_dropout) -------------------------------------------------------------
+
+DROP = "lora_drop"  # the layer weights' entry of a train step's dropout keys (one per row)
+_ROW_KEYS = contextvars.ContextVar("lora_dropout_row_keys", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """Dropout on the adapters' input in a train step, as PEFT applies `lora_dropout`:
+    y = x W^T + s B A dropout(x); the base path and every forward outside a train step (the
+    sampler, old-policy and reference log-probs, evaluation, serving) are never dropped.
+
+    Each row of the batch has its own key, fold_in(fold_in(key(seed), update), row), and each
+    layer and target fold their index into it: the masks depend on (seed, update, row) only,
+    not on the micro-batch split, and a resumed run (same update counter) draws the same."""
+
+    seed: int = 0
+
+    def wrap(self, step, batch, loss_fn):
+        """(batch with its rows' keys, loss_fn(p, that batch's micro-batch)) for
+        `train_step.apply_update`: the loss runs its forward with the rows' keys."""
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
+
+        def loss(p, mb_keys):
+            mb, k = mb_keys
+            token = _ROW_KEYS.set(k)  # read at trace time by `stacked_weights`
+            try:
+                return loss_fn(p, mb)
+            finally:
+                _ROW_KEYS.reset(token)
+
+        return (batch, keys), loss
+
+
+def dropout_of(cfg: "ModelConfig", seed: int = 0):
+    """A `Dropout` for an adapted config with model.lora.dropout > 0, else None."""
+    return Dropout(seed) if cfg.lora is not None and cfg.lora.dropout > 0 else None
+
+
+def _dropped(cfg: "ModelConfig", keys_b, short: str, x):
+    """x [B, T, in] with each element zeroed with probability p and the rest scaled by
+    1 / (1 - p) (torch's dropout), row b's mask drawn from keys_b[b] and the target."""
+    p, tag = cfg.lora.dropout, list(TARGETS).index(f"{short}_proj")
+    keep = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, tag), 1.0 - p,
+                                                   x.shape[1:]))(keys_b)
+    return jnp.where(keep, x / (1.0 - p), 0).astype(x.dtype)
+
+
+def mlp(cfg: "ModelConfig", w: dict, h_btd, swiglu):
+    """The MLP of layer weights `w` on h_btd, with its adapters: merged into the weights for
+    `swiglu` (`mlp_weights`) unless a train step drops the adapters' input (`Dropout`), which
+    a merged weight cannot express; the adapters then run unmerged beside the base matmuls."""
+    dt, prec = h_btd.dtype, cfg.precision
+    gate, up, down = (w[n].astype(dt) for n in MLP_WEIGHTS)
+    if DROP not in w or not any(f"lora_{s}_a" in w for s in MLP_SHORT):
+        return swiglu(h_btd, *mlp_weights(cfg, w, gate, up, down), prec)
+    mm = lambda x, m: jnp.einsum("bti,oi->bto", x, m, precision=prec)  # noqa: E731
+    g = add(cfg, w, "gate", h_btd, mm(h_btd, gate))
+    u = add(cfg, w, "up", h_btd, mm(h_btd, up))
+    act = jax.nn.silu(g) * u
+    return add(cfg, w, "down", act, mm(act, down))
 
 
 def per_layer(cfg: "ModelConfig", stacked: dict) -> list[dict]:

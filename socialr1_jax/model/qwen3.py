@@ -304,7 +304,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     and its own keys and values are returned as `kv` ([B, K, T, H]: what a prefill caches).
     Returns (x_btd, kv).
     """
-    dt, eps, prec = x_btd.dtype, cfg.rms_norm_eps, cfg.precision
+    eps, prec = cfg.rms_norm_eps, cfg.precision
     with jax.named_scope("attention"):
         h_btd = rms_norm(x_btd, w["input_norm_ld"], eps)
         proj = partial(lora.projected, cfg, w, h_btd, _heads_proj)  # + adapters (lora.py)
@@ -341,8 +341,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
         x_btd = x_btd + lora.out_projected(cfg, w, out_btj)  # o_proj (+ its adapter)
     with jax.named_scope("mlp"):
         h_btd = rms_norm(x_btd, w["post_norm_ld"], eps)
-        mlp_w = lora.mlp_weights(cfg, w, *(w[n].astype(dt) for n in lora.MLP_WEIGHTS))
-        x_btd = x_btd + swiglu_mlp(h_btd, *mlp_w, prec)
+        x_btd = x_btd + lora.mlp(cfg, w, h_btd, swiglu_mlp)  # + adapters (lora.py)
     return constrain(x_btd, ACT_BTD), kv
 
 

@@ -58,7 +58,8 @@ class Programs:
                                                  total_updates=cfg.total_updates, **kw)
         else:
             self.train_step = lora_train.LoraStep(lora_train.make_train_step(
-                model_cfg, cfg.optim, g, mesh, total_updates=cfg.total_updates, **kw), lora.base)
+                model_cfg, cfg.optim, g, mesh, total_updates=cfg.total_updates,
+                dropout_seed=cfg.run.seed, **kw), lora.base)
         ref_cfg = model_cfg if lora is None else lora.reference_cfg
         self.logprobs = ts.make_logprob_fn(ref_cfg, mesh, chunk=g.logprob_chunk, **kw)
         self.old_logprobs = self.logprobs if lora is None else ts.make_logprob_fn(

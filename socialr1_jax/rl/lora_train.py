@@ -1,4 +1,4 @@
-"""GRPO with LoRA adapters (Hu et al. 2021; initialised as PEFT does, see model/lora.py).
+"""GRPO and SFT with LoRA adapters (Hu et al. 2021; initialised as PEFT does, see model/lora.py).
 
 The TrainState holds the adapters only (`{'lora': ...}`), their fp32 master copy when the
 model's dtype is lower, and AdamW's moments over them: the optimizer never sees a base weight.
@@ -10,7 +10,8 @@ is never donated. They serve three uses without a second copy:
 - the KL reference: the same base arrays under the model config without adapters, i.e. the
   policy with its adapters off;
 - the train step: `step(state, batch)` closes over the base (`LoraStep`), so the GRPO loop
-  (`train_step.rollout_updates`) calls it as it calls the full fine-tuning step.
+  (`train_step.rollout_updates`) and the SFT job call it as they call a full fine-tuning step
+  (`jit_update` jits either update, rl/sft_step.py the SFT one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from socialr1_jax.model import build
+from socialr1_jax.model import build, lora
 from socialr1_jax.model.config import ModelConfig
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
@@ -59,28 +60,39 @@ class LoraStep:
         return self.fn.lower(state, batch, self.base if base is None else base)
 
 
+def jit_update(step, model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optional[Mesh],
+               batch_sh, *, total_updates: int = 1) -> ts.MeshFunction:
+    """`step(state, batch, base) -> (state, metrics)` of any LoRA update (GRPO, SFT) jitted:
+    the state (adapters, master, moments) donated and sharded as its adapters are, the frozen
+    base never donated, `batch_sh` the batch's shardings (on a mesh)."""
+    if mesh is None:
+        return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)
+    _, base_abstract, adapters = build.abstract_lora_parts(model_cfg, mesh)
+    st_sh = ts.train_state_shardings(adapters, optim_cfg, mesh, total_updates=total_updates)
+    rep = NamedSharding(mesh, P())
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(st_sh, batch_sh, build.shardings_of(base_abstract)),
+                     out_shardings=(st_sh, rep))
+    return ts.MeshFunction(jitted, mesh)
+
+
 def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
                     mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
-                    micro_batch_size: int = 0, total_updates: int = 1) -> ts.MeshFunction:
+                    micro_batch_size: int = 0, total_updates: int = 1,
+                    dropout_seed: int = 0) -> ts.MeshFunction:
     """The jitted LoRA update `fn(state, batch, base) -> (state, metrics)`: the GRPO loss of
     `train_step.policy_loss` under base + adapters, differentiated in the adapters only, with
     the update (`train_step.apply_update`: micro-batches, clipping, AdamW, NaN skip) applied
-    to them. The state is donated; the base is not."""
-    graphdef, base_abstract, adapters = build.abstract_lora_parts(model_cfg, mesh)
+    to them. The state is donated; the base is not. model.lora.dropout > 0 drops the adapters'
+    input in this step only (`lora.Dropout`, keys from `dropout_seed` and the update count)."""
+    graphdef = build.abstract_lora_parts(model_cfg, mesh)[0]
     step = ts.grpo_update(graphdef, model_cfg, optim_cfg, grpo_cfg, mesh,
                           temperature=temperature, micro_batch_size=micro_batch_size,
                           total_updates=total_updates,
-                          params_of=lambda adapters, base: full_params(base, adapters))
-
-    if mesh is None:
-        return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)
-    st_sh = ts.train_state_shardings(adapters, optim_cfg, mesh, total_updates=total_updates)
-    base_sh = build.shardings_of(base_abstract)
-    rep = NamedSharding(mesh, P())
-    jitted = jax.jit(step, donate_argnums=0,
-                     in_shardings=(st_sh, ts.batch_shardings(mesh), base_sh),
-                     out_shardings=(st_sh, rep))
-    return ts.MeshFunction(jitted, mesh)
+                          params_of=lambda adapters, base: full_params(base, adapters),
+                          dropout=lora.dropout_of(model_cfg, dropout_seed))
+    return jit_update(step, model_cfg, optim_cfg, mesh, ts.batch_shardings(mesh),
+                      total_updates=total_updates)
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from flax import nnx
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import OptimConfig
+from socialr1_jax.parallel.sharding import batch_sharding
 from socialr1_jax.rl.optimizer import make_optimizer
 
 
@@ -43,25 +44,44 @@ def sft_loss(model, batch: SFTBatch, num_tokens, *, chunk: int = 256):
 
 
 def make_sft_step(model_cfg, optim_cfg: OptimConfig, mesh=None, *, micro_batch_size: int = 0,
-                  total_updates: int = 1, chunk: int = 256) -> ts.MeshFunction:
+                  total_updates: int = 1, chunk: int = 256,
+                  dropout_seed: int = 0) -> ts.MeshFunction:
     """The jitted, donated update `step(state, batch) -> (state, metrics)` of `sft_loss`, through
-    the GRPO step's `apply_update` (micro-batch accumulation, clipping + AdamW, NaN skipping)."""
-    from socialr1_jax.model import build
+    the GRPO step's `apply_update` (micro-batch accumulation, clipping + AdamW, NaN skipping).
 
-    graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
+    With adapters (`model_cfg.lora`) the state holds them only and the update is
+    `step(state, batch, base)` over the frozen base (`lora_train.jit_update`; bind the base
+    with `lora_train.LoraStep`); model.lora.dropout > 0 drops their input (`lora.Dropout`,
+    keys from `dropout_seed` and the update counter)."""
+    from socialr1_jax.model import build, lora as lora_mod
+    from socialr1_jax.rl import lora_train
+
+    lora = model_cfg.lora is not None
+    if lora:
+        graphdef = build.abstract_lora_parts(model_cfg, mesh)[0]
+    else:
+        graphdef, abstract_params = build.abstract_state(model_cfg, mesh)
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     ts.check_micro_batch(micro_batch_size, mesh, "sft.micro_batch_size")
+    drop = lora_mod.dropout_of(model_cfg, dropout_seed)
 
-    def step(state: ts.TrainState, batch: SFTBatch):
+    def step(state: ts.TrainState, batch: SFTBatch, *base):
         # the token count of the whole batch, so the micro-batch losses add up to its mean
         tokens = jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
 
         def loss_fn(p, mb):
-            return sft_loss(nnx.merge(graphdef, p), mb, tokens, chunk=chunk)
+            params = lora_train.full_params(base[0], p) if lora else p
+            return sft_loss(nnx.merge(graphdef, params), mb, tokens, chunk=chunk)
 
+        if drop is not None:  # the adapters' input dropped (model.lora.dropout)
+            batch, loss_fn = drop.wrap(state.step, batch, loss_fn)
         return ts.apply_update(state, batch, loss_fn, optimizer, schedule,
                                micro_batch_size=micro_batch_size,
                                compute_dtype=model_cfg.jnp_param_dtype)
 
+    if lora:
+        rows = None if mesh is None else SFTBatch(*[batch_sharding(mesh, 2)] * 4)
+        return lora_train.jit_update(step, model_cfg, optim_cfg, mesh, rows,
+                                     total_updates=total_updates)
     return ts.jit_update(step, mesh, abstract_params, optim_cfg, SFTBatch,
                          total_updates=total_updates)

@@ -371,10 +371,11 @@ def check_micro_batch(micro_batch_size: int, mesh: Optional[Mesh], key: str) -> 
 def grpo_update(graphdef, model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
                 mesh: Optional[Mesh] = None, *, temperature: float = 1.0,
                 micro_batch_size: int = 0, total_updates: int = 1,
-                params_of: Callable = lambda p: p):
+                params_of: Callable = lambda p: p, dropout=None):
     """The un-jitted `step(state, batch, *extra)`: `policy_loss` under the model params
     `params_of(trained, *extra)` (LoRA: base + adapters) through `apply_update`. micro_batch_size:
-    sequences per forward/backward (0 = the batch; a multiple of the mesh's batch shards)."""
+    sequences per forward/backward (0 = the batch; a multiple of the mesh's batch shards).
+    dropout: a LoRA run's `lora.Dropout` (model.lora.dropout > 0), else None."""
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     master = _needs_master(model_cfg.jnp_param_dtype, optim_cfg)
     compute_dtype = model_cfg.jnp_param_dtype if master else None
@@ -392,7 +393,9 @@ def grpo_update(graphdef, model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_c
             return policy_loss(graphdef, params_of(p, *extra), mb, grpo_cfg,
                                temperature=temperature, normalisers=norms, remat_head=remat_head)
 
-        new_state, metrics = apply_update(state, batch, loss_fn, optimizer, schedule,
+        rows, loss = (batch, loss_fn) if dropout is None else dropout.wrap(state.step, batch,
+                                                                           loss_fn)
+        new_state, metrics = apply_update(state, rows, loss, optimizer, schedule,
                                           micro_batch_size=micro_batch_size,
                                           compute_dtype=compute_dtype)
         adv = batch.advantages.astype(jnp.float32)
