@@ -17,6 +17,7 @@ from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 from socialr1_jax.rl.packing import first_fit_decreasing, pack, pack_plan, unpack
 
 CFG = preset("tiny")
+PADDED_LOGPROBS = ts.make_logprob_fn(CFG)  # one program for every test's padded forward
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def ragged_batch(model, b=8, p=6, c=20, seed=0):
     c_b[0] = c  # one completion at the cap
     pm = (np.arange(p)[None] >= (p - p_b)[:, None]).astype(np.int32)
     cm = (np.arange(c)[None] < c_b[:, None]).astype(np.int32)
-    logp = np.asarray(ts.make_logprob_fn(CFG)(nnx.state(model), pid, pm, cid, cm))
+    logp = np.asarray(PADDED_LOGPROBS(nnx.state(model), pid, pm, cid, cm))
     old = (logp - rng.choice([-0.6, -0.1, 0.0, 0.1, 0.5, 1.4], size=(b, c))).astype(np.float32)
     ref = (logp + rng.normal(0, 0.3, (b, c))).astype(np.float32)
     adv = np.asarray(grpo.advantages(rng.normal(size=b).astype(np.float32), 4))
@@ -42,20 +43,22 @@ def ragged_batch(model, b=8, p=6, c=20, seed=0):
 
 def test_packed_forward_equals_each_sequence_alone(model):
     """Three sequences in one row and one in another (segment ids, positions restarting):
-    each sequence's logits are the ones it gets run alone."""
+    each sequence's logits are the ones it gets alone (run as a right-padded batch, whose
+    forward test_model.py checks against transformers)."""
     rng = np.random.default_rng(3)
-    seqs = [rng.integers(0, CFG.vocab_size, n).astype(np.int32) for n in (5, 9, 3, 12)]
+    lengths = (5, 9, 3, 12)
+    alone = rng.integers(0, CFG.vocab_size, (4, 12)).astype(np.int32)
+    mask = (np.arange(12)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
     ids, seg = np.zeros((2, 17), np.int32), np.zeros((2, 17), np.int32)
-    at = {0: 0, 1: 0}
-    where = []
-    for k, (s, r) in enumerate(zip(seqs, (0, 0, 0, 1))):
-        ids[r, at[r]:at[r] + len(s)], seg[r, at[r]:at[r] + len(s)] = s, k + 1
+    at, where = [0, 0], []
+    for k, (n, r) in enumerate(zip(lengths, (0, 0, 0, 1))):
+        ids[r, at[r]:at[r] + n], seg[r, at[r]:at[r] + n] = alone[k, :n], k + 1
         where.append((r, at[r]))
-        at[r] += len(s)
-    packed = np.asarray(jax.jit(lambda i, s: model(i, segment_ids=s))(ids, seg))
-    for s, (r, a) in zip(seqs, where):
-        alone = np.asarray(model(jnp.asarray(s)[None]))[0]
-        np.testing.assert_allclose(packed[r, a:a + len(s)], alone, atol=2e-5, rtol=1e-5)
+        at[r] += n
+    both = jax.jit(lambda i, s, a, m: (model(i, segment_ids=s), model(a, m)))
+    packed, ref = (np.asarray(x) for x in both(ids, seg, alone, mask))
+    for k, (n, (r, a)) in enumerate(zip(lengths, where)):
+        np.testing.assert_allclose(packed[r, a:a + n], ref[k, :n], atol=2e-5, rtol=1e-5)
 
 
 def test_plan_keeps_sequences_whole_and_unpacks(model):
@@ -87,9 +90,9 @@ def test_packed_loss_equals_padded_in_every_mode(model):
     plan = pack_plan(batch.prompt_mask, batch.completion_mask, row_len=32)
     pb = pack(batch, plan)
     logp0 = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                batch.completion_mask, temperature=0.8)
-    logp1 = jax.jit(lambda *a: ps.packed_logprobs(model, *a, temperature=0.8))(
-        pb.ids, pb.segment_ids, pb.positions, pb.targets)
+                                batch.completion_mask)
+    logp1 = jax.jit(lambda *a: ps.packed_logprobs(model, *a))(pb.ids, pb.segment_ids,
+                                                               pb.positions, pb.targets)
     m = batch.completion_mask
     np.testing.assert_allclose(np.asarray(unpack(logp1, plan)) * m, np.asarray(logp0) * m,
                                atol=2e-5)
@@ -119,18 +122,18 @@ def test_packed_loss_equals_padded_in_every_mode(model):
 
 
 def test_packed_update_with_micro_batches_equals_padded(model):
-    """One update over 16 ragged sequences in 4 micro-batches, padded vs packed (rows in
-    multiples of 4): the same loss, metrics and new weights; the packed log-prob forward
+    """One update over 8 ragged sequences in 2 micro-batches, padded vs packed (rows in
+    multiples of 2): the same loss, metrics and new weights; the packed log-prob forward
     gives the padded one's log-probs back through `unpack`."""
     ocfg = OptimConfig(lr=1e-3, eps=1e-3)  # eps: see test_train_step's micro-batch test
     gcfg = GRPOConfig(group_size=4, beta=0.04, agg="seq-mean-token-mean")
-    batch = ragged_batch(model, b=16, seed=1)
-    plan = pack_plan(batch.prompt_mask, batch.completion_mask, rows_multiple=4)
+    batch = ragged_batch(model, seed=1)
+    plan = pack_plan(batch.prompt_mask, batch.completion_mask, rows_multiple=2)
     pb = pack(batch, plan)
     params = nnx.state(model)
     s0, m0 = ts.make_train_step(CFG, ocfg, gcfg, micro_batch_size=4)(
         ts.init_train_state(params, ocfg), ts.put_batch(batch, None))
-    s1, m1 = ps.make_packed_train_step(CFG, ocfg, gcfg, micro_batches=4)(
+    s1, m1 = ps.make_packed_train_step(CFG, ocfg, gcfg, micro_batches=2)(
         ts.init_train_state(params, ocfg), pb)
     for k in ("loss", "kl", "grad_norm", "num_tokens", "adv_mean", "adv_std", "adv_max"):
         assert float(m1[k]) == pytest.approx(float(m0[k]), rel=1e-5, abs=1e-6), k
@@ -140,8 +143,9 @@ def test_packed_update_with_micro_batches_equals_padded(model):
     assert diff <= 1e-6, diff
     logp = ps.make_packed_logprob_fn(CFG)(params, pb.ids, pb.segment_ids, pb.positions,
                                           pb.targets)
-    ref = ts.make_logprob_fn(CFG)(params, batch.prompt_ids, batch.prompt_mask,
-                                  batch.completion_ids, batch.completion_mask)
+    ref = PADDED_LOGPROBS(params, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                          batch.completion_mask)
     m = batch.completion_mask
     np.testing.assert_allclose(np.asarray(unpack(logp, plan)) * m, np.asarray(ref) * m,
                                atol=2e-5)
+

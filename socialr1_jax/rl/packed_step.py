@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -24,7 +25,7 @@ from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.packing import PackedBatch
+from socialr1_jax.rl.packing import PackedBatch, PackPlan, pack, pack_inputs, pack_plan, unpack
 
 
 def packed_logprobs(model, ids, segment_ids, positions, targets, *, temperature: float = 1.0,
@@ -117,22 +118,103 @@ def make_packed_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_
         return ts.jit_step(step, None)
     st_sh = ts.train_state_shardings(abstract_params, optim_cfg, mesh,
                                      total_updates=total_updates)
-    rows = batch_sharding(mesh, 2)
-    return ts.jit_step(step, mesh, st_sh, PackedBatch(*([rows] * 8)))
+    # One sharding for the whole batch (a tree prefix): every field is [R, T], split by rows,
+    # and the batch's static completion_len stays out of the shardings' tree.
+    return ts.jit_step(step, mesh, st_sh, batch_sharding(mesh, 2))
 
 
 def make_packed_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
-                           temperature: float = 1.0, chunk: int = 256) -> ts.MeshFunction:
+                           temperature: float = 1.0, chunk: int = 256,
+                           micro_batches: int = 1) -> ts.MeshFunction:
     """Jitted `fn(params, ids, segment_ids, positions, targets) -> [R, T]` log-probs on packed
-    rows (forward only): the reference's, or the old policy's when recomputed."""
+    rows (forward only, in `micro_batches` passes of R / micro_batches rows under lax.map):
+    the reference's, or the old policy's when recomputed."""
     graphdef, abstract = build.abstract_state(model_cfg.replace(remat="none"), mesh)
 
-    def fn(params, ids, segment_ids, positions, targets):
-        return packed_logprobs(nnx.merge(graphdef, params), ids, segment_ids, positions,
-                               targets, temperature=temperature, chunk=chunk)
+    def fn(params, *inputs):
+        def one(args):
+            # The barrier keeps the weight gathers inside the loop (train_step.make_logprob_fn).
+            p, args = jax.lax.optimization_barrier((params, args))
+            return packed_logprobs(nnx.merge(graphdef, p), *args, temperature=temperature,
+                                   chunk=chunk)
+
+        if micro_batches == 1:
+            return one(inputs)
+        r = inputs[0].shape[0]
+        out = jax.lax.map(one, ts._split_micro(inputs, micro_batches))
+        return out.swapaxes(0, 1).reshape(r, -1)
 
     if mesh is None:
         return ts.MeshFunction(jax.jit(fn), None)
     two = batch_sharding(mesh, 2)
     return ts.MeshFunction(jax.jit(fn, in_shardings=(build.shardings_of(abstract),) + (two,) * 4,
                                    out_shardings=two), mesh)
+
+
+def bucket_rows(needed: int, batch: int, multiple: int) -> int:
+    """The packed row count for `needed` rows: a multiple of `multiple` and of about batch / 8,
+    so a run's rollouts compile at most ~8 distinct shapes of the packed programs."""
+    step = multiple * max(1, -(-batch // (8 * multiple)))
+    return -(-needed // step) * step
+
+
+def plan_batch(prompt_mask, completion_mask, *, row_len: int = 0, multiple: int = 1) -> PackPlan:
+    """`pack_plan` of a batch whose masks may be device arrays (one process: they are brought
+    to the host, [B, P + C] int32, small beside the forward), rows bucketed (`bucket_rows`)."""
+    if jax.process_count() > 1:
+        raise ValueError("grpo.packed runs on one process for now (the plan reads the masks of "
+                         "every row on the host)")
+    pm, cm = np.asarray(prompt_mask), np.asarray(completion_mask)
+    needed = pack_plan(pm, cm, row_len=row_len).rows
+    return pack_plan(pm, cm, row_len=row_len, rows_multiple=multiple,
+                     rows=bucket_rows(needed, pm.shape[0], multiple))
+
+
+class PackedStep:
+    """`step(state, batch) -> (state, metrics)` on a padded TrainBatch, run packed: plan on the
+    host, gather on the devices, the packed update (`make_packed_train_step`). Drop-in for the
+    padded step in `train_step.rollout_updates`."""
+
+    def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
+                 mesh: Optional[Mesh] = None, *, temperature: float = 1.0, micro_batches: int = 1,
+                 total_updates: int = 1):
+        self.step = make_packed_train_step(model_cfg, optim_cfg, grpo_cfg, mesh,
+                                           temperature=temperature, micro_batches=micro_batches,
+                                           total_updates=total_updates)
+        shards = batch_shards(mesh) if mesh is not None else 1
+        self.multiple, self.row_len = micro_batches * shards, grpo_cfg.packed_row_len
+        self._pack = _pack_program(mesh)
+
+    def __call__(self, state, batch):
+        plan = plan_batch(batch.prompt_mask, batch.completion_mask, row_len=self.row_len,
+                          multiple=self.multiple)
+        return self.step(state, self._pack(batch, plan))
+
+
+class PackedLogprobs:
+    """`fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> [B, C]` as
+    `train_step.make_logprob_fn` gives it, computed on packed rows and unpacked."""
+
+    def __init__(self, model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
+                 temperature: float = 1.0, chunk: int = 256, row_len: int = 0,
+                 micro_batches: int = 1):
+        self.fn = make_packed_logprob_fn(model_cfg, mesh, temperature=temperature, chunk=chunk,
+                                         micro_batches=micro_batches)
+        shards = batch_shards(mesh) if mesh is not None else 1
+        self.row_len, self.multiple = row_len, micro_batches * shards
+        rows = batch_sharding(mesh, 2) if mesh is not None else None
+        self._inputs = jax.jit(pack_inputs, out_shardings=rows)
+        self._unpack = jax.jit(unpack, out_shardings=rows)
+
+    def __call__(self, params, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        plan = plan_batch(prompt_mask, completion_mask, row_len=self.row_len,
+                          multiple=self.multiple)
+        return self._unpack(self.fn(params, *self._inputs(prompt_ids, completion_ids, plan)),
+                            plan)
+
+
+def _pack_program(mesh: Optional[Mesh]):
+    """Jitted `pack(batch, plan)`, its output laid out over the mesh's batch axes."""
+    if mesh is None:
+        return jax.jit(pack)
+    return jax.jit(pack, out_shardings=batch_sharding(mesh, 2))  # a prefix: every field

@@ -150,14 +150,21 @@ def _flat_take(x, idx_rt, fill=0):
     return jnp.take(x.reshape(-1), idx_rt, mode="fill", fill_value=fill)
 
 
+def pack_inputs(prompt_ids, completion_ids, plan: PackPlan):
+    """(ids, segment_ids, positions, targets) [R, T] of the packed rows: what a log-prob
+    forward on them takes (`packed_step.packed_logprobs`)."""
+    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+    return (_flat_take(ids, plan.tok_src), plan.segment_ids, plan.positions,
+            _flat_take(completion_ids, plan.loss_src))
+
+
 def pack(batch, plan: PackPlan) -> PackedBatch:
     """`batch` (a TrainBatch) laid out by `plan`: a gather, traceable inside jit."""
-    ids = jnp.concatenate([batch.prompt_ids, batch.completion_ids], axis=1)
+    ids, segment_ids, positions, targets = pack_inputs(batch.prompt_ids, batch.completion_ids,
+                                                       plan)
     loss_mask = plan.loss_src < plan.batch * plan.completion_len
     return PackedBatch(
-        ids=_flat_take(ids, plan.tok_src),
-        segment_ids=plan.segment_ids, positions=plan.positions,
-        targets=_flat_take(batch.completion_ids, plan.loss_src),
+        ids=ids, segment_ids=segment_ids, positions=positions, targets=targets,
         loss_mask=loss_mask.astype(jnp.int32),
         old_logp=_flat_take(batch.old_logp.astype(jnp.float32), plan.loss_src, 0.0),
         ref_logp=_flat_take(batch.ref_logp.astype(jnp.float32), plan.loss_src, 0.0),
