@@ -162,7 +162,8 @@ def markdown(r: dict) -> str:
     rows = [("update (policy log-probs + grad + AdamW)", "padded_update", "packed_update"),
             ("reference log-prob forward", "padded_ref_logprobs", "packed_ref_logprobs")]
     lines = [f"# GRPO update: packed rows vs padded ({r['prompts']} x {r['samples']} sequences)",
-             "", f"Model {r['config']}, fp32, agg {r['agg']}, {r['micro_batches']} micro-batch(es); "
+             "", f"Model {r['config']}, fp32, agg {r['agg']}, "
+             f"{r['micro_batches']} micro-batch(es); "
              f"prompt {r['prompt_len']} tokens, completions log-normal (median "
              f"{r['lognormal_median']}, sigma {r['lognormal_sigma']}, cap {r['max_new_tokens']}): "
              f"{r['real_tokens']} real tokens; padded {r['padded_shape']}, packed "
