@@ -80,6 +80,13 @@ def test_plan_keeps_sequences_whole_and_unpacks(model):
                                   batch.old_logp * batch.completion_mask)
     with pytest.raises(ValueError, match="left-padded"):
         pack_plan(1 - batch.prompt_mask, batch.completion_mask)
+    with pytest.raises(ValueError, match="does not fit a packed row of 8"):
+        pack_plan(batch.prompt_mask, batch.completion_mask, row_len=8)
+    # the trainer's bucketing: rows in steps of ~B/8 (and of the micro-batches x shards)
+    assert [ps.bucket_rows(n, 64, 8) for n in (1, 8, 9, 23)] == [8, 8, 16, 24]
+    assert [ps.bucket_rows(n, 256, 2) for n in (1, 33, 100)] == [32, 64, 128]
+    bucketed = ps.plan_batch(batch.prompt_mask, batch.completion_mask, row_len=26, multiple=2)
+    assert bucketed.rows == ps.bucket_rows(len(first_fit_decreasing(lengths, 26)), 8, 2)
 
 
 def test_packed_loss_equals_padded_in_every_mode(model):

@@ -164,10 +164,9 @@ def plan_batch(prompt_mask, completion_mask, *, row_len: int = 0, multiple: int 
     if jax.process_count() > 1:
         raise ValueError("grpo.packed runs on one process for now (the plan reads the masks of "
                          "every row on the host)")
-    pm, cm = np.asarray(prompt_mask), np.asarray(completion_mask)
-    needed = pack_plan(pm, cm, row_len=row_len).rows
-    return pack_plan(pm, cm, row_len=row_len, rows_multiple=multiple,
-                     rows=bucket_rows(needed, pm.shape[0], multiple))
+    pm = np.asarray(prompt_mask)
+    return pack_plan(pm, np.asarray(completion_mask), row_len=row_len, rows_multiple=multiple,
+                     rows=lambda needed: bucket_rows(needed, pm.shape[0], multiple))
 
 
 class PackedStep:

@@ -108,12 +108,13 @@ def first_fit_decreasing(lengths, row_len: int) -> list[list[int]]:
 
 
 def pack_plan(prompt_mask, completion_mask, *, row_len: int = 0, rows_multiple: int = 1,
-              rows: int = 0) -> PackPlan:
+              rows=0) -> PackPlan:
     """The packing of a padded batch's sequences (host arrays or device arrays brought over).
 
     row_len: tokens per row (0 = P + C, which any sequence fits). The row count is the
     first-fit-decreasing one rounded up to a multiple of `rows_multiple` (micro-batches x batch
-    shards), or `rows` when given (ValueError if they do not fit).
+    shards), or `rows` when given: a count, or a function of the count needed (a bucketing);
+    ValueError if the sequences do not fit.
     """
     p_b, c_b = _spans(prompt_mask, completion_mask)
     b, p = np.shape(prompt_mask)
@@ -121,6 +122,8 @@ def pack_plan(prompt_mask, completion_mask, *, row_len: int = 0, rows_multiple: 
     t = row_len or p + c
     assignment = first_fit_decreasing(p_b + c_b, t)
     n_rows = -(-len(assignment) // rows_multiple) * rows_multiple
+    if callable(rows):
+        rows = rows(len(assignment))
     if rows:
         if rows < len(assignment) or rows % rows_multiple:
             raise ValueError(f"rows={rows}: the sequences need {len(assignment)} rows of {t} "
