@@ -162,10 +162,20 @@ def main(argv=None) -> int:
         speedup_ragged=static["wall_s"] / best["wall_s"],
         speedup_at_cap=cap_static["wall_s"] / cap_refill["wall_s"],
         speedup_by_slots_sweep={r["slots"]: runs[0]["wall_s"] / r["wall_s"] for r in refill},
-        # The packed update is another part of the same issue; not measured by this script.
-        packed_update_speedup=None, packed_loss_abs_diff=None, runs=runs)
+        runs=runs, **packed_keys(args.out + ".json"))
     write(args.out, result)
     return 0
+
+
+def packed_keys(path: str) -> dict:
+    """The packed-update keys that benchmarks/packed_bench.py wrote into this results file
+    (kept when the sampler figures are rewritten; None before it has run)."""
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    return {k: old.get(k) for k in ("packed_update_speedup", "packed_loss_abs_diff",
+                                    "packed_update")}
 
 
 def write(out: str, result: dict) -> None:

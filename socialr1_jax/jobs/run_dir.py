@@ -39,7 +39,7 @@ RUN_MARKERS = (CONFIG, METRICS, CHECKPOINTS)
 RESUME_FREE = ("run.steps", "run.save_every", "run.keep", "run.async_save", "run.log_every",
                "run.progress", "run.resume", "run.allow_config_change", "run.samples_per_step",
                "run.out_dir", "mesh.", "eval.", "grpo.micro_batch_size", "grpo.head_remat",
-               "grpo.logprob_chunk", "model.remat")
+               "grpo.logprob_chunk", "grpo.packed", "grpo.packed_row_len", "model.remat")
 
 
 def expand_out_dir(pattern: str, now: Optional[float] = None) -> str:

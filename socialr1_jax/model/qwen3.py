@@ -25,7 +25,6 @@ KV cache (`KVCache`) lets the sampler prefill once and decode one token per step
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Optional, Sequence
 
@@ -36,95 +35,16 @@ from jax.sharding import Mesh
 
 from socialr1_jax.model import lora
 from socialr1_jax.model.config import ModelConfig
+from socialr1_jax.model.kv_cache import KVCache, cache_masks
 from socialr1_jax.parallel.sharding import (ACT_BTD, ACT_BTF, ACT_BTNH, CACHE_BKSH, CACHE_LBKSH,
                                             LOGITS_BTV, cache_shardings, check_model_fits_mesh,
                                             constrain)
 
+__all__ = ["KVCache", "Qwen3", "create_cache", "decoder_layer", "rms_norm", "rope"]
+
 # Finite stand-in for -inf: a query whose keys are all masked (a left-pad position) gets a
 # uniform softmax instead of NaN; its output is never read.
 _MASKED = -1e30
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-    """Keys and values of every layer for `S` slots, and which slots hold real tokens.
-
-    k_lbksh, v_lbksh: [L, B, K, S, H], heads before slots so a decode step's attention reads each
-    head's keys contiguously; or, in the sampler's decode loop (`unstacked()`), a tuple of L
-    arrays [B, K, S, H], one per layer. `valid_bs` marks slots written with a non-pad token;
-    `index` is the next slot to write (all rows advance together), or [B] int32, one per row
-    (the refill sampler, whose rows hold sequences at different steps; one token per row per
-    call); `next_pos_b` is each row's next RoPE position (its count of real tokens so far).
-    """
-
-    k_lbksh: jax.Array
-    v_lbksh: jax.Array
-    valid_bs: jax.Array
-    index: jax.Array
-    next_pos_b: jax.Array
-
-    @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
-        """An empty cache; under jit with out_shardings it is created already sharded."""
-        dtype = dtype or cfg.jnp_dtype
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
-        return cls(k_lbksh=jnp.zeros(shape, dtype), v_lbksh=jnp.zeros(shape, dtype),
-                   valid_bs=jnp.zeros((batch, slots), jnp.bool_),
-                   index=jnp.zeros((), jnp.int32), next_pos_b=jnp.zeros((batch,), jnp.int32))
-
-    @property
-    def slots(self) -> int:
-        return self.valid_bs.shape[1]
-
-    @property
-    def per_layer(self) -> bool:
-        """Whether keys and values are one array per layer (`unstacked()`) rather than stacked."""
-        return isinstance(self.k_lbksh, tuple)
-
-    def unstacked(self) -> "KVCache":
-        """The same cache with one [B, K, S, H] array per layer (a copy of the keys and values).
-
-        A loop that carries the stacked cache and writes one layer's slot after another was
-        compiled by XLA:CPU with a copy of the whole cache after every layer's write (the next
-        layer's read of its slice was fused with a duplicate of the write): 2L copies of the
-        cache per decode step, which took the bench model's B=8 step from 40.8 to 53.9 ms
-        (benchmarks/results/sampler_b8_per_layer_cache.md, decode_copies.md). Each layer's own
-        buffer is updated in place.
-        """
-        if self.per_layer:
-            return self
-        n_l = self.k_lbksh.shape[0]
-        return dataclasses.replace(self, k_lbksh=tuple(self.k_lbksh[i] for i in range(n_l)),
-                                   v_lbksh=tuple(self.v_lbksh[i] for i in range(n_l)))
-
-    @classmethod
-    def from_prompt(cls, k_lbkth, v_lbkth, mask_bt, slots: int) -> "KVCache":
-        """A per-layer cache of `slots` slots whose first T hold a prompt's keys and values.
-
-        k_lbkth, v_lbkth: [L, B, K, T, H], every layer's keys and values of the prompt as a
-        scanned forward returns them (`Qwen3.hidden_states(..., prompt_cache_slots=)`);
-        mask_bt: the prompt's attention mask. Each layer's array is padded to `slots` on its own.
-        """
-        t = mask_bt.shape[1]
-        pad = ((0, 0), (0, 0), (0, slots - t), (0, 0))
-        n_l = k_lbkth.shape[0]
-        mask_bt = mask_bt.astype(jnp.bool_)
-        return cls(k_lbksh=tuple(jnp.pad(k_lbkth[i], pad) for i in range(n_l)),
-                   v_lbksh=tuple(jnp.pad(v_lbkth[i], pad) for i in range(n_l)),
-                   valid_bs=jnp.pad(mask_bt, ((0, 0), (0, slots - t))),
-                   index=jnp.asarray(t, jnp.int32),
-                   next_pos_b=mask_bt.sum(axis=1).astype(jnp.int32))
-
-    def repeat_rows(self, n: int) -> "KVCache":
-        """Every row n times (rows i*n .. i*n+n-1 copy row i); the shared index is kept."""
-        rep = partial(jnp.repeat, repeats=n)
-        if self.per_layer:
-            k, v = (tuple(rep(a, axis=0) for a in x) for x in (self.k_lbksh, self.v_lbksh))
-        else:
-            k, v = rep(self.k_lbksh, axis=1), rep(self.v_lbksh, axis=1)
-        return KVCache(k_lbksh=k, v_lbksh=v, valid_bs=rep(self.valid_bs, axis=0),
-                       index=self.index, next_pos_b=rep(self.next_pos_b, axis=0))
 
 
 def rms_norm(x, scale, eps):
@@ -345,20 +265,14 @@ def decoder_layer(cfg: ModelConfig, w: dict, x_btd, positions_bt, mask_bts, kv=N
     return constrain(x_btd, ACT_BTD), kv
 
 
-def _cache_masks(cache: KVCache, mask_bt):
-    """(valid_bs after writing the chunk at cache.index, mask_bts: query t may attend slot s).
-
-    A per-row index [B] (the refill sampler) writes one token per row, row b at slot index[b].
-    """
-    index, slot_s = cache.index, jnp.arange(cache.slots)
-    if index.ndim == 1:
-        if mask_bt.shape[1] != 1:
-            raise ValueError("a per-row cache index takes one token per row")
-        valid_bs = cache.valid_bs.at[jnp.arange(mask_bt.shape[0]), index].set(mask_bt[:, 0])
-        return valid_bs, (slot_s[None, :] <= index[:, None])[:, None, :] & valid_bs[:, None, :]
-    valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, index))
-    query_slot_t = index + jnp.arange(mask_bt.shape[1])
-    return valid_bs, (slot_s[None, :] <= query_slot_t[:, None])[None] & valid_bs[:, None, :]
+def segment_positions(segment_ids_bt):
+    """RoPE positions [B, T] of packed rows: 0, 1, ... restarting wherever the segment id
+    changes, so each packed sequence gets the phases it has when run alone."""
+    t_bt = jnp.broadcast_to(jnp.arange(segment_ids_bt.shape[1]), segment_ids_bt.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids_bt[:, :1], jnp.bool_),
+                              segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1)
+    start_bt = jax.lax.cummax(jnp.where(starts, t_bt, 0), axis=1)
+    return (t_bt - start_bt).astype(jnp.int32)
 
 
 _REMAT_POLICIES = {
@@ -384,15 +298,17 @@ class Qwen3(nnx.Module):
 
     # -- public -------------------------------------------------------------------------------
 
-    def __call__(self, input_ids, attention_mask=None, positions=None):
-        """Logits [B, T, V] (in the compute dtype) for a left- or right-padded batch."""
-        hidden, _ = self.hidden_states(input_ids, attention_mask, positions)
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None):
+        """Logits [B, T, V] (in the compute dtype) for a left- or right-padded batch, or for
+        packed rows (`segment_ids`, see `hidden_states`)."""
+        hidden, _ = self.hidden_states(input_ids, attention_mask, positions,
+                                       segment_ids=segment_ids)
         return self.logits(hidden)
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None,
                       cache: Optional[KVCache] = None, *,
                       layer_weights: Optional[Sequence[dict]] = None,
-                      prompt_cache_slots: Optional[int] = None):
+                      prompt_cache_slots: Optional[int] = None, segment_ids=None):
         """Final-norm hidden states [B, T, D], and the updated cache (None without one).
 
         attention_mask [B, T] (1 = token, 0 = pad); positions [B, T] default to the running count
@@ -405,13 +321,22 @@ class Qwen3(nnx.Module):
         prompt_cache_slots: without a cache, also return a per-layer cache of that many slots
         holding this chunk's keys and values (`KVCache.from_prompt`): a prefill that is one
         scan over the stacked layers, so its program holds one layer whatever the depth.
+        segment_ids [B, T] (packed rows, no cache): several sequences per row, each a run of
+        equal ids > 0 (0 = pad); a token attends only to earlier tokens of its own segment and
+        positions default to restarting at 0 in each segment (`segment_positions`).
         """
         cfg = self.cfg
         b, t = input_ids.shape
-        mask_bt = (jnp.ones((b, t), jnp.bool_) if attention_mask is None
-                   else attention_mask.astype(jnp.bool_))
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) go with a full forward, not a KV cache")
+        if attention_mask is None:
+            attention_mask = (jnp.ones((b, t), jnp.bool_) if segment_ids is None
+                              else segment_ids > 0)
+        mask_bt = attention_mask.astype(jnp.bool_)
         start_b = cache.next_pos_b if cache is not None else jnp.zeros((b,), jnp.int32)
-        if positions is None:
+        if positions is None and segment_ids is not None:
+            positions = segment_positions(segment_ids)
+        elif positions is None:
             positions = start_b[:, None] + jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
 
         x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
@@ -420,6 +345,8 @@ class Qwen3(nnx.Module):
         if cache is None:
             causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
             mask_bts = causal_tt[None] & mask_bt[:, None, :]
+            if segment_ids is not None:  # packed rows: no attention across sequences
+                mask_bts &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
             collect = prompt_cache_slots is not None
 
@@ -438,7 +365,7 @@ class Qwen3(nnx.Module):
         index = cache.index
         if index.ndim == 1 and layer_weights is None:
             raise ValueError("a per-row cache index goes with per-layer weights")
-        valid_bs, mask_bts = _cache_masks(cache, mask_bt)
+        valid_bs, mask_bts = cache_masks(cache, mask_bt)
 
         kv = (cache.k_lbksh, cache.v_lbksh)
         if (layer_weights is not None) != cache.per_layer:

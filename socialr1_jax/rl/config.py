@@ -60,6 +60,9 @@ class GRPOConfig:
     stop the run after this many non-finite updates in a row. head_remat: recompute the LM
     head's logits in the backward pass ('always'), keep them ('never'), or 'auto': keep them when
     one micro-batch's fp32 logits take at most 1 GiB per device (saves one head matmul).
+    packed: run the update and the reference / old-policy log-prob forwards on the rollout's
+    sequences packed into rows of `packed_row_len` tokens (0 = prompt + completion length) with
+    segment ids instead of padded rows (rl/packing.py): the same loss, less padding computed.
     """
 
     group_size: int = 5
@@ -80,6 +83,8 @@ class GRPOConfig:
     logprob_chunk: int = 256
     head_remat: str = "auto"
     max_consecutive_skips: int = 3
+    packed: bool = False
+    packed_row_len: int = 0
 
     def __post_init__(self):
         if self.kl not in grpo.KL_TYPES:
@@ -97,4 +102,5 @@ class GRPOConfig:
         if self.dual_clip and self.dual_clip <= 1.0:
             raise ConfigError(f"grpo.dual_clip={self.dual_clip} must be > 1 (or 0 = off)")
         check_at_least(self, "grpo", 1, "epochs", "max_consecutive_skips", "logprob_chunk")
-        check_at_least(self, "grpo", 0, "mini_batch_size", "micro_batch_size", "loss_scale_factor")
+        check_at_least(self, "grpo", 0, "mini_batch_size", "micro_batch_size", "loss_scale_factor",
+                        "packed_row_len")

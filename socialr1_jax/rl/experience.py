@@ -24,6 +24,7 @@ from socialr1_jax.parallel import distributed
 from socialr1_jax.parallel.sharding import batch_sharding
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import lora_train
+from socialr1_jax.rl import packed_step
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.lora_train import LoraParts
 from socialr1_jax.rl.task import PromptBatch, Scores, as_scores
@@ -53,23 +54,40 @@ class Programs:
         g, r = cfg.grpo, cfg.rollout
         self.cfg, self.mesh, self.graphdef, self.lora = cfg, mesh, graphdef, lora
         kw = dict(temperature=r.temperature, micro_batch_size=cfg.micro_batch)
-        if lora is None:
+        if g.packed:
+            self._packed_programs(cfg, model_cfg, mesh, lora)
+        elif lora is None:
             self.train_step = ts.make_train_step(model_cfg, cfg.optim, g, mesh,
                                                  total_updates=cfg.total_updates, **kw)
         else:
             self.train_step = lora_train.LoraStep(lora_train.make_train_step(
                 model_cfg, cfg.optim, g, mesh, total_updates=cfg.total_updates,
                 dropout_seed=cfg.run.seed, **kw), lora.base)
-        ref_cfg = model_cfg if lora is None else lora.reference_cfg
-        self.logprobs = ts.make_logprob_fn(ref_cfg, mesh, chunk=g.logprob_chunk, **kw)
-        self.old_logprobs = self.logprobs if lora is None else ts.make_logprob_fn(
-            model_cfg, mesh, chunk=g.logprob_chunk, **kw)
+        if not g.packed:
+            ref_cfg = model_cfg if lora is None else lora.reference_cfg
+            self.logprobs = ts.make_logprob_fn(ref_cfg, mesh, chunk=g.logprob_chunk, **kw)
+            self.old_logprobs = self.logprobs if lora is None else ts.make_logprob_fn(
+                model_cfg, mesh, chunk=g.logprob_chunk, **kw)
         two, one = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
         # The sampler's outputs, re-laid out on the devices (no host round trip).
         self._layout = jax.jit(lambda *xs: xs, out_shardings=(two,) * 5)
         self._advantages = jax.jit(partial(grpo.advantages, group_size=g.group_size,
                                            normalize=g.normalize_adv), out_shardings=one)
         self._tokens = jax.jit(lambda m: jnp.sum(m, dtype=jnp.int32))
+
+    def _packed_programs(self, cfg, model_cfg, mesh, lora):
+        """grpo.packed: the update and the log-prob forwards on packed rows (rl/packing.py)."""
+        g, r = cfg.grpo, cfg.rollout
+        if lora is not None:
+            raise ValueError("grpo.packed=true with model.lora is not supported yet")
+        micro = cfg.mini_batch // cfg.micro_batch
+        self.train_step = packed_step.PackedStep(
+            model_cfg, cfg.optim, g, mesh, temperature=r.temperature, micro_batches=micro,
+            total_updates=cfg.total_updates)
+        # The rollout's forwards take as many passes as the update does per mini-batch.
+        self.logprobs = self.old_logprobs = packed_step.PackedLogprobs(
+            model_cfg, mesh, temperature=r.temperature, chunk=g.logprob_chunk,
+            row_len=g.packed_row_len, micro_batches=cfg.rollout_size // cfg.micro_batch)
 
     def sample(self, params, prompts: PromptBatch, *, seed: int, eos_ids, pad_id: int):
         """The group_size completions of every prompt under the policy `params`."""

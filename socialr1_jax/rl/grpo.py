@@ -85,10 +85,13 @@ def kl_penalty(logp, ref_logp, kind: str = "k3"):
     raise ValueError(f"kl={kind!r}; expected one of {KL_TYPES}")
 
 
-def aggregate(mat, mask, agg: str, *, num_tokens=None, num_seqs=None, loss_scale_factor=None):
+def aggregate(mat, mask, agg: str, *, num_tokens=None, num_seqs=None, loss_scale_factor=None,
+              segment_ids=None):
     """Reduce a per-token matrix [B, C] to a scalar by one of `AGG_MODES` (see module doc).
 
-    Masked entries never contribute, even if they hold NaN or Inf.
+    Masked entries never contribute, even if they hold NaN or Inf. segment_ids [B, C]: packed
+    rows (rl/packing.py), where each run of equal ids > 0 within a row is one sequence; the
+    seq-mean modes then reduce per (row, segment) as the padded layout does per row.
     """
     m = mask.astype(bool)
     mf = m.astype(jnp.float32)
@@ -101,8 +104,7 @@ def aggregate(mat, mask, agg: str, *, num_tokens=None, num_seqs=None, loss_scale
             denom = mask.shape[-1] if loss_scale_factor is None else loss_scale_factor
         return total / denom
     if agg in ("seq-mean-token-mean", "seq-mean-token-sum"):
-        n_b = jnp.sum(mf, axis=-1)
-        seq_b = jnp.sum(safe, axis=-1)
+        n_b, seq_b = per_sequence(mf, segment_ids), per_sequence(safe, segment_ids)
         if agg == "seq-mean-token-mean":
             seq_b = seq_b / jnp.maximum(n_b, 1.0)
         denom = jnp.maximum(jnp.sum(n_b > 0), 1.0) if num_seqs is None else num_seqs
@@ -110,13 +112,25 @@ def aggregate(mat, mask, agg: str, *, num_tokens=None, num_seqs=None, loss_scale
     raise ValueError(f"agg={agg!r}; expected one of {AGG_MODES}")
 
 
+def per_sequence(x_bc, segment_ids=None):
+    """Sums of x over each sequence: [B] per row, or with packed `segment_ids` one sum per
+    (row, segment id) pair, [B * (C + 1)] (pairs that hold no sequence sum to 0)."""
+    if segment_ids is None:
+        return jnp.sum(x_bc, axis=-1)
+    b, c = x_bc.shape
+    pair_bc = jnp.arange(b)[:, None] * (c + 1) + segment_ids
+    return jax.ops.segment_sum(x_bc.reshape(-1), pair_bc.reshape(-1), num_segments=b * (c + 1))
+
+
 def loss(logp, old_logp, ref_logp, advantages, mask, *, beta: float, kl: str = "k3",
          eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: Optional[float] = 3.0,
          agg: str = "token-mean", entropy=None, num_tokens=None, num_seqs=None,
-         loss_scale_factor=None):
+         loss_scale_factor=None, segment_ids=None):
     """The GRPO loss pg + beta * kl, both aggregated by `agg`, and its metrics.
 
-    logp, old_logp, ref_logp, mask: [B, C] (policy now, at rollout, reference); advantages: [B].
+    logp, old_logp, ref_logp, mask: [B, C] (policy now, at rollout, reference); advantages: [B],
+    or [B, C] per token (packed rows, whose `segment_ids` [B, C] say which tokens are one
+    sequence: see `aggregate`).
     dual_clip=None turns the dual clip off; beta=0 drops the KL term (still reported).
     entropy [B, C] (optional): reported as a token mean, never differentiated.
     num_tokens / num_seqs / loss_scale_factor: the normalisers of `aggregate`, given when this is
@@ -140,7 +154,8 @@ def loss(logp, old_logp, ref_logp, advantages, mask, *, beta: float, kl: str = "
     logp = jnp.where(m, logp, 0.0).astype(jnp.float32)
     old_logp = jnp.where(m, old_logp, 0.0).astype(jnp.float32)
     ref_logp = jnp.where(m, ref_logp, 0.0).astype(jnp.float32)
-    adv = jnp.asarray(advantages, jnp.float32)[:, None]
+    adv = jnp.asarray(advantages, jnp.float32)
+    adv = adv[:, None] if adv.ndim == 1 else adv
 
     log_ratio = jnp.clip(logp - old_logp, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)
     ratio = jnp.exp(log_ratio)
@@ -155,7 +170,8 @@ def loss(logp, old_logp, ref_logp, advantages, mask, *, beta: float, kl: str = "
         dual_active = jnp.zeros_like(m)
     kl_bc = kl_penalty(logp, ref_logp, kl)
 
-    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=loss_scale_factor)
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=loss_scale_factor,
+                 segment_ids=segment_ids)
     pg_loss = aggregate(pg, m, agg, **norms)
     kl_loss = aggregate(kl_bc, m, agg, **norms)
     total = pg_loss + beta * kl_loss
@@ -178,12 +194,16 @@ def loss(logp, old_logp, ref_logp, advantages, mask, *, beta: float, kl: str = "
     return total, {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
 
 
-def batch_normalisers(mask, agg: str, loss_scale_factor=None):
-    """(num_tokens, num_seqs, loss_scale_factor) of a whole batch, for its micro-batches."""
+def batch_normalisers(mask, agg: str, loss_scale_factor=None, *, segment_ids=None,
+                      completion_len=None):
+    """(num_tokens, num_seqs, loss_scale_factor) of a whole batch, for its micro-batches.
+
+    Packed rows: `segment_ids` as in `aggregate`, and `completion_len` the padded completion
+    length C that seq-mean-token-sum-norm divides by by default (verl's mask.shape[-1])."""
     mf = jnp.asarray(mask).astype(jnp.float32)
     num_tokens = jnp.maximum(jnp.sum(mf), 1.0)
-    num_seqs = jnp.maximum(jnp.sum(jnp.sum(mf, axis=-1) > 0).astype(jnp.float32), 1.0)
-    scale = mask.shape[-1] if loss_scale_factor is None else loss_scale_factor
+    num_seqs = jnp.maximum(jnp.sum(per_sequence(mf, segment_ids) > 0).astype(jnp.float32), 1.0)
+    scale = loss_scale_factor or completion_len or mask.shape[-1]
     return num_tokens, num_seqs, jnp.float32(scale)
 
 
