@@ -23,8 +23,7 @@ def base_path(cfg, out_dir: str) -> str:
     """The checkpoint the adapters adapt: the warm start's (RUN/warm_start) when the run has an
     `sft` section, else model.path ('' = a random preset)."""
     if cfg.sft.steps and out_dir:
-        from socialr1_jax.jobs.warm_start import WARM_START_DIR
-        return os.path.join(out_dir, WARM_START_DIR)
+        return os.path.join(out_dir, run_dir.WARM_START_DIR)
     return cfg.model.path
 
 

@@ -26,6 +26,8 @@ import yaml
 from socialr1_jax.jobs.train_config import TrainConfig
 from socialr1_jax.yaml_config import ConfigError, to_dict
 
+WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of a GRPO run
+
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"

@@ -11,6 +11,7 @@ import jax
 from flax import nnx
 
 from socialr1_jax import cli
+from socialr1_jax.jobs.run_dir import WARM_START_DIR
 from socialr1_jax.jobs.sft import SFTResult, train_sft
 from socialr1_jax.jobs.sft_data import encode_pairs, warm_start_pairs
 from socialr1_jax.jobs.train_config import SFTSection
@@ -52,7 +53,6 @@ def warm_start(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
                      progress=progress, stop=stop, lora=lora, seed=seed)
 
 
-WARM_START_DIR = "warm_start"  # RUN/warm_start: the warm-started checkpoint of a GRPO run
 
 
 def warm_start_stage(model, tokenizer, cfg: SFTSection, *, mesh=None, prompt_cfg=None,
