@@ -200,7 +200,6 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                                         ref_bytes if lora is None else 0, prompts=prompts,
                                         group=group, prompt_len=prompt_len,
                                         completion_len=completion_len, slots=slots))
-    peak = max(p.peak for p in programs)
     return {
         "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
                         group=group, batch=batch, prompt_len=prompt_len,
@@ -211,6 +210,16 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                         slots=slots if rollout else "not planned",
                         lora=None if lora is None else dict(rank=lora.rank, alpha=lora.alpha,
                                                             targets=list(lora.targets))),
+        **_totals(state, state_bytes, ref_bytes, programs, topology),
+    }
+
+
+def _totals(state, state_bytes: int, ref_bytes: int, programs, topology) -> dict:
+    """The plan's state bytes, programs, peak and backend, per device."""
+    import jax
+
+    peak = max(p.peak for p in programs)
+    return {
         "state_bytes_per_device": {
             "params": tree_bytes_per_device(state.params),
             "master": tree_bytes_per_device(state.master) if state.master is not None else 0,
