@@ -23,7 +23,9 @@ from tests.rm_fixtures import PAD, preference_rows, write_jsonl
 from tests.test_rm_judge import _items
 from tests.test_train_rm import TEMPLATE, _args
 
-LORA = ["model.lora.rank=4", "model.lora.alpha=8", "optim.lr=1e-2"]
+# Two micro-batches per update, so the resume covers the accumulation too.
+LORA = ["model.lora.rank=4", "model.lora.alpha=8", "optim.lr=1e-2", "run.batch_size=16",
+        "run.micro_batch_size=8"]
 STEPS = 6
 
 
@@ -70,7 +72,7 @@ def test_step_zero_is_the_full_reward_model(base):
 @pytest.fixture(scope="module")
 def rm_run(base):
     """A 6-step LoRA train_rm run over the tiny causal LM (checkpoints at 3 and 6, an HF
-    export): (folder, result)."""
+    export; 16 pairs per update in micro-batches of 8): (folder, result)."""
     cfg = tr.parse_args(_args(base, base / "run", f"run.steps={STEPS}", "run.save_every=3",
                               f"run.export_hf={base / 'hf'}", *LORA))
     return base, tr.train_rm(cfg, log=lambda _: None)
