@@ -17,66 +17,6 @@ from socialr1_jax.jobs import train as train_mod
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cfg(out, *extra):
-    """The embedded demo, shortened to seconds."""
-    return train_mod.parse_args([f"run.out_dir={out}", "run.progress=false",
-                                 "sft.steps=1", "sft.data.rows=16", "run.steps=2",
-                                 "eval.every=2", "eval.limit=12", "eval.batch_size=12",
-                                 "eval.max_new_tokens=8", "rollout.max_new_tokens=8",
-                                 "rollout.prompts_per_step=2", "grpo.group_size=4", *extra])
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The shortened demo in a run directory: (directory, TrainResult, log lines)."""
-    out = tmp_path_factory.mktemp("demo") / "run"
-    lines = []
-    return out, train_mod.train(_cfg(out), log=lines.append), lines
-
-
-def test_demo_pipeline_writes_the_run_and_its_summary(demo_run):
-    from socialr1_jax.checkpoint.orbax_io import list_steps
-
-    out, result, lines = demo_run
-    assert result.exit_code == 0 and len(result.history) == 2
-    assert list_steps(str(out / "warm_start")) == [1]
-    w = result.warm_start
-    assert np.isfinite(w["loss_first"]) and "eval/accuracy" in w["eval_before"]
-    # the evaluation samples the policy, 4 answers per question (none parse in 8 tokens yet)
-    assert w["eval_before"]["eval/unparsable"] == 12 * train_mod.DEMO["eval"]["num_samples"] == 48
-    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [0, 2]
-    assert {"eval/accuracy/first_order_fb", "eval/accuracy/reality"} <= set(evals[0])
-    text = train_mod.summary(result)
-    assert "mean reward: first quarter" in text and "before the warm start" in text
-    assert "after the warm start" in text and "after 2 GRPO steps" in text
-    assert f"run directory: {out}" in text
-    # the per-type table: one row per question type, columns random / warm start / GRPO
-    row = next(x for x in text.splitlines() if x.strip().startswith("first_order_fb"))
-    assert len(row.split()) == 4, text
-    files = {f for _, _, fs in os.walk(out) for f in fs}
-    assert {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl"} <= files, files
-    assert any(f.startswith("events.out.tfevents") for f in files), files
-    assert list_steps(str(out / "checkpoints")) == [2]
-    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert samples and {"prompt", "completion", "social_r1/format", "social_r1/em",
-                        "social_r1/r_len", "social_r1/struct", "social_r1/content"} <= set(samples[0])
-    assert any(s.startswith("warm start: 16 pairs") for s in lines), lines
-
-
-def test_a_resumed_demo_loads_its_warm_start(demo_run):
-    """A resumed run loads the warm start instead of training it again (same reference model)."""
-    from socialr1_jax.checkpoint.orbax_io import list_steps
-
-    out, _, _ = demo_run
-    lines = []
-    again = train_mod.train(_cfg(out, "run.steps=3", "run.resume=true",
-                                 "run.allow_config_change=true"), log=lines.append)
-    assert again.exit_code == 0 and [h["step"] for h in again.history] == [2]
-    assert any("warm start: loaded" in s for s in lines), lines
-    assert "loss_first" not in again.warm_start and list_steps(str(out / "warm_start")) == [1]
-
-
 @pytest.fixture(scope="module")
 def readme_demo():
     """The README's first command as it is (the embedded config, in a run directory of its own),
@@ -90,6 +30,62 @@ def readme_demo():
                         "run.progress=false"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1500)
     return out, r
+
+
+@pytest.mark.slow
+def test_demo_pipeline_writes_the_run_and_its_summary(readme_demo):
+    """The README run's directory (warm start, GRPO checkpoint, logs, samples, evaluations) and
+    the summary it prints."""
+    from socialr1_jax.checkpoint.orbax_io import list_steps
+
+    out, r = readme_demo
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = os.path.join(out, "run")
+    steps, sft_steps = train_mod.DEMO["run"]["steps"], train_mod.DEMO["sft"]["steps"]
+    assert list_steps(os.path.join(run, "warm_start")) == [sft_steps]
+    assert list_steps(os.path.join(run, "checkpoints")) == [steps]
+    evals = [json.loads(x) for x in open(os.path.join(run, "eval.jsonl"))]
+    assert [e["step"] for e in evals] == [0, steps]
+    assert {"eval/accuracy/first_order_fb", "eval/accuracy/reality"} <= set(evals[0])
+    text = r.stdout
+    assert "mean reward: first quarter" in text and "before the warm start" in text
+    assert "after the warm start" in text and f"after {steps} GRPO steps" in text
+    assert f"run directory: {run}" in text
+    assert any(x.startswith("warm start: ") and " pairs from " in x
+               for x in text.splitlines()), text[:3000]
+    # the per-type table: one row per question type, columns random / warm start / GRPO
+    row = next(x for x in text.splitlines() if x.strip().startswith("first_order_fb"))
+    assert len(row.split()) == 4, text
+    files = {f for _, _, fs in os.walk(run) for f in fs}
+    assert {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl"} <= files, files
+    assert any(f.startswith("events.out.tfevents") for f in files), files
+    samples = [json.loads(x) for x in open(os.path.join(run, "samples.jsonl"))]
+    assert samples and {"prompt", "completion", "social_r1/format", "social_r1/em",
+                        "social_r1/r_len", "social_r1/struct", "social_r1/content"} <= set(samples[0])
+
+
+@pytest.mark.slow
+def test_a_resumed_demo_loads_its_warm_start(readme_demo, tmp_path):
+    """A resumed run (a copy of the README run, one step more) loads the warm start instead of
+    training it again (same reference model)."""
+    import shutil
+
+    from socialr1_jax.checkpoint.orbax_io import list_steps
+
+    out, r = readme_demo
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(out, "run"), run)
+    steps, sft_steps = train_mod.DEMO["run"]["steps"], train_mod.DEMO["sft"]["steps"]
+    lines = []
+    cfg = train_mod.parse_args([f"run.out_dir={run}", "run.progress=false",
+                                f"run.steps={steps + 1}", "eval.every=0", "run.resume=true",
+                                "run.allow_config_change=true"])
+    again = train_mod.train(cfg, log=lines.append)
+    assert again.exit_code == 0 and [h["step"] for h in again.history] == [steps], lines
+    assert any("warm start: loaded" in s for s in lines), lines
+    assert "loss_first" not in again.warm_start
+    assert list_steps(str(run / "warm_start")) == [sft_steps]
 
 
 @pytest.mark.slow

@@ -234,11 +234,10 @@ def test_logprobs_equal_trainer_recomputation(greedy_case, temperature, top_k, t
     assert m.sum() > 100 and diff.max() <= 1e-4, diff.max()
 
 
-@pytest.mark.parametrize("shape,lengths", [((1, 4, 2), [5, 11, 2]), ((2, 4, 1), [5, 11, 2]),
-                                           ((1, 4, 2), [5, 11, 2, 8])])
+@pytest.mark.parametrize("shape,lengths", [((2, 4, 1), [5, 11, 2]), ((1, 4, 2), [5, 11, 2, 8])])
 def test_sharded_sampling_equals_unsharded(tiny_hf, shape, lengths):
-    # 3 prompts: 3 or 6 rows, padded to the 4 / 8 shards; 4 prompts x 2 samples: a shared
-    # prefill on 4 rows split over 4 shards.
+    # 3 prompts: 3 or 6 rows, padded to the 8 batch shards; 4 prompts x 2 samples: a shared
+    # prefill on 4 rows split over 4 shards, with the heads split over 2 (tensor).
     prompts = _prompts(256, lengths, seed=1)
     plain = load_model(tiny_hf)
     mesh = make_mesh(*shape)

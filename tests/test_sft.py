@@ -161,13 +161,21 @@ def test_command_writes_a_checkpoint_that_loads_and_generates(sft_run):
       "model.vocab_size=512", "sft.steps=2", "sft.batch_size=4"],
      "multiple of the mesh's 8 batch shards"),
 ])
-def test_bad_input_is_one_error_line(tmp_path, args, message):
+def test_bad_input_is_one_error_line(tmp_path, args, message, monkeypatch, capsys):
+    """In-process through `cli.run`, what `python -m socialr1_jax.sft` calls (the command's
+    own process: test_jobs_faults.py and test_faults.py run it so)."""
+    from socialr1_jax import cli
+    from socialr1_jax.jobs import sft
+
     (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    r = _run(args, tmp_path)
-    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    monkeypatch.chdir(tmp_path)
+    code = cli.run(sft.main, args)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+    assert not (tmp_path / "o").exists()  # refused before it wrote anything
 
 
 

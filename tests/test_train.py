@@ -452,9 +452,10 @@ def test_rollout_slots_refill_gives_the_same_run(tmp_path):
     assert len(metrics[0]) == 3 and "loss" in metrics[0][0]
     assert [m["reward_mean"] for m in metrics[0]] == [m["reward_mean"] for m in metrics[1]]
     # The sampler's log-probs (the old policy's) come from programs of other shapes: the loss
-    # agrees to float32 rounding, not bit for bit.
+    # agrees to float32 rounding, not bit for bit (grad_norm, a norm over every parameter's
+    # gradient, was seen 1.0e-5 apart relatively: rel 1e-4 is still far below a different batch).
     for a, b in zip(*metrics):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-7)
 
 
 def test_rollout_slots_must_be_positive():

@@ -26,7 +26,8 @@ of bf16 matmul operands (of a device's whole stacked weight shard, converted bef
 scan) and reduces gradients with full-size all-reduces (no reduce-scatter). Its temporaries are
 therefore upper estimates for an accelerator; arguments (the sharded state) are exact. The
 layers are one scan (docs/model.md), so a plan compiles in seconds to tens of seconds whatever
-the depth; `compile_s` is lowering plus compiling.
+the depth; `compile_s` is lowering plus compiling (0 for a forward program that an earlier
+setting of the same sweep compiled already: remat does not change it, see `_measure_once`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,22 @@ def _measure(name, lowered_fn, resident_besides: int) -> ProgramMemory:
                          round(seconds, 1))
 
 
+# Compiled forwards of this process, by everything but `remat` (and, for the rollout, the
+# micro-batch): neither program differentiates, so remat does not change them (checked: equal
+# bytes under none / full / dots), and a sweep over remat and micro-batches compiles each once.
+_FORWARDS: dict = {}
+
+
+def _measure_once(key, name, lowered_fn, resident_besides: int) -> ProgramMemory:
+    """`_measure` of a forward program, compiled once per `key` in this process (None: always)."""
+    if key is None:
+        return _measure(name, lowered_fn, resident_besides)
+    if key not in _FORWARDS:
+        _FORWARDS[key] = _measure(name, lowered_fn, resident_besides)
+        return _FORWARDS[key]
+    return dataclasses.replace(_FORWARDS[key], resident_besides=resident_besides, compile_s=0.0)
+
+
 def model_and_mesh(preset: str, changes: dict, mesh: str, topology: str | None):
     """(ModelConfig, Mesh, devices) of a plan: the preset with `changes` on the --mesh of the
     simulated CPU devices or of a TPU slice; errors name the flag."""
@@ -189,17 +206,21 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     state_bytes = tree_bytes_per_device(state)
     logp = ts.make_logprob_fn(cfg, m, chunk=logprob_chunk,
                               micro_batch_size=ref_micro)
+    key = (preset, mesh, topology, layers, param_dtype, prompts, group, prompt_len,
+           completion_len)
     programs = [
         _measure("train step", lambda: step.lower(state, abatch), beside_step),
-        _measure("log-prob forward", lambda: logp.lower(
-            ref_params, abatch.prompt_ids, abatch.prompt_mask, abatch.completion_ids,
-            abatch.completion_mask), state_bytes),
+        _measure_once(("logp", ref_micro, logprob_chunk) + key, "log-prob forward",
+                      lambda: logp.lower(ref_params, abatch.prompt_ids, abatch.prompt_mask,
+                                         abatch.completion_ids, abatch.completion_mask),
+                      state_bytes),
     ]
     if rollout:
         programs.append(_rollout_memory(cfg if lora is None else cfg.replace(lora=lora), m, state,
                                         ref_bytes if lora is None else 0, prompts=prompts,
                                         group=group, prompt_len=prompt_len,
-                                        completion_len=completion_len, slots=slots))
+                                        completion_len=completion_len, slots=slots,
+                                        key=("rollout", slots, lora) + key))
     return {
         "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
                         group=group, batch=batch, prompt_len=prompt_len,
@@ -240,7 +261,7 @@ def _totals(state, state_bytes: int, ref_bytes: int, programs, topology) -> dict
 
 
 def _rollout_memory(policy_cfg, mesh, state, ref_bytes: int, *, prompts: int, group: int,
-                    prompt_len: int, completion_len: int, slots) -> ProgramMemory:
+                    prompt_len: int, completion_len: int, slots, key=None) -> ProgramMemory:
     """The sampler's program (rollout/sampler.lower) over the policy's weights (with a LoRA
     config: base + adapters, the argument the sampler gets), with its KV cache (every row, or
     `slots` rows) and its per-layer weight copy; the rest of the train state and the reference
@@ -250,7 +271,7 @@ def _rollout_memory(policy_cfg, mesh, state, ref_bytes: int, *, prompts: int, gr
 
     graphdef, policy = abstract_state(policy_cfg, mesh)
     beside = tree_bytes_per_device(state) - tree_bytes_per_device(state.params) + ref_bytes
-    return _measure("rollout", lambda: sampler.lower(
+    return _measure_once(key, "rollout", lambda: sampler.lower(
         graphdef, policy, prompts=prompts, num_samples=group, prompt_len=prompt_len,
         max_new_tokens=completion_len, slots=slots, mesh=mesh), beside)
 
