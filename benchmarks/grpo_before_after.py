@@ -3,7 +3,8 @@
     python benchmarks/grpo_bench.py --before-after --config demo
     python benchmarks/grpo_bench.py --before-after --config bench-100m
 
-Each variant is one `jobs.train.train` run of the same config on the same machine, one after the
+Each variant is one `jobs.train.train` run of the same config (every step with the prompts of
+step 0, so the shapes do not change after the warm-up) on the same machine, one after the
 other in one process (a persistent compilation cache shared by the variants):
 
     before        static sampler, padded update, on-policy
@@ -62,8 +63,11 @@ def config_args(name: str, args) -> list[str]:
 
 
 class BenchTask:
-    """A task's rewards after `sleep_s` seconds of sleep (a slow judge); with `stop_tokens`, those
-    ids end a completion (ragged lengths on a random model)."""
+    """A task whose every step has the prompts of its step 0 (fresh samples each step: the
+    seed is the step's), so no step compiles a new shape after the warm-up (a step one ahead
+    would compile inside the step before it); its rewards come after `sleep_s` seconds of sleep
+    (a slow judge); with `stop_tokens`, those ids end a completion (ragged lengths on a random
+    model)."""
 
     def __init__(self, task, sleep_s: float, stop_tokens=None):
         self.task, self.sleep_s = task, sleep_s
@@ -71,7 +75,7 @@ class BenchTask:
         self.pad_id = task.pad_id
 
     def prompts(self, step, n):
-        return self.task.prompts(step, n)
+        return self.task.prompts(0, n)
 
     def rewards(self, prompts, completions, mask, group_size):
         time.sleep(self.sleep_s)
@@ -159,7 +163,7 @@ def add_args(ap) -> None:
     ap.add_argument("--config", default="demo", help="demo or bench-100m (--before-after)")
     ap.add_argument("--sleep", type=float, default=1.0, help="seconds the slow reward sleeps")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--slots", type=int, default=0, help="refill slots (0: half the rows)")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)

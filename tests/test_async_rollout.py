@@ -186,3 +186,19 @@ def test_rollout_source_order_drain_and_drop():
     on_policy = RolloutSource(lambda k, s: k, lambda p: p, ahead=False)
     assert [on_policy.take(k, None) for k in range(3)] == [0, 1, 2]
     assert on_policy.dispatched == [0, 1, 2]
+
+
+def test_async_packed_run_defers_the_reference_forward_and_trains(runs, tmp_path):
+    """grpo.packed=true with async: the packed reference forward plans from the host masks, so
+    it is left to the scoring half (dispatched before the rewards) instead of waiting for the
+    sampler. Steps 0 and 1 sample with the initial weights in both runs: the same rewards; the
+    loss is the padded run's to float32 rounding."""
+    _, _, (padded, _, _) = runs
+    res, task, _ = _run(tmp_path / "packed", "run.steps=3", "run.save_every=0",
+                        "grpo.async_rollout=true", "grpo.packed=true")
+    assert task.calls == [("prompts", 0), ("prompts", 1), ("rewards", 0), ("prompts", 2),
+                          ("rewards", 1), ("rewards", 2)]
+    for m0, m1 in zip(padded.history[:2], res.history[:2]):
+        assert m1["reward_mean"] == m0["reward_mean"]
+        assert abs(m1["loss"] - m0["loss"]) <= 1e-6 and abs(m1["kl"] - m0["kl"]) <= 1e-6
+    assert res.status == "done" and int(res.state.step) == 3

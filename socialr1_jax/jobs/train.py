@@ -382,7 +382,8 @@ def rollout_source(cfg, task, programs, ref_params) -> RolloutSource:
     grpo.async_rollout, draining before each periodic save and the last step."""
     def start(k: int, state):
         return programs.start_rollout(task, state, ref_params, _step_prompts(task, k, cfg.rollout),
-                                      seed=cfg.run.seed * 1_000_003 + k)
+                                      seed=cfg.run.seed * 1_000_003 + k,
+                                      defer_reference=cfg.grpo.async_rollout)
 
     def finish(pending):
         return programs.finish_rollout(task, pending), pending.prompts
