@@ -3,7 +3,9 @@
     python benchmarks/grpo_bench.py --before-after --config demo
     python benchmarks/grpo_bench.py --before-after --config bench-100m
 
-Each variant is one `jobs.train.train` run of the same config (every step with the prompts of
+Each variant is one `jobs.train.train` run of the same config at optim.lr=1e-12 (the weights
+stay put: every variant samples the same completions and does the same work), every step with
+the prompts of
 step 0, so the shapes do not change after the warm-up) on the same machine, one after the
 other in one process (a persistent compilation cache shared by the variants):
 
@@ -52,14 +54,21 @@ def variants(slots: int) -> dict[str, list[str]]:
 
 def config_args(name: str, args) -> list[str]:
     """The command line of the benchmarked config (steps, no run directory, no evaluation)."""
-    common = ["run.progress=false", "run.out_dir=", "run.save_every=0", "run.samples_per_step=0",
+    # optim.lr=1e-12 leaves the fp32 weights where they are (an AdamW step of ~lr per weight is
+    # below their rounding), so every variant samples the same completions at every step (the
+    # refill sampler draws what the static one does, and one step ahead samples what on-policy
+    # would): the variants do the same work and only their schedule differs.
+    common = ["optim.lr=1e-12", "run.progress=false", "run.out_dir=", "run.save_every=0",
+              "run.samples_per_step=0",
               f"run.steps={args.warmup + args.reps + 1}", "eval.every=0", "eval.at_start=false"]
     if name == "demo":
         return ["--config", os.path.join(REPO, "configs", "tiny_cpu.yaml"), "sft.steps=0"] + common
     return ["--config", os.path.join(REPO, "configs", "toy.yaml"), f"model.preset={name}",
-            "model.vocab_size=151936", "optim.lr=5e-7", "toy.prompt_len=64", "toy.num_prompts=16",
+            "model.vocab_size=151936", "model.random_init=true",
+            f"toy.prompt_len={args.prompt_len}", "toy.num_prompts=16",
             f"rollout.prompts_per_step={args.prompts}", f"grpo.group_size={args.group}",
-            "rollout.max_prompt_len=64", f"rollout.max_new_tokens={args.max_new}"] + common
+            f"rollout.max_prompt_len={args.prompt_len}",
+            f"rollout.max_new_tokens={args.max_new}"] + common
 
 
 class BenchTask:
@@ -167,8 +176,9 @@ def add_args(ap) -> None:
     ap.add_argument("--slots", type=int, default=0, help="refill slots (0: half the rows)")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--max-new", type=int, default=96)
-    ap.add_argument("--median", type=float, default=32.0)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--max-new", type=int, default=48)
+    ap.add_argument("--median", type=float, default=20.0)
 
 
 def run_all(args) -> dict:
