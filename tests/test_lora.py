@@ -166,12 +166,17 @@ def test_merge_lora_without_adapters_is_one_error_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "has no LoRA adapters" in err[0], err
 
 
-def test_jobs_without_lora_refuse_it_in_one_line(capsys):
+def test_every_training_job_takes_lora_and_refuse_names_them():
+    """train_rm reads model.lora (tests/test_train_rm_lora.py trains it); `refuse`, for a job
+    without LoRA, names the three that have it."""
     from socialr1_jax.jobs import train_rm
+    from socialr1_jax.jobs.train_config import LoraSection
+    from socialr1_jax.yaml_config import ConfigError
 
-    code = cli.run(train_rm.main, ["model.lora.rank=4"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "LoRA is implemented for GRPO" in err[0], err
+    assert train_rm.parse_args(["model.lora.rank=4"]).model.lora.spec().rank == 4
+    with pytest.raises(ConfigError, match=r"GRPO .*SFT .*reward model \(socialr1_jax.train_rm\), "
+                                          "not for a job"):
+        LoraSection(rank=4).refuse("a job")
 
 
 def test_memory_plan_of_a_lora_config():

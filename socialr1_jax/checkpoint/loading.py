@@ -8,7 +8,7 @@ a pod, each host reads just its part of every tensor).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -135,13 +135,7 @@ def load_base(root: str, *, dtype=None, mesh=None):
     """The base model lora.json names, its hash checked against the record."""
     rec = lora_io.read_lora_json(root)["base"]
     if rec.get("path"):
-        path = rec["path"]
-        path = path if os.path.isabs(path) else os.path.join(os.path.dirname(root), path)
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{os.path.join(root, lora_io.LORA_JSON)}: base checkpoint {path} "
-                                  "does not exist")
-        lora_io.check_base(root, {"path": path, "hash": lora_io.content_hash(path)})
-        return load_model(path, dtype=dtype, mesh=mesh)
+        return load_model(lora_io.base_dir(root), dtype=dtype, mesh=mesh)
     cfg = preset(rec["preset"], vocab_size=rec["vocab_size"], param_dtype=rec["param_dtype"],
                  dtype=rec["dtype"])
     model = build.create_model(cfg, mesh=mesh, seed=int(rec["seed"]))
@@ -155,6 +149,10 @@ def load_lora_model(path: str, *, dtype=None, mesh=None, step: Optional[int] = N
     import orbax.checkpoint as ocp
 
     root = lora_io._root_of(path)
+    if lora_io.is_reward_lora(root):
+        raise CheckpointError(f"{root}: a LoRA reward model (train_rm; lora.json saves the score "
+                              "head), not a causal LM; load it with rm_io.load_reward_model or "
+                              "the `model` judge")
     root, step = orbax_io.resolve(root, step if step is not None or path == root
                                   else int(os.path.basename(os.path.abspath(path))))
     base = load_base(root, dtype=dtype, mesh=mesh)

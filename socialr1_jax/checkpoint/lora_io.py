@@ -7,7 +7,10 @@ item holds the adapters only ({'lora': ...}), plus `lora.json`:
     {"rank", "alpha", "target_modules", "dropout" (training only; absent = 0),
      "base": {"path": the base checkpoint (relative to the root when inside the run directory),
               "preset", "seed", "param_dtype", "dtype" (a random preset base: no path),
-              "hash": sha256 of the base checkpoint's files (or of a preset's parameters)}}
+              "hash": sha256 of the base checkpoint's files (or of a preset's parameters)},
+     "modules_to_save": ["score"] (a LoRA reward model of train_rm only: its `params` item
+              holds the adapters and the whole head, {'backbone': {'lora'}, 'score_cd'}, as
+              PEFT's modules_to_save keeps a sequence classifier's head; rm_io loads it)}
 
 `load_lora_model` rebuilds the adapted model from that record (`load_model` of such a root
 calls it), so generate, evaluate and serve run the adapted model. The hash is checked on resume
@@ -84,15 +87,19 @@ def base_record(root: str, path: str, base_state=None, *, preset_name: str = "",
             "hash": params_hash(base_state)}
 
 
-def write_lora_json(root: str, spec: lora.LoraSpec, base: dict) -> None:
-    """RUN/checkpoints/lora.json (process 0), kept when it exists (resume checks it instead)."""
+def write_lora_json(root: str, spec: lora.LoraSpec, base: dict, *,
+                    modules_to_save: tuple = ()) -> None:
+    """RUN/checkpoints/lora.json (process 0), kept when it exists (resume checks it instead).
+    modules_to_save: modules trained whole beside the adapters (a reward model's ('score',))."""
     path = os.path.join(root, LORA_JSON)
     if jax.process_index() != 0 or os.path.exists(path):
         return
     os.makedirs(root, exist_ok=True)
-    orbax_io.write_json_atomic(path, {"rank": spec.rank, "alpha": spec.alpha,
-                                      "target_modules": list(spec.targets),
-                                      "dropout": spec.dropout, "base": base})
+    rec = {"rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.targets),
+           "dropout": spec.dropout, "base": base}
+    if modules_to_save:
+        rec["modules_to_save"] = list(modules_to_save)
+    orbax_io.write_json_atomic(path, rec)
 
 
 def read_lora_json(root: str) -> dict:
@@ -113,6 +120,25 @@ def check_base(root: str, base: dict) -> None:
             f"{rec.get('path') or rec.get('preset')} ({rec.get('hash', '?')[:19]}), this run's "
             f"base {base.get('path') or base.get('preset')} has {base.get('hash', '?')[:19]}: "
             "a different base checkpoint")
+
+
+def is_reward_lora(path: str) -> bool:
+    """Whether `path` (a root or step directory) is a LoRA reward model's (train_rm): its
+    lora.json saves the score head beside the adapters."""
+    root = _root_of(path)
+    return root is not None and "score" in (read_lora_json(root).get("modules_to_save") or [])
+
+
+def base_dir(root: str) -> str:
+    """The base checkpoint directory lora.json names (a path relative to the run directory is
+    resolved), checked to exist and to have the recorded hash (CheckpointError)."""
+    path = read_lora_json(root)["base"].get("path") or ""
+    path = path if os.path.isabs(path) else os.path.join(os.path.dirname(root), path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{os.path.join(root, LORA_JSON)}: base checkpoint {path} "
+                              "does not exist")
+    check_base(root, {"path": path, "hash": content_hash(path)})
+    return path
 
 
 def spec_of(root: str) -> lora.LoraSpec:

@@ -16,6 +16,9 @@ change it). Our parameter paths are those of `RewardModel`: `backbone/<hf_layout
                                     {"backbone": {...}, "score_cd": ...} (+ meta). A training
                                     checkpoint of train_rm (train_checkpoint.py: params +
                                     train_state + meta) has this layout too and loads the same.
+                                    A LoRA train_rm run's root (lora.json, params = adapters +
+                                    head) loads as its base with them (not merged); save_hf
+                                    writes it merged.
 
 Every tensor is checked (presence, shape) before any is used; errors name the file and tensor.
 """
@@ -33,7 +36,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from socialr1_jax.checkpoint import hf_layout, orbax_io
+from socialr1_jax.checkpoint import hf_layout, lora_io, orbax_io
 from socialr1_jax.checkpoint.errors import CheckpointError
 from socialr1_jax.checkpoint.loading import assemble_state, load_model
 from socialr1_jax.checkpoint.safetensors_io import SafetensorsDir, write_file
@@ -171,6 +174,15 @@ def load_hf_reward_model(path: str, *, dtype: Optional[str] = None, mesh: Option
     return from_parts(backbone, score, pad)
 
 
+def merged_reward_model(rm: RewardModel) -> RewardModel:
+    """`rm` with its backbone's adapters folded into the weights (W + s B A in fp32, stored in
+    the parameter dtype; `lora_io.merged_model`) and the same head: a plain reward model. A
+    model without adapters is returned as it is."""
+    if rm.cfg.lora is None:
+        return rm
+    return from_parts(lora_io.merged_model(rm.backbone), rm.score_cd[...], rm.pad_token_id)
+
+
 def _host(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
@@ -185,10 +197,13 @@ def save_hf(rm: RewardModel, out: str, *, dtype: Optional[str] = None,
     directory renamed into place when whole), one tensor in host memory at a time.
 
     dtype: the stored dtype (default: the parameters'). side_files_from: a directory whose
-    tokenizer and generation files are copied. Returns `out`.
+    tokenizer and generation files are copied. A LoRA reward model is written merged
+    (`merged_reward_model`). Returns `out`.
     """
     from socialr1_jax.checkpoint.safetensors_io import parse_size, shard_names, split_shards
     from socialr1_jax.checkpoint.staging import staged_dir
+
+    rm = merged_reward_model(rm)
 
     flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(rm))}
     target = np.dtype(parse_dtype(dtype or rm.cfg.param_dtype))
@@ -277,9 +292,7 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
                          pad_token_id: Optional[int] = None) -> RestoredRM:
     """A reward model from our Orbax checkpoint (root: latest step, or a step directory), every
     array read straight into its sharding on `mesh` (a training checkpoint's other items are not
-    read)."""
-    import orbax.checkpoint as ocp
-
+    read). A LoRA run's root (lora.json) is `restore_lora_reward_model`'s."""
     from socialr1_jax.checkpoint.stream import item_metadata
 
     root, step = orbax_io.resolve(path, step)
@@ -287,6 +300,9 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
     if SEQ_CLS_ARCH not in (hf.get("architectures") or []):
         raise CheckpointError(f"{root}: config.json describes {hf.get('architectures')}, not a "
                               f"{SEQ_CLS_ARCH} (train one with python -m socialr1_jax.train_rm)")
+    if lora_io.is_reward_lora(root):
+        return restore_lora_reward_model(root, step, dtype=dtype, mesh=mesh,
+                                         pad_token_id=pad_token_id)
     cfg = orbax_io.read_config(root, dtype=dtype)
     pad = resolve_pad_id(root, -1 if pad_token_id is None else pad_token_id)
     graphdef, abstract, shardings = reward_model_shardings(cfg, pad, mesh)
@@ -305,8 +321,17 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
     target = nnx.to_pure_dict(abstract)
     shard_tree = (nnx.to_pure_dict(shardings) if shardings is not None
                   else jax.tree.map(lambda _: None, target))
-    items = {orbax_io.PARAMS: ocp.args.PyTreeRestore(
-        item=target, restore_args=_restore_args(target, shard_tree))}
+    params, meta = _read_step(root, step, target, _restore_args(target, shard_tree))
+    nnx.replace_by_pure_dict(abstract, params)
+    return RestoredRM(nnx.merge(graphdef, abstract), step, meta)
+
+
+def _read_step(root: str, step: int, target, restore_args):
+    """(params item, meta item or None) of one step; a training checkpoint's other items (the
+    optimizer state) are not read."""
+    import orbax.checkpoint as ocp
+
+    items = {orbax_io.PARAMS: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
     if os.path.isdir(os.path.join(root, str(step), orbax_io.META)):
         items[orbax_io.META] = ocp.args.JsonRestore()
     mgr = orbax_io.manager(root)
@@ -314,9 +339,27 @@ def restore_reward_model(path: str, step: Optional[int] = None, *, dtype: Option
         out = mgr.restore(step, args=ocp.args.Composite(**items))
     finally:
         mgr.close()
-    nnx.replace_by_pure_dict(abstract, out[orbax_io.PARAMS])
-    return RestoredRM(nnx.merge(graphdef, abstract), step,
-                      out[orbax_io.META] if orbax_io.META in items else None)
+    return out[orbax_io.PARAMS], (out[orbax_io.META] if orbax_io.META in items else None)
+
+
+def restore_lora_reward_model(root: str, step: int, *, dtype: Optional[str] = None,
+                              mesh: Optional[Mesh] = None,
+                              pad_token_id: Optional[int] = None) -> RestoredRM:
+    """The adapted reward model of a LoRA train_rm run (its root's lora.json saves the score
+    head): the base lora.json names (its hash checked; a causal LM or a reward model, loaded as
+    `init_reward_model` loads it) with the step's adapters and head. Not merged: it scores
+    exactly as the training's model did."""
+    from socialr1_jax.model.reward_model import split_lora, with_lora
+
+    base_path = lora_io.base_dir(root)
+    pad = resolve_pad_id(root, -1 if pad_token_id is None else pad_token_id)
+    base, _ = init_reward_model(base_path, pad_token_id=pad, dtype=dtype, mesh=mesh)
+    graphdef, frozen, trainable = split_lora(with_lora(base, lora_io.spec_of(root), mesh=mesh))
+    target = nnx.to_pure_dict(trainable)
+    shard_tree = jax.tree.map(lambda x: x.sharding if mesh is not None else None, target)
+    params, meta = _read_step(root, step, target, _restore_args(target, shard_tree))
+    nnx.replace_by_pure_dict(trainable, params)
+    return RestoredRM(nnx.merge(graphdef, frozen, trainable), step, meta)
 
 
 # ----------------------------------------------------------------------------- entry points

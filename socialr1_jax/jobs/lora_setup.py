@@ -1,7 +1,8 @@
 """The LoRA hook of the GRPO and SFT jobs (`model.lora.rank > 0`): adapters on the loaded (and,
 in GRPO with an `sft` section, warm-started) model, the base recorded in
-RUN/checkpoints/lora.json and checked on resume. The adapters, their optimizer and the frozen base are rl/lora_train.py's; the record is
-checkpoint/lora_io.py's.
+RUN/checkpoints/lora.json and checked on resume (`record_base`, which train_rm's LoRA reward
+model shares, jobs/train_rm.py). The adapters, their optimizer and the frozen base are
+rl/lora_train.py's; the record is checkpoint/lora_io.py's.
 """
 
 from __future__ import annotations
@@ -36,18 +37,27 @@ def adapt(cfg, model, mesh, out_dir: str, resuming: bool, *, base_dir: Optional[
     adapted = build.with_lora(model, spec, mesh=mesh, seed=cfg.model.seed)
     graphdef, base, adapters = build.split_lora(adapted)
     if out_dir:
-        root = os.path.join(out_dir, run_dir.CHECKPOINTS)
-        base_dir = base_path(cfg, out_dir) if base_dir is None else base_dir
-        rec = lora_io.base_record(root, base_dir, base,
-                                  preset_name=cfg.model.preset, seed=cfg.model.seed,
-                                  model_cfg=model.cfg)
-        if resuming and os.path.isfile(os.path.join(root, lora_io.LORA_JSON)):
-            try:
-                lora_io.check_base(root, rec)
-            except CheckpointError as e:
-                raise ConfigError(f"run.resume: {e}") from None
-        lora_io.write_lora_json(root, spec, rec)
+        record_base(cfg, base, model.cfg, out_dir, resuming,
+                    base_path(cfg, out_dir) if base_dir is None else base_dir)
     return graphdef, base, adapters, LoraParts(base, adapted.cfg)
+
+
+def record_base(cfg, base_state, model_cfg, out_dir: str, resuming: bool, base_dir: str, *,
+                modules_to_save: tuple = ()) -> None:
+    """RUN/checkpoints/lora.json of model.lora's adapters over the base `base_dir` ('' = the
+    random preset whose parameters are `base_state`): written for a new run, checked on a
+    resumed one (ConfigError, one `error:` line, for a different base). modules_to_save: the
+    modules trained whole beside the adapters (train_rm's ('score',))."""
+    root = os.path.join(out_dir, run_dir.CHECKPOINTS)
+    rec = lora_io.base_record(root, base_dir, base_state,
+                              preset_name=getattr(cfg.model, "preset", ""), seed=cfg.model.seed,
+                              model_cfg=model_cfg)
+    if resuming and os.path.isfile(os.path.join(root, lora_io.LORA_JSON)):
+        try:
+            lora_io.check_base(root, rec)
+        except CheckpointError as e:
+            raise ConfigError(f"run.resume: {e}") from None
+    lora_io.write_lora_json(root, cfg.model.lora.spec(), rec, modules_to_save=modules_to_save)
 
 
 def start_fns(optim, mcfg, mesh, adapters, total_updates: int):

@@ -4,7 +4,9 @@ Config (`load_rm_config(path, overrides)`, YAML + `key=value` overrides like the
 
     model:  path (a reward model to continue, or a causal LM (HF or Orbax) that gets a new
             head), tokenizer ('' = beside model.path), param_dtype / dtype / remat, pad_token_id
-            (-1 = the checkpoint's config.json, else the tokenizer's), seed (the new head's draw)
+            (-1 = the checkpoint's config.json, else the tokenizer's), seed (the new head's draw
+            and the adapters'), lora (rank > 0: LoRA adapters over the frozen backbone, the
+            head trained whole; docs/lora.md)
     data:   train / eval (JSONL; eval '' = hold out eval_fraction of train), prompt_template
             ('' = rm_prompt.DEFAULT_TEMPLATE), max_length, chosen_key / rejected_key
     optim:  AdamW as the GRPO job's (rl/config.OptimConfig), lr 1e-5 by default
@@ -58,7 +60,6 @@ class RMModelSection:
     lora: LoraSection = dataclasses.field(default_factory=LoraSection)
 
     def __post_init__(self):
-        self.lora.refuse("the reward-model job (train_rm)")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; expected 'none', 'full' or 'dots'")
 

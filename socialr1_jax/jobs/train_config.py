@@ -38,7 +38,8 @@ class LoraSection:
     layers' projections; only they are trained. rank 0 = off (full fine-tuning); scale =
     alpha / rank; target_modules: HF module names (q_proj, k_proj, v_proj, o_proj, gate_proj,
     up_proj, down_proj) or all-linear; dropout: PEFT's lora_dropout on the adapters' input,
-    in [0, 1), applied in train steps only (model/lora.py `Dropout`)."""
+    in [0, 1), applied in train steps only (model/lora.py `Dropout`). In train_rm the score
+    head is trained whole beside the adapters (PEFT's modules_to_save=["score"])."""
 
     rank: int = 0
     alpha: float = 16.0
@@ -56,10 +57,12 @@ class LoraSection:
             raise ConfigError(str(e)) from None
 
     def refuse(self, job: str) -> None:
-        """ConfigError when LoRA is on in a job that does not implement it."""
+        """ConfigError when LoRA is on in a job that does not implement it (every training job
+        does today: GRPO, SFT and the reward model's, whose head is trained whole)."""
         if self.rank:
             raise ConfigError(f"model.lora.rank={self.rank}: LoRA is implemented for GRPO "
-                              f"(socialr1_jax.train) and SFT (socialr1_jax.sft), not for {job}; "
+                              "(socialr1_jax.train), SFT (socialr1_jax.sft) and the reward "
+                              f"model (socialr1_jax.train_rm), not for {job}; "
                               "set model.lora.rank=0")
 
 

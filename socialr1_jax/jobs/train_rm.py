@@ -27,6 +27,13 @@ exactly (the data order is a function of the step); SIGTERM (a pod's preemption)
 finishes the update in hand, evaluates, saves it and exits with 143 / 130. With
 `run.export_hf`, an HF Qwen3ForSequenceClassification directory that transformers loads with
 the same scores. See `jobs/rm_data.py` for the config keys and the data format.
+
+With `model.lora.rank > 0` (docs/lora.md) the backbone gains LoRA adapters and only they and the
+whole score head are trained (PEFT's `modules_to_save=["score"]`): the TrainState holds those
+and their optimizer; the rest of the backbone is frozen, bound to the step and never donated.
+RUN/checkpoints/lora.json records model.path and its hash (a resume over another base is one
+`error:` line); the root loads as a reward model (its base + the step's adapters and head), so
+the `model` judge reads it as it reads a full run, and `run.export_hf` writes it merged.
 """
 
 from __future__ import annotations
@@ -234,18 +241,48 @@ def _initial_model(cfg: RMTrainConfig, prep: Prepared, resuming: bool, log):
                          **({"dtype": cfg.model.dtype} if cfg.model.dtype else {}))
 
 
+def _adapted(cfg: RMTrainConfig, model: RewardModel, mesh, resuming: bool) -> RewardModel:
+    """`model` with fresh adapters (seed model.seed) on its backbone. model.path, the base, is
+    recorded in RUN/checkpoints/lora.json with the head saved whole, and checked on a resumed
+    run (ConfigError, one `error:` line, for another base)."""
+    from socialr1_jax.jobs import lora_setup
+    from socialr1_jax.model.reward_model import with_lora
+
+    adapted = with_lora(model, cfg.model.lora.spec(), mesh=mesh, seed=cfg.model.seed)
+    if cfg.run.out_dir:
+        lora_setup.record_base(cfg, None, model.cfg, cfg.run.out_dir, resuming, cfg.model.path,
+                               modules_to_save=("score",))
+    return adapted
+
+
+def _trained_part(model: RewardModel):
+    """(graphdef, the trained state, whole(trained) -> the model's parameter state): every
+    parameter of a full reward model, or a LoRA one's adapters + head over its frozen base."""
+    from socialr1_jax.model.reward_model import split_lora
+
+    if model.cfg.lora is None:
+        graphdef, params = nnx.split(model)
+        return graphdef, params, lambda p: p
+    graphdef, base, trained = split_lora(model)
+    return graphdef, trained, lambda p: nnx.merge_state(base, p)
+
+
 def _train_rm(cfg: RMTrainConfig, prep: Prepared, harness: Run, log) -> RMTrainResult:
     from socialr1_jax.checkpoint.rm_io import hf_config, save_hf
     from socialr1_jax.model.reward_model import with_settings
 
     run, mesh, pad = cfg.run, prep.mesh, prep.pad_id
     resuming = harness.ckpt is not None and run.resume and harness.ckpt.latest() is not None
-    model = _initial_model(cfg, prep, resuming, log)
+    lora_on = bool(cfg.model.lora.rank)
+    # A LoRA run restores its adapters and head only: the frozen base is model.path's weights.
+    model = _initial_model(cfg, prep, resuming and not lora_on, log)
+    if lora_on:
+        model = _adapted(cfg, model, mesh, prep.resume is not None)
     total = run.steps or run.epochs * (len(prep.train) // run.batch_size)
     step_fn = make_rm_step(model, cfg.optim, mesh, micro_batch_size=run.micro_batch_size,
-                           total_updates=total)
+                           total_updates=total, dropout_seed=run.seed)
     scorer = make_score_fn(with_settings(model, remat="none"), mesh)
-    graphdef, params = nnx.graphdef(model), nnx.state(model)
+    graphdef, params, whole = _trained_part(model)
     del model
     state, _ = harness.start(
         lambda: ts.abstract_state_of(params, cfg.optim, mesh, total_updates=total),
@@ -253,7 +290,7 @@ def _train_rm(cfg: RMTrainConfig, prep: Prepared, harness: Run, log) -> RMTrainR
     if harness.ckpt is not None:
         # The root loads as a reward model (judge `checkpoint`, rm_io.load_reward_model): the
         # sequence-classification config.json, then the tokenizer files.
-        current = nnx.merge(graphdef, state.params)
+        current = nnx.merge(graphdef, whole(state.params))
         harness.ckpt.write_side_files(current.cfg, source=prep.tokenizer_dir,
                                       hf_config=hf_config(current))
     harness.open(total)
@@ -273,8 +310,8 @@ def _train_rm(cfg: RMTrainConfig, prep: Prepared, harness: Run, log) -> RMTrainR
             return None
         # Rows per call: one training forward's (micro-batch), so evaluation fits where
         # training does.
-        e = evaluate(lambda ids, mask: scorer(state.params, ids, mask), prep.eval, pad_id=pad,
-                     batch_size=run.micro_batch_size or run.batch_size,
+        e = evaluate(lambda ids, mask: scorer(whole(state.params), ids, mask), prep.eval,
+                     pad_id=pad, batch_size=run.micro_batch_size or run.batch_size,
                      max_length=cfg.data.max_length)
         harness.say(f"eval @ {done}: loss {e['eval_loss']:.4f} accuracy "
                     f"{e['eval_accuracy']:.3f} margin {e['eval_margin']:+.3f}")
@@ -284,7 +321,7 @@ def _train_rm(cfg: RMTrainConfig, prep: Prepared, harness: Run, log) -> RMTrainR
               evaluate=held_out, due=lambda done: bool(run.eval_every)
               and done % run.eval_every == 0)
     out = harness.loop(job, state)
-    final = nnx.merge(graphdef, out.state.params)
+    final = nnx.merge(graphdef, whole(out.state.params))
     if run.export_hf:
         log(f"HF export: {save_hf(final, run.export_hf, side_files_from=prep.tokenizer_dir)}")
     evals = [dict(e, step=done) for done, e in out.evaluations]

@@ -15,6 +15,11 @@ The backbone is our `Qwen3` with its config's `tie_word_embeddings` set (`backbo
 reward model never computes logits, so no `lm_head` weight is allocated or expected (a
 `Qwen3ForSequenceClassification` checkpoint has none). Parameters are sharded by the policy's
 rules (`parallel.sharding.PARAM_RULES`; the head [1, D] splits its D over fsdp).
+
+With LoRA (`with_lora`; docs/lora.md) the backbone gains adapters (`backbone/lora/...`) and the
+model splits three ways (`split_lora`) as PEFT's sequence-classification LoRA does with
+`modules_to_save=["score"]`: the trainable part is the adapters plus the whole head, the frozen
+part every other backbone weight.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from socialr1_jax.model import build
 from socialr1_jax.model.config import ModelConfig
 from socialr1_jax.model.qwen3 import Qwen3
 from socialr1_jax.parallel.sharding import batch_sharding, check_model_fits_mesh, param_shardings
@@ -150,3 +156,22 @@ def with_settings(model: RewardModel, **changes) -> RewardModel:
         return model
     graphdef, _ = nnx.split(abstract_reward_model(cfg, model.pad_token_id))
     return nnx.merge(graphdef, nnx.state(model))
+
+
+# The trainable part of an adapted reward model: the backbone's adapters and the whole head.
+TRAINABLE = nnx.Any(nnx.PathContains("lora"), nnx.PathContains("score_cd"))
+
+
+def with_lora(model: RewardModel, spec, *, mesh: Optional[Mesh] = None,
+              seed: int = 0) -> RewardModel:
+    """`model` with fresh LoRA adapters on its backbone (`build.with_lora`: A drawn from `seed`
+    as PEFT draws it, B = 0, so its scores equal `model`'s exactly); no array is copied."""
+    backbone = build.with_lora(model.backbone, spec, mesh=mesh, seed=seed)
+    return from_parts(backbone, model.score_cd[...], model.pad_token_id)
+
+
+def split_lora(model: RewardModel):
+    """(graphdef, frozen base state, trainable state {'backbone': {'lora'}, 'score_cd'}) of an
+    adapted reward model; `nnx.merge(graphdef, base, trainable)` puts it back together."""
+    graphdef, trainable, base = nnx.split(model, TRAINABLE, ...)
+    return graphdef, base, trainable

@@ -66,12 +66,24 @@ def jit_update(step, model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Optio
     the state (adapters, master, moments) donated and sharded as its adapters are, the frozen
     base never donated, `batch_sh` the batch's shardings (on a mesh)."""
     if mesh is None:
-        return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)
+        return jit_frozen(step, None, None, optim_cfg, None, batch_sh)
     _, base_abstract, adapters = build.abstract_lora_parts(model_cfg, mesh)
-    st_sh = ts.train_state_shardings(adapters, optim_cfg, mesh, total_updates=total_updates)
+    return jit_frozen(step, adapters, base_abstract, optim_cfg, mesh, batch_sh,
+                      total_updates=total_updates)
+
+
+def jit_frozen(step, trainable, base, optim_cfg: OptimConfig, mesh: Optional[Mesh], batch_sh,
+               *, total_updates: int = 1) -> ts.MeshFunction:
+    """`step(state, batch, base) -> (state, metrics)` jitted for any split of a model into a
+    trained part and a frozen one (the Qwen3's adapters, or a reward model's adapters + head):
+    the TrainState around `trainable` donated and sharded by the parameter rules, the frozen
+    `base` (arrays or ShapeDtypeStructs with shardings) never donated."""
+    if mesh is None:
+        return ts.MeshFunction(jax.jit(step, donate_argnums=0), None)
+    st_sh = ts.train_state_shardings(trainable, optim_cfg, mesh, total_updates=total_updates)
     rep = NamedSharding(mesh, P())
     jitted = jax.jit(step, donate_argnums=0,
-                     in_shardings=(st_sh, batch_sh, build.shardings_of(base_abstract)),
+                     in_shardings=(st_sh, batch_sh, build.shardings_of(base)),
                      out_shardings=(st_sh, rep))
     return ts.MeshFunction(jitted, mesh)
 

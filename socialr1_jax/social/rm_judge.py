@@ -3,7 +3,8 @@
 The reward model (`model/reward_model.py`) is a Qwen3 backbone with a scalar head, as
 transformers' `Qwen3ForSequenceClassification` (num_labels=1); it loads from an HF directory of
 that class or from our Orbax checkpoint (`checkpoint/rm_io.py`), e.g. one trained by
-`python -m socialr1_jax.train_rm`. Each item becomes one text (`rm_prompt.py`: the template,
+`python -m socialr1_jax.train_rm`; a LoRA run's (model.lora.rank > 0) loads as its base with
+the run's adapters and head, and scores as the training's model did. Each item becomes one text (`rm_prompt.py`: the template,
 truncation and batching shared with the trainer), and the judge returns the model's raw,
 unbounded scores: the reward applies adj_cont = max(0, R_cont + 2) ** 1.2 itself.
 
