@@ -5,9 +5,8 @@
 
 Each variant is one `jobs.train.train` run of the same config at optim.lr=1e-12 (the weights
 stay put: every variant samples the same completions and does the same work), every step with
-the prompts of
-step 0, so the shapes do not change after the warm-up) on the same machine, one after the
-other in one process (a persistent compilation cache shared by the variants):
+the prompts of step 0 (no new prompt shape after the warm-up), on the same machine, one after
+the other in one process (a persistent compilation cache shared by the variants):
 
     before        static sampler, padded update, on-policy
     after         refill sampler (rollout.slots), packed update (grpo.packed=true), on-policy
@@ -25,10 +24,10 @@ reference forward's overlap with a reward of a few milliseconds. Medians over th
 
 demo: the tiny CPU demo (configs/tiny_cpu.yaml: the Social-R1 task and reward on the tiny
 model, 8 prompts x 8 samples, 72 new tokens) with no warm start and no evaluation, on one CPU
-device. bench-100m: the ~100M bench model (random weights, fp32) on the toy task with 64-token
-prompts; completions are ragged: a set of stop tokens holding about ln2/--median of the random
-model's nearly uniform next-token mass ends a completion at each step with that probability
-(geometric lengths, median about --median, capped at --max-new).
+device. bench-100m: the ~100M bench model (random weights, fp32) on the toy task, --prompts x
+--group rows, --prompt-len-token prompts; completions are ragged: a set of stop tokens holding
+about ln2/--median of the random model's nearly uniform next-token mass ends a completion at
+each step with that probability (geometric lengths, median about --median, capped at --max-new).
 """
 
 from __future__ import annotations
@@ -253,7 +252,9 @@ def main(args) -> int:
                            "section_md": section, "results": results}
     write_results(base + ".json", {"configs": stored})
     intro = __doc__.split("\n\n", 2)[2]
+    notes = base + ".notes.md"  # the reading of the numbers, written by hand
+    notes = open(notes).read() if os.path.exists(notes) else ""
     write_results(base + ".md", "# The whole GRPO step before/after (grpo_bench.py "
                   "--before-after)\n\n" + intro + "\n" +
-                  "\n".join(c["section_md"] for c in stored.values()))
+                  "\n".join(c["section_md"] for c in stored.values()) + "\n" + notes)
     return 0
