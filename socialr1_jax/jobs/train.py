@@ -9,9 +9,11 @@ preemption and every config key.
 
 One step: prompts from the task -> the sampler (group_size completions each) -> rewards (each
 process scores its own rows on the host) -> group advantages (on device) -> reference log-probs
-(the frozen initial weights) -> mini-batches x epochs of the jitted, donated train step. Every
-`run.save_every` steps, at the end, and on SIGTERM / Ctrl-C the whole TrainState is checkpointed
-(asynchronously); `run.resume=true` continues a run from its latest checkpoint exactly.
+(the frozen initial weights) -> mini-batches x epochs of the jitted, donated train step. With
+grpo.async_rollout the next step's rollout is dispatched before this step's rewards are scored
+(one-step off-policy: rl/async_rollout.py). Every `run.save_every` steps, at the end, and on
+SIGTERM / Ctrl-C the whole TrainState is checkpointed (asynchronously); `run.resume=true`
+continues a run from its latest checkpoint exactly (async: from a periodic one; docs/training.md).
 """
 
 from __future__ import annotations
