@@ -10,6 +10,10 @@ with transformers + torch (what verl and TRL run), on identical weights and the 
 Both sides compute the 151,936-wide head only at the 64 positions that predict completion
 tokens (torch through transformers' `logits_to_keep`); the old baseline, which also ran the
 head over the prompt, is timed beside it for reference. Single CPU device, fp32.
+
+`--before-after [--config demo|bench-100m]`: the whole step through the trainer, static sampler +
+padded update against refill + packed update (+ one-step off-policy rollout), with and without a
+slow reward (benchmarks/grpo_before_after.py).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from socialr1_jax.rl import train_step as ts  # noqa: E402
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig  # noqa: E402
 import torch_grpo  # noqa: E402
 from bench_common import git_commit, wait_for_quiet  # noqa: E402
+import grpo_before_after  # noqa: E402
 
 PROMPTS, GROUP, PROMPT_LEN, NEW = 2, 4, 64, 64
 BETA, LR, TARGET_S = 0.04, 5e-7, 5.0
@@ -89,7 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet-load", type=float, default=None,
                     help="first wait (up to --wait-s) until the 1-min load average is below this")
     ap.add_argument("--wait-s", type=float, default=1800)
+    grpo_before_after.add_args(ap)
     args = ap.parse_args(argv)
+    if args.before_after:
+        wait_for_quiet(args.quiet_load, args.wait_s)
+        return grpo_before_after.main(args)
 
     load_start = wait_for_quiet(args.quiet_load, args.wait_s)
     work = tempfile.mkdtemp(prefix="grpo_bench_")

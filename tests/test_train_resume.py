@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
 ARGS = TOY + ["run.progress=false", f"run.steps={STEPS}", "run.save_every=2",
               "run.log_every=100"]
-TIMING = {"rollout_s", "update_s", "tokens_per_s"}
+TIMING = {"rollout_s", "update_s", "rewards_s", "tokens_per_s"}
 
 
 def _env():

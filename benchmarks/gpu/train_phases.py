@@ -5,9 +5,10 @@
 The trainer reports one rollout time (sampling, scoring, reference log-probs together) and the
 update's. This wrapper runs the same entry point (`socialr1_jax.jobs.train.main`, what
 `python -m socialr1_jax.train` calls) after wrapping three of the trainer's calls with timers
-that wait for the devices: `Programs.sample` (the rollout's sampling), `Programs.rollout`
-(sampling + the reference log-prob forward + scoring and advantages) and
-`train_step.rollout_updates` (the update). Per step it prints one line
+that wait for the devices: `Programs.sample` (the rollout's sampling),
+`Programs.start_rollout` (sampling + the reference log-prob forward) and `Programs.finish_rollout`
+(scoring and advantages), whose sum is the rollout, and `train_step.rollout_updates` (the
+update). The timers serialise the phases: with grpo.async_rollout the overlap is lost. Per step it prints one line
 `PHASES {"step": i, "sample_s": ..., "rollout_s": ..., "ref_and_scoring_s": ..., "update_s": ...}`.
 """
 
@@ -40,6 +41,7 @@ def _timed(owner, name: str, key: str, ready):
         jax.block_until_ready(ready(out))
         _current[key] = time.perf_counter() - t0
         if key == "update_s":
+            _current["rollout_s"] = _current.pop("start_s") + _current.pop("finish_s")
             line = {"step": _step[0], **_current,
                     "ref_and_scoring_s": _current["rollout_s"] - _current["sample_s"]}
             print("PHASES " + json.dumps(line), flush=True)
@@ -53,7 +55,9 @@ def _timed(owner, name: str, key: str, ready):
 
 def main(argv=None) -> int:
     undo = [_timed(rollout_mod.Programs, "sample", "sample_s", lambda out: out),
-            _timed(rollout_mod.Programs, "rollout", "rollout_s",
+            _timed(rollout_mod.Programs, "start_rollout", "start_s",
+                   lambda p: (jax.tree.leaves(p.seqs), p.old, p.ref)),
+            _timed(rollout_mod.Programs, "finish_rollout", "finish_s",
                    lambda ro: (jax.tree.leaves(ro.batch), ro.rewards)),
             _timed(ts, "rollout_updates", "update_s", lambda out: jax.tree.leaves(out))]
     _step[0] = 0

@@ -9,9 +9,11 @@ preemption and every config key.
 
 One step: prompts from the task -> the sampler (group_size completions each) -> rewards (each
 process scores its own rows on the host) -> group advantages (on device) -> reference log-probs
-(the frozen initial weights) -> mini-batches x epochs of the jitted, donated train step. Every
-`run.save_every` steps, at the end, and on SIGTERM / Ctrl-C the whole TrainState is checkpointed
-(asynchronously); `run.resume=true` continues a run from its latest checkpoint exactly.
+(the frozen initial weights) -> mini-batches x epochs of the jitted, donated train step. With
+grpo.async_rollout the next step's rollout is dispatched before this step's rewards are scored
+(one-step off-policy: rl/async_rollout.py). Every `run.save_every` steps, at the end, and on
+SIGTERM / Ctrl-C the whole TrainState is checkpointed (asynchronously); `run.resume=true`
+continues a run from its latest checkpoint exactly (async: from a periodic one; docs/training.md).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from socialr1_jax.jobs.console import summary  # noqa: F401  summary: train.summ
 from socialr1_jax.jobs import harness, lora_setup
 from socialr1_jax.jobs.harness import Run
 from socialr1_jax.jobs.preemption import StopSignals
+from socialr1_jax.rl.async_rollout import RolloutSource, drains_after
 from socialr1_jax.rl.experience import Programs, sample_rows, score_metrics
-from socialr1_jax.rl.task import Task
+from socialr1_jax.rl.task import PromptBatch, Task
 from socialr1_jax.jobs.train_config import TrainConfig, load_train_config
 from socialr1_jax.yaml_config import ConfigError
 
@@ -366,22 +369,43 @@ def _train(cfg: TrainConfig, prep: Prepared, run: Run, task, model, on_step) -> 
                        first_step=run.first, evaluations=out.evaluations, warm_start=warm)
 
 
+def _step_prompts(task, k: int, r) -> PromptBatch:
+    """The prompts of step k, refused when one is longer than rollout.max_prompt_len."""
+    prompts = task.prompts(k, r.prompts_per_step)
+    too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
+    if too_long:
+        raise ValueError(f"step {k}: prompt(s) {too_long[:5]} are longer than "
+                         f"rollout.max_prompt_len={r.max_prompt_len}")
+    return prompts
+
+
+def rollout_source(cfg, task, programs, ref_params) -> RolloutSource:
+    """Each step's rollout (rl/async_rollout.py): on-policy, or dispatched one step ahead with
+    grpo.async_rollout, draining before each periodic save and the last step."""
+    def start(k: int, state):
+        return programs.start_rollout(task, state, ref_params, _step_prompts(task, k, cfg.rollout),
+                                      seed=cfg.run.seed * 1_000_003 + k,
+                                      defer_reference=cfg.grpo.async_rollout)
+
+    def finish(pending):
+        return programs.finish_rollout(task, pending), pending.prompts
+
+    return RolloutSource(start, finish, ahead=cfg.grpo.async_rollout,
+                         drain_after=drains_after(cfg.run.steps, cfg.run.save_every))
+
+
 def _grpo_job(cfg, run: Run, task, programs, graphdef, ref_params, mesh, evaluator,
               on_step) -> harness.Job:
     """GRPO's part of a run: one step = rollout -> scores -> the updates of its mini-batches."""
-    g, r = cfg.grpo, cfg.rollout
+    g = cfg.grpo
+    source = rollout_source(cfg, task, programs, ref_params)
 
     def step(k: int, state):
         t0 = time.perf_counter()
-        prompts = task.prompts(k, r.prompts_per_step)
-        too_long = [i for i, p in enumerate(prompts.ids) if len(p) > r.max_prompt_len]
-        if too_long:
-            raise ValueError(f"step {k}: prompt(s) {too_long[:5]} are longer than "
-                             f"rollout.max_prompt_len={r.max_prompt_len}")
-        ro = programs.rollout(task, state, ref_params, prompts,
-                              seed=cfg.run.seed * 1_000_003 + k)
+        ro, prompts = source.take(k, state)
         t1 = time.perf_counter()
         if run.stop.requested():  # the update has not started: the state is intact
+            source.drop()
             return None
         state, updates = ts.rollout_updates(
             programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
@@ -391,8 +415,8 @@ def _grpo_job(cfg, run: Run, task, programs, graphdef, ref_params, mesh, evaluat
         m.update(score_metrics(ro, mesh, g.group_size))
         gen = programs.generated_tokens(ro)
         m.update(response_len=gen / ro.rewards.shape[0], rollout_s=t1 - t0, update_s=t2 - t1,
-                 tokens_per_s=gen / max(t2 - t0, 1e-9), updates=int(state.step),
-                 skipped_total=int(state.skipped))
+                 rewards_s=ro.score_s, tokens_per_s=gen / max(t2 - t0, 1e-9),
+                 updates=int(state.step), skipped_total=int(state.skipped))
         run.logs.samples(sample_rows(ro, prompts, k, cfg.run.samples_per_step, g.group_size,
                                      mesh))
         return state, m

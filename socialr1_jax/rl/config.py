@@ -63,6 +63,9 @@ class GRPOConfig:
     packed: run the update and the reference / old-policy log-prob forwards on the rollout's
     sequences packed into rows of `packed_row_len` tokens (0 = prompt + completion length) with
     segment ids instead of padded rows (rl/packing.py): the same loss, less padding computed.
+    async_rollout: one-step off-policy rollout (rl/async_rollout.py): step t+1's rollout is
+    dispatched with the weights before step t's update, so the devices generate it while the
+    host scores step t; off by default (every rollout on-policy).
     """
 
     group_size: int = 5
@@ -85,6 +88,7 @@ class GRPOConfig:
     max_consecutive_skips: int = 3
     packed: bool = False
     packed_row_len: int = 0
+    async_rollout: bool = False
 
     def __post_init__(self):
         if self.kl not in grpo.KL_TYPES:

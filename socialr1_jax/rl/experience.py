@@ -12,6 +12,7 @@ array. Advantages are computed on the devices from that array.
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
 from typing import Optional
 
@@ -42,6 +43,21 @@ class Rollout:
     scores: Scores              # of the local rows
     local_tokens: np.ndarray
     local_mask: np.ndarray
+    score_s: float = 0.0        # host seconds in the task's rewards (judges included)
+
+
+@dataclasses.dataclass
+class PendingRollout:
+    """A rollout dispatched to the devices and not yet scored (`Programs.start_rollout`): its
+    prompts, the sampled (prompt_ids, prompt_mask, tokens, mask), old and reference log-probs,
+    all global device arrays that may still be computing. ref=None: the reference forward is
+    left to `finish_rollout`, on `ref_params` (never donated: the frozen reference)."""
+
+    prompts: PromptBatch
+    seqs: tuple
+    old: jax.Array
+    ref: Optional[jax.Array]
+    ref_params: object = None
 
 
 class Programs:
@@ -102,13 +118,41 @@ class Programs:
     def rollout(self, task, state, ref_params, prompts: PromptBatch, *, seed: int) -> Rollout:
         """Sample; start the reference (and, if asked, old-policy) log-prob forward; score this
         process's rows on the host while the devices run it; advantages on the devices."""
-        g = self.cfg.grpo.group_size
+        return self.finish_rollout(task, self.start_rollout(task, state, ref_params, prompts,
+                                                            seed=seed))
+
+    def start_rollout(self, task, state, ref_params, prompts: PromptBatch, *, seed: int,
+                      defer_reference: bool = False) -> PendingRollout:
+        """The device half of `rollout`, dispatched and not awaited: the group_size completions
+        of every prompt under the policy of `state`, the reference log-probs and (with
+        grpo.recompute_old_logp) the old policy's, from the same weights as the sampling.
+
+        Nothing here waits for the devices, so the host can score another rollout meanwhile
+        (grpo.async_rollout); `state` may be donated to an update as soon as this returns (the
+        runtime orders the update after the programs that read it). Except with grpo.packed:
+        its forwards plan the packing from the masks on the host, so they wait for the sampler;
+        `defer_reference=True` then leaves the reference forward to `finish_rollout` (which
+        dispatches it before scoring), so only a recomputed old-policy forward waits here (it
+        must read the sampling weights before an update donates them)."""
         policy = self.policy_params(state)
         pid, pm, tokens, mask, logps = self.sample(policy, prompts, seed=seed,
                                                    eos_ids=task.eos_ids, pad_id=task.pad_id)
         seqs = (pid, pm, tokens, mask)
-        ref = self.logprobs(ref_params, *seqs)  # dispatched, not awaited: overlaps the rewards
+        ref = None
+        if not (defer_reference and self.cfg.grpo.packed):
+            ref = self.logprobs(ref_params, *seqs)  # dispatched, not awaited: overlaps the rewards
         old = self.old_logprobs(policy, *seqs) if self.cfg.grpo.recompute_old_logp else logps
+        return PendingRollout(prompts, seqs, old, ref, ref_params if ref is None else None)
+
+    def finish_rollout(self, task, pending: PendingRollout) -> Rollout:
+        """The host half of `rollout`: this process's rows copied to the host (waiting for the
+        sampler), scored by `task`, the scores made one global array, advantages on the
+        devices."""
+        g = self.cfg.grpo.group_size
+        if pending.ref is None:  # deferred by start_rollout: dispatched before the scoring
+            pending = dataclasses.replace(
+                pending, ref=self.logprobs(pending.ref_params, *pending.seqs), ref_params=None)
+        tokens, mask = pending.seqs[2], pending.seqs[3]
         rows = tokens.shape[0]
         local = distributed.process_rows(self.mesh, rows)
         if local.start % g or local.stop % g:
@@ -117,11 +161,14 @@ class Programs:
                              "rollout.prompts_per_step a multiple of the processes")
         tok_h = distributed.local_rows(tokens, self.mesh)
         mask_h = distributed.local_rows(mask, self.mesh)
-        mine = prompts.select(local.start // g, local.stop // g)
+        mine = pending.prompts.select(local.start // g, local.stop // g)
+        t0 = time.perf_counter()
         scores = as_scores(task.rewards(mine, tok_h, mask_h, g), tok_h.shape[0])
+        score_s = time.perf_counter() - t0
         rewards = distributed.global_batch(scores.rewards, self.mesh, global_size=rows)
         adv = self._advantages(rewards)
-        return Rollout(ts.TrainBatch(*seqs, old, ref, adv), rewards, local, scores, tok_h, mask_h)
+        return Rollout(ts.TrainBatch(*pending.seqs, pending.old, pending.ref, adv), rewards,
+                       local, scores, tok_h, mask_h, score_s)
 
     def policy_params(self, state):
         """The policy's whole parameter state (a LoRA run's: base + the state's adapters)."""
