@@ -24,12 +24,17 @@ def readme_demo():
     import tempfile
 
     out = tempfile.mkdtemp(prefix="demo-run-")
+    return out, _train_command(f"run.out_dir={out}/run")
+
+
+def _train_command(*overrides):
+    """`python -m socialr1_jax.train ...` from the repository root as a user runs it: one CPU
+    device, XLA's default flags (none of the test session's)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p])
-    r = subprocess.run([sys.executable, "-m", "socialr1_jax.train", f"run.out_dir={out}/run",
-                        "run.progress=false"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=1500)
-    return out, r
+    return subprocess.run([sys.executable, "-m", "socialr1_jax.train", *overrides,
+                           "run.progress=false"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1500)
 
 
 @pytest.mark.slow
@@ -121,18 +126,20 @@ def test_readme_demo_with_lora_learns(readme_demo, tmp_path):
     README run's own warm start (model.path=RUN/warm_start: the base the LoRA demo's adapters
     start from, the same seeds), shortened to 20 steps: the mean reward rises and held-out
     accuracy beats the warm start's (measured: reward 4.24 -> 5.07 by quarters, accuracy
-    0.768 -> 0.896; the 40-step LoRA demo: docs/demo.md). About 50 s beside the fixture's run."""
+    0.768 -> 0.896; the 40-step LoRA demo: docs/demo.md), as a command on one CPU device."""
     out, r = readme_demo
     assert r.returncode == 0, r.stderr[-3000:]
-    cfg = train_mod.parse_args(["model.lora.rank=8", f"model.path={out}/run/warm_start",
-                                "sft.steps=0", "run.steps=20", "eval.every=20",
-                                f"run.out_dir={tmp_path}/lora", "run.progress=false"])
-    res = train_mod.train(cfg, log=lambda line: None)
-    assert res.exit_code == 0 and res.model_cfg.lora.rank == 8
-    rewards = [h["reward_mean"] for h in res.history]
+    lora = tmp_path / "lora"
+    r = _train_command("model.lora.rank=8", f"model.path={out}/run/warm_start", "sft.steps=0",
+                       "run.steps=20", "eval.every=20", f"run.out_dir={lora}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.load(open(lora / "checkpoints" / "lora.json"))["rank"] == 8
+    rewards = [json.loads(x)["reward_mean"] for x in open(lora / "metrics.jsonl")]
+    assert len(rewards) == 20
     q = len(rewards) // 4
     assert np.mean(rewards[-q:]) > np.mean(rewards[:q]) + 0.3, rewards
-    (_, before), (_, after) = res.evaluations
-    assert after["eval/accuracy"] >= before["eval/accuracy"] + 0.05, res.evaluations
+    before, after = [json.loads(x) for x in open(lora / "eval.jsonl")]
+    assert (before["step"], after["step"]) == (0, 20)
+    assert after["eval/accuracy"] >= before["eval/accuracy"] + 0.05, (before, after)
     for qtype in ("first_order_fb", "second_order_fb"):
         assert after[f"eval/accuracy/{qtype}"] > before[f"eval/accuracy/{qtype}"]

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -125,7 +126,12 @@ def run_two_processes(argv: list, tmp_path, name: str, timeout: int = 400) -> li
     127.0.0.1); returns their outputs after checking that both exited with 0."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    # The session's compiler flags (tests/conftest.py) with 4 devices per process, so that the
+    # processes compile as the one-process run they are compared with does.
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                   os.environ.get("XLA_FLAGS", ""))
+    env.update(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
+               JAX_PLATFORMS="cpu",
                SOCIALR1_COORDINATOR=f"127.0.0.1:{port}", SOCIALR1_NUM_PROCESSES="2",
                PYTHONPATH=os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p]))
     procs, logs = [], []
