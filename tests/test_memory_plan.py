@@ -12,6 +12,7 @@ import pytest
 from socialr1_jax.jobs import memory_plan
 from socialr1_jax.model.config import preset
 from socialr1_jax.checkpoint.hf_layout import layout
+from tests.xla_env import session_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +59,7 @@ def test_plan_agrees_with_the_shardings():
 @pytest.mark.slow
 def test_cli_shows_remat_and_micro_batching(tmp_path):
     """A fresh process (its own XLA flags): 4 settings; remat and micro-batching cut temps."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=session_flags())  # the command sets its own devices
     out = tmp_path / "plan"
     proc = subprocess.run(
         [sys.executable, "-m", "socialr1_jax.memory_plan", "--preset", "tiny", "--layers", "4",
@@ -84,7 +85,7 @@ def test_cli_shows_remat_and_micro_batching(tmp_path):
 
 
 def test_cli_refuses_a_bad_mesh(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=session_flags())  # the command sets its own devices
     proc = subprocess.run(
         [sys.executable, "-m", "socialr1_jax.memory_plan", "--preset", "tiny", "--mesh", "1x4x1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -3,7 +3,6 @@
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from flax import nnx
 from socialr1_jax import load_model, make_mesh
 from socialr1_jax.parallel import distributed
 from socialr1_jax.parallel.sharding import batch_sharding, parse_mesh
+from tests.xla_env import session_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLEAN_ENV = {distributed.ENV_COORDINATOR: None, distributed.ENV_NUM_PROCESSES: None,
@@ -126,12 +126,9 @@ def run_two_processes(argv: list, tmp_path, name: str, timeout: int = 400) -> li
     127.0.0.1); returns their outputs after checking that both exited with 0."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    # The session's compiler flags (tests/conftest.py) with 4 devices per process, so that the
-    # processes compile as the one-process run they are compared with does.
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                   os.environ.get("XLA_FLAGS", ""))
-    env.update(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
-               JAX_PLATFORMS="cpu",
+    # The session's compiler flags with 4 devices per process, so that the processes compile as
+    # the one-process run they are compared with does.
+    env.update(XLA_FLAGS=session_flags(4), JAX_PLATFORMS="cpu",
                SOCIALR1_COORDINATOR=f"127.0.0.1:{port}", SOCIALR1_NUM_PROCESSES="2",
                PYTHONPATH=os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p]))
     procs, logs = [], []
