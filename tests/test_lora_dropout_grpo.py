@@ -52,7 +52,7 @@ def _max_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
-def test_dropout_changes_the_update_and_zero_is_no_dropout(parts):
+def test_dropout_changes_the_update_and_is_reproducible(parts):
     no_drop, m0 = _update(parts, 0.0)
     dropped, m1 = _update(parts, 0.3)
     again, m2 = _update(parts, 0.3)
