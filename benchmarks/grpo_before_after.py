@@ -105,7 +105,7 @@ def phase_timers(record: dict):
     """Time the sampler, the rollout's device half, its host half and the updates, each awaited
     (adds to `record`'s lists); the trainer's own functions are put back after."""
     from socialr1_jax.rl import experience
-    from socialr1_jax.rl import train_step as ts
+    from socialr1_jax.rl import rollout_updates as ru
 
     def wrap(owner, name, key, ready):
         inner = getattr(owner, name)
@@ -122,7 +122,7 @@ def phase_timers(record: dict):
     undo = [wrap(experience.Programs, "sample", "sample", lambda o: o),
             wrap(experience.Programs, "start_rollout", "start", lambda p: (p.seqs, p.old, p.ref)),
             wrap(experience.Programs, "finish_rollout", "finish", lambda r: r.batch),
-            wrap(ts, "rollout_updates", "update", lambda o: jax.tree.leaves(o))]
+            wrap(ru, "rollout_updates", "update", lambda o: jax.tree.leaves(o))]
     try:
         yield record
     finally:

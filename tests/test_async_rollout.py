@@ -14,6 +14,7 @@ from flax import nnx
 
 from socialr1_jax.jobs import train as train_mod
 from socialr1_jax.rl import grpo
+from socialr1_jax.rl import rollout_updates as ru
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.async_rollout import RolloutSource, drains_after
 from socialr1_jax.rl.experience import Programs
@@ -96,7 +97,7 @@ def _by_hand(cfg, steps):
         scores = task.rewards(prompts, np.asarray(tok), np.asarray(mask), g)
         adv = grpo.advantages(jax.numpy.asarray(scores.rewards), g, normalize=cfg.grpo.normalize_adv)
         batch = ts.TrainBatch(pid, pm, tok, mask, logp, ref_logp, adv)
-        state, ups = ts.rollout_updates(programs.train_step, state, batch, seed=k,
+        state, ups = ru.rollout_updates(programs.train_step, state, batch, seed=k,
                                         mesh=mesh)
         losses.append(float(jax.device_get(ups[0]["loss"])))
     return losses, jax.tree.map(np.asarray, state.params)

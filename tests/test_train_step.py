@@ -9,6 +9,7 @@ from flax import nnx
 
 from socialr1_jax import make_mesh, preset
 from socialr1_jax.rl import grpo
+from socialr1_jax.rl import rollout_updates as ru
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.optimizer import make_schedule
 from socialr1_jax.model.build import create_model
@@ -189,7 +190,7 @@ def test_mini_batches_and_epochs(model):
     step = ts.make_train_step(CFG, ocfg, gcfg, None, total_updates=8)
     state = ts.init_train_state(nnx.state(model), ocfg, None, total_updates=8)
     batch = make_batch(model, b=16)
-    state, hist = ts.rollout_updates(step, state, batch, mini_batch_size=8, epochs=2, seed=0)
+    state, hist = ru.rollout_updates(step, state, batch, mini_batch_size=8, epochs=2, seed=0)
     assert len(hist) == 4 and int(state.step) == 4
     lrs = [float(m["lr"]) for m in hist]
     assert lrs == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
@@ -197,7 +198,7 @@ def test_mini_batches_and_epochs(model):
     # later ones see the moved policy: clip/KL metrics change
     assert float(hist[0]["ppo_kl"]) != float(hist[-1]["ppo_kl"])
     with pytest.raises(ValueError, match="does not divide"):
-        ts.rollout_updates(step, state, batch, mini_batch_size=5)
+        ru.rollout_updates(step, state, batch, mini_batch_size=5)
 
 
 @pytest.mark.parametrize("remat", [True, False])

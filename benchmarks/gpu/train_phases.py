@@ -7,7 +7,7 @@ update's. This wrapper runs the same entry point (`socialr1_jax.jobs.train.main`
 `python -m socialr1_jax.train` calls) after wrapping three of the trainer's calls with timers
 that wait for the devices: `Programs.sample` (the rollout's sampling),
 `Programs.start_rollout` (sampling + the reference log-prob forward) and `Programs.finish_rollout`
-(scoring and advantages), whose sum is the rollout, and `train_step.rollout_updates` (the
+(scoring and advantages), whose sum is the rollout, and `rollout_updates.rollout_updates` (the
 update). The timers serialise the phases: with grpo.async_rollout the overlap is lost. Per step it prints one line
 `PHASES {"step": i, "sample_s": ..., "rollout_s": ..., "ref_and_scoring_s": ..., "update_s": ...}`.
 """
@@ -24,7 +24,7 @@ import jax
 from socialr1_jax import cli
 from socialr1_jax.rl import experience as rollout_mod
 from socialr1_jax.jobs import train as train_mod
-from socialr1_jax.rl import train_step as ts
+from socialr1_jax.rl import rollout_updates as ru
 
 _current: dict = {}
 _step = [0]
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                    lambda p: (jax.tree.leaves(p.seqs), p.old, p.ref)),
             _timed(rollout_mod.Programs, "finish_rollout", "finish_s",
                    lambda ro: (jax.tree.leaves(ro.batch), ro.rewards)),
-            _timed(ts, "rollout_updates", "update_s", lambda out: jax.tree.leaves(out))]
+            _timed(ru, "rollout_updates", "update_s", lambda out: jax.tree.leaves(out))]
     _step[0] = 0
     try:
         return train_mod.main(argv)

@@ -33,6 +33,7 @@ from flax import nnx
 from socialr1_jax import cli
 from socialr1_jax.parallel import distributed
 from socialr1_jax.jobs import periodic_eval, run_dir
+from socialr1_jax.rl import rollout_updates as ru
 from socialr1_jax.rl import train_step as ts
 # build_mesh, load_policy: train.build_mesh / train.load_policy for the library's users
 from socialr1_jax.jobs.setup import (broadcast_str, build_mesh, check_mesh_fits_model,
@@ -407,7 +408,7 @@ def _grpo_job(cfg, run: Run, task, programs, graphdef, ref_params, mesh, evaluat
         if run.stop.requested():  # the update has not started: the state is intact
             source.drop()
             return None
-        state, updates = ts.rollout_updates(
+        state, updates = ru.rollout_updates(
             programs.train_step, state, ro.batch, mini_batch_size=cfg.mini_batch,
             epochs=g.epochs, shuffle=g.shuffle, seed=cfg.run.seed * 7919 + k, mesh=mesh)
         m = _mean_updates(updates)

@@ -10,7 +10,7 @@ is never donated. They serve three uses without a second copy:
 - the KL reference: the same base arrays under the model config without adapters, i.e. the
   policy with its adapters off;
 - the train step: `step(state, batch)` closes over the base (`LoraStep`), so the GRPO loop
-  (`train_step.rollout_updates`) and the SFT job call it as they call a full fine-tuning step
+  (`rollout_updates.rollout_updates`) and the SFT job call it as they call a full fine-tuning step
   (`jit_update` jits either update, rl/sft_step.py the SFT one).
 """
 

@@ -23,8 +23,8 @@ apply_update(state, batch, loss_fn, optimizer, schedule, ...) -> (state, metrics
 make_logprob_fn(model_cfg, mesh, *, temperature, chunk, micro_batch_size) -> fn;
     `fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask) -> logp [B, C]`: the
     reference model's forward (or the old policy's when recomputed), `.lower(...)` too.
-rollout_updates(step, state, batch, *, mini_batch_size, epochs, shuffle, seed, mesh)
-    -> (state, [metrics per update]): several updates per rollout (mini-batches x epochs).
+put_batch(batch, mesh) -> TrainBatch placed in its shardings. Several updates per rollout
+    (mini-batches x epochs): rollout_updates.rollout_updates.
 
 Inside one update, the loss of micro-batch k is normalised by the counts of the whole batch
 (grpo.batch_normalisers), so the summed gradients equal the gradient of the one-batch loss.
@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -451,7 +449,7 @@ def make_logprob_fn(model_cfg: ModelConfig, mesh: Optional[Mesh] = None, *,
     return MeshFunction(jax.jit(fn, in_shardings=in_shardings, out_shardings=two), mesh)
 
 
-# -- several updates per rollout ---------------------------------------------------------------
+# -- batches ------------------------------------------------------------------------------------
 
 def put_batch(batch: TrainBatch, mesh: Optional[Mesh]) -> TrainBatch:
     """Place a batch (host or device arrays) in its shardings."""
@@ -459,45 +457,3 @@ def put_batch(batch: TrainBatch, mesh: Optional[Mesh]) -> TrainBatch:
     if sh is None:
         return jax.tree.map(jnp.asarray, batch)
     return jax.tree.map(jax.device_put, batch, sh)
-
-
-@functools.lru_cache(maxsize=None)
-def _take_program(mesh: Optional[Mesh]):
-    """Jitted `take(batch, rows) -> batch[rows]`, the result laid out for the train step: a
-    mini-batch is gathered on the devices, never through the host."""
-    def take(batch, idx):
-        return jax.tree.map(lambda x: x[idx], batch)
-
-    if mesh is None:
-        return jax.jit(take)
-    return jax.jit(take, out_shardings=batch_shardings(mesh))
-
-
-def rollout_updates(step: MeshFunction, state: TrainState, batch: TrainBatch, *,
-                    mini_batch_size: int = 0, epochs: int = 1, shuffle: bool = True,
-                    seed: int = 0, mesh: Optional[Mesh] = None):
-    """`epochs` passes over the rollout in mini-batches of `mini_batch_size` sequences, one
-    update each, all with the rollout's old log-probs. Returns (state, [metrics per update]).
-
-    The batch may be host or device arrays; mini-batches are gathered on the devices (the row
-    order is the only host value: the same on every process, from `seed`).
-    """
-    n = batch.size
-    mbs = mini_batch_size or n
-    if n % mbs:
-        raise ValueError(f"mini_batch_size={mbs} does not divide the rollout of {n} sequences")
-    rng = np.random.default_rng(seed)
-    history = []
-    batch = put_batch(batch, mesh)
-    take = _take_program(mesh)
-    for _ in range(epochs):
-        if mbs == n:
-            parts = [batch]  # one update: the order of rows does not change the loss
-        else:
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            parts = [take(batch, np.asarray(order[k:k + mbs], np.int32))
-                     for k in range(0, n, mbs)]
-        for part in parts:
-            state, metrics = step(state, part)
-            history.append(metrics)
-    return state, history
