@@ -281,6 +281,59 @@ _REMAT_POLICIES = {
 }
 
 
+def _default_positions(mask_bt, start_b, segment_ids):
+    """RoPE positions [B, T] when the caller gives none: restarting at 0 in each segment of a
+    packed row, else the running count of real tokens from `start_b` (so left padding does not
+    shift them)."""
+    if segment_ids is not None:
+        return segment_positions(segment_ids)
+    return start_b[:, None] + jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
+
+
+def _uncached_layers(cfg: ModelConfig, weights, x, positions, mask_bt, segment_ids, *,
+                     collect: bool):
+    """The full forward's scan over the stacked layers (rematerialised per cfg.remat): x after
+    the last layer, and each layer's (k, v) stacked when `collect` (a prefill), else None."""
+    t = x.shape[1]
+    causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
+    mask_bts = causal_tt[None] & mask_bt[:, None, :]
+    if segment_ids is not None:  # packed rows: no attention across sequences
+        mask_bts &= segment_ids[:, :, None] == segment_ids[:, None, :]
+
+    def body(x, w):
+        x, kv = decoder_layer(cfg, w, x, positions, mask_bts)
+        return x, (kv if collect else None)
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    return jax.lax.scan(body, x, weights)
+
+
+def _unrolled_cached_layers(cfg: ModelConfig, layer_weights, x, positions, mask_bts, kv, index):
+    """The layers as straight-line code over per-layer weights and a per-layer cache `kv`
+    ((k per layer), (v per layer)): x after the last layer and the updated cache."""
+    ks, vs = [], []
+    for w, k_c, v_c in zip(layer_weights, *kv):
+        x, (k_c, v_c) = decoder_layer(cfg, w, x, positions, mask_bts, (k_c, v_c), index=index)
+        ks.append(k_c)
+        vs.append(v_c)
+    return x, (tuple(ks), tuple(vs))
+
+
+def _scanned_cached_layers(cfg: ModelConfig, weights, x, positions, mask_bts, kv, index):
+    """A scan over the stacked layers that writes layer l's slice of the stacked cache `kv`:
+    x after the last layer and the updated cache."""
+    def cached_body(carry, xs):
+        x, kv = carry
+        w, layer = xs
+        return decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
+                             index=index), None
+
+    (x, kv), _ = jax.lax.scan(cached_body, (x, kv),
+                              (weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+    return x, kv
+
+
 class Qwen3(nnx.Module):
     """Qwen3 causal LM. `model(input_ids, attention_mask)` -> logits [B, T, V]."""
 
@@ -334,29 +387,16 @@ class Qwen3(nnx.Module):
                               else segment_ids > 0)
         mask_bt = attention_mask.astype(jnp.bool_)
         start_b = cache.next_pos_b if cache is not None else jnp.zeros((b,), jnp.int32)
-        if positions is None and segment_ids is not None:
-            positions = segment_positions(segment_ids)
-        elif positions is None:
-            positions = start_b[:, None] + jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
+        if positions is None:
+            positions = _default_positions(mask_bt, start_b, segment_ids)
 
         x = jnp.take(self.embed_vd[...], input_ids, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
         weights = lora.stacked_weights(self) if layer_weights is None else None
         if cache is None:
-            causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
-            mask_bts = causal_tt[None] & mask_bt[:, None, :]
-            if segment_ids is not None:  # packed rows: no attention across sequences
-                mask_bts &= segment_ids[:, :, None] == segment_ids[:, None, :]
-
             collect = prompt_cache_slots is not None
-
-            def body(x, w):
-                x, kv = decoder_layer(cfg, w, x, positions, mask_bts)
-                return x, (kv if collect else None)
-
-            if cfg.remat != "none":
-                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, kv_l = jax.lax.scan(body, x, weights)
+            x, kv_l = _uncached_layers(cfg, weights, x, positions, mask_bt, segment_ids,
+                                       collect=collect)
             hidden = rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps)
             if not collect:
                 return hidden, None
@@ -366,28 +406,14 @@ class Qwen3(nnx.Module):
         if index.ndim == 1 and layer_weights is None:
             raise ValueError("a per-row cache index goes with per-layer weights")
         valid_bs, mask_bts = cache_masks(cache, mask_bt)
-
-        kv = (cache.k_lbksh, cache.v_lbksh)
         if (layer_weights is not None) != cache.per_layer:
             raise ValueError("layer_weights (unstacked weights) go with a per-layer cache "
                              "(KVCache.unstacked()), stacked weights with a stacked cache")
+        kv = (cache.k_lbksh, cache.v_lbksh)
         if layer_weights is not None:
-            ks, vs = [], []
-            for w, k_c, v_c in zip(layer_weights, *kv):
-                x, (k_c, v_c) = decoder_layer(cfg, w, x, positions, mask_bts, (k_c, v_c),
-                                              index=index)
-                ks.append(k_c)
-                vs.append(v_c)
-            kv = (tuple(ks), tuple(vs))
+            x, kv = _unrolled_cached_layers(cfg, layer_weights, x, positions, mask_bts, kv, index)
         else:
-            def cached_body(carry, xs):
-                x, kv = carry
-                w, layer = xs
-                return decoder_layer(cfg, w, x, positions, mask_bts, kv, layer=layer,
-                                     index=index), None
-
-            (x, kv), _ = jax.lax.scan(cached_body, (x, kv),
-                                      (weights, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+            x, kv = _scanned_cached_layers(cfg, weights, x, positions, mask_bts, kv, index)
         k_all, v_all = kv
         new_cache = KVCache(k_lbksh=k_all, v_lbksh=v_all, valid_bs=valid_bs, index=index + t,
                             next_pos_b=start_b + mask_bt.sum(axis=1).astype(jnp.int32))
