@@ -100,3 +100,14 @@ def write_jsonl(path, rows) -> str:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return os.fspath(path)
+
+
+def make_rm_base(d, *, pairs: int = 96):
+    """In folder `d`: a tiny causal LM with the byte tokenizer (pad <|endoftext|> = 256) at
+    d/lm and `pairs` preference pairs at d/pairs.jsonl, the reward-model jobs' inputs; returns
+    `d`."""
+    from tests.hf_fixtures import make_tiny_chat_checkpoint
+
+    make_tiny_chat_checkpoint(d / "lm", init_std=0.02)
+    write_jsonl(d / "pairs.jsonl", preference_rows(pairs, seed=0))
+    return d

@@ -19,8 +19,7 @@ from socialr1_jax.jobs import train_rm as tr
 from socialr1_jax.rl import rm_step
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.jobs.rm_data import RMOptimConfig
-from tests.hf_fixtures import make_tiny_chat_checkpoint
-from tests.rm_fixtures import PAD, preference_rows, torch_scores, write_jsonl
+from tests.rm_fixtures import PAD, make_rm_base, preference_rows, torch_scores
 
 TEMPLATE = "{question}\n{reasoning}<|im_end|>"
 
@@ -28,10 +27,7 @@ TEMPLATE = "{question}\n{reasoning}<|im_end|>"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny causal LM with the byte tokenizer (pad <|endoftext|> = 256), and pair files."""
-    d = tmp_path_factory.mktemp("rm_base")
-    make_tiny_chat_checkpoint(d / "lm", init_std=0.02)
-    write_jsonl(d / "pairs.jsonl", preference_rows(96, seed=0))
-    return d
+    return make_rm_base(tmp_path_factory.mktemp("rm_base"))
 
 
 SMALL = preset("tiny", vocab_size=32, num_layers=1)  # pad id 0 in the unit tests

@@ -19,7 +19,7 @@ from socialr1_jax.jobs import train_rm as tr
 from socialr1_jax.model import lora
 from socialr1_jax.model.reward_model import make_score_fn, split_lora, with_lora
 from tests.hf_fixtures import make_tiny_chat_checkpoint
-from tests.rm_fixtures import PAD, preference_rows, write_jsonl
+from tests.rm_fixtures import PAD, make_rm_base
 from tests.test_rm_judge import _items
 from tests.test_train_rm import TEMPLATE, _args
 
@@ -48,10 +48,7 @@ def _scores(model, ids, mask) -> np.ndarray:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny causal LM with the byte tokenizer (pad <|endoftext|> = 256), and pair files."""
-    d = tmp_path_factory.mktemp("rm_lora")
-    make_tiny_chat_checkpoint(d / "lm", init_std=0.02)
-    write_jsonl(d / "pairs.jsonl", preference_rows(96, seed=0))
-    return d
+    return make_rm_base(tmp_path_factory.mktemp("rm_lora"))
 
 
 def test_step_zero_is_the_full_reward_model(base):
