@@ -8,6 +8,16 @@ import subprocess
 import time
 
 
+def add_options(ap, **defaults) -> None:
+    """One `--name` option of argparse parser `ap` per keyword, in order (underscores become
+    dashes: max_new=256 is --max-new), typed by its default: the benchmarks' many plain
+    numeric and string options, written once as a table."""
+    for name, default in defaults.items():
+        if type(default) not in (int, float, str):
+            raise TypeError(f"option {name}: default {default!r} is not an int, float or str")
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+
+
 def median_time(fn, repeats: int, *, warmup: bool = False) -> tuple[float, list[float]]:
     """(median, all) wall seconds of `repeats` calls of fn(), after one untimed call if
     `warmup`. fn must wait for its own results (block_until_ready, synchronize)."""

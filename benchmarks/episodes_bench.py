@@ -36,7 +36,7 @@ os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", 
                                  os.environ.get("XLA_FLAGS", "")).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.bench_common import git_commit, wait_for_quiet  # noqa: E402
+from benchmarks.bench_common import add_options, git_commit, wait_for_quiet  # noqa: E402
 
 GOAL = 4.0
 
@@ -84,11 +84,7 @@ def play(agent, eps, turns: int, pool) -> int:
 def main(argv=None) -> int:
     """Build or reuse the model, time both modes, print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="bench-100m")
-    ap.add_argument("--episodes", type=int, default=32)
-    ap.add_argument("--turns", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=1)
+    add_options(ap, preset="bench-100m", episodes=32, turns=10, max_new_tokens=16, repeats=1)
     ap.add_argument("--max-load", type=float, default=None)
     ap.add_argument("--work", default=None)
     args = ap.parse_args(argv)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_common import write_results  # noqa: E402
+from bench_common import add_options, write_results  # noqa: E402
 from rollout_bench import SMALL, ragged_lengths  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -35,16 +35,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--max-new", type=int, default=256)
-    ap.add_argument("--median", type=float, default=48.0)
-    ap.add_argument("--sigma", type=float, default=1.0)
-    ap.add_argument("--micro-batches", type=int, default=1)
-    ap.add_argument("--agg", default="token-mean")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    add_options(ap, prompts=8, samples=8, prompt_len=32, max_new=256, median=48.0, sigma=1.0,
+                micro_batches=1, agg="token-mean", reps=3, seed=0)
     ap.add_argument("--out", default=os.path.join(RESULTS, "packed_bench"))
     ap.add_argument("--rollout-json", default=os.path.join(RESULTS, "rollout_bench.json"))
     return ap.parse_args(argv)

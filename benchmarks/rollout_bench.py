@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_common import git_commit, median_time  # noqa: E402
+from bench_common import add_options, git_commit, median_time  # noqa: E402
 
 # A small model with the structure of the big ones (GQA, tied head), fast enough for 2 CPU cores.
 SMALL = dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -36,15 +36,8 @@ SMALL = dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, num_kv
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="small", help="'small' (see SMALL) or a preset name")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--max-new", type=int, default=512)
-    ap.add_argument("--median", type=float, default=96.0)
-    ap.add_argument("--sigma", type=float, default=1.0)
-    ap.add_argument("--slots", default="8,16,32")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    add_options(ap, prompts=8, samples=8, prompt_len=32, max_new=512, median=96.0, sigma=1.0,
+                slots="8,16,32", reps=3, seed=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "rollout_bench"))
     return ap.parse_args(argv)
