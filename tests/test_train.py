@@ -320,6 +320,35 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
                                                                   "decay_steps": 0}})
 
 
+@pytest.mark.parametrize("old, new", [(0, 4), (4, 0)])
+def test_resume_cannot_switch_between_full_and_lora_training(tmp_path, capsys, monkeypatch, old,
+                                                            new):
+    """Even with run.allow_config_change=true a switch of model.lora.rank between 0 and > 0 is
+    one `error:` line naming both values, before any model loads (the restore could not read
+    the other kind's checkpoint)."""
+    from socialr1_jax import cli
+    from socialr1_jax.yaml_config import to_dict
+
+    import yaml
+    stored = to_dict(_cfg(f"run.out_dir={tmp_path}", f"model.lora.rank={old}"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    monkeypatch.setattr(train_mod, "load_policy", lambda *a, **k: pytest.fail("model loaded"))
+    rc = cli.run(train_mod.main, TOY + ["run.progress=false", f"run.out_dir={tmp_path}",
+                                        "run.resume=true", "run.allow_config_change=true",
+                                        f"model.lora.rank={new}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert (f"model.lora.rank={new} but the run in {tmp_path} was trained with "
+            f"model.lora.rank={old}: a run cannot switch between full and LoRA training") in err
+    assert ("--merge-lora" in err) == (new == 0) and "as model.path" in err, err
+    # a LoRA run resumed as LoRA (another alpha, allowed) is no switch
+    if old:
+        info = train_mod.prepare(_cfg(f"run.out_dir={tmp_path}", "run.resume=true",
+                                      "model.lora.rank=4", "model.lora.alpha=64",
+                                      "run.allow_config_change=true")).resume
+        assert info["changes"] and all("lora.alpha" in c for c in info["changes"])
+
+
 def test_default_run_directory_is_new_for_each_run(tmp_path):
     pattern = str(tmp_path / "runs" / "{time}")
     a = run_dir.expand_out_dir(pattern, now=0)

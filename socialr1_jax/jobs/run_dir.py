@@ -97,6 +97,24 @@ def config_changes(old: dict, new: dict, free=RESUME_FREE) -> list[str]:
     return out
 
 
+def training_kind_change(old: dict, new: dict, out_dir: str) -> Optional[str]:
+    """The error of a resume whose config (`new`, vs the stored `old`) switches between full
+    fine-tuning and LoRA (model.lora.rank 0 vs > 0), else None. run.allow_config_change cannot
+    cover it: the checkpoint holds the other kind's train state (whole weights and their
+    moments, or adapters over a base), which the restore would fail to read."""
+    rank = [flatten(d).get("model.lora.rank", 0) or 0 for d in (old, new)]
+    if (rank[0] > 0) == (rank[1] > 0):
+        return None
+    ckpt = os.path.join(out_dir, CHECKPOINTS)
+    merge = "" if rank[1] > 0 else " --merge-lora"  # a full run reads the adapters merged
+    hint = (f"to continue from this one, export it (python -m conversion.orbax_to_hf --ckpt "
+            f"{ckpt}{merge} --out DIR; a reward model's: its run.export_hf) and give that model "
+            "as model.path")
+    return (f"run.resume=true with model.lora.rank={rank[1]} but the run in {out_dir} was "
+            f"trained with model.lora.rank={rank[0]}: a run cannot switch between full and LoRA "
+            f"training, even with run.allow_config_change=true; start a new run ({hint})")
+
+
 def check_run_dir(cfg: TrainConfig, out_dir: str, *, free=RESUME_FREE) -> Optional[dict]:
     """Refuse a run directory the config may not use; returns the stored config of a run to
     resume (None for a fresh run). Raises ConfigError, before anything is built. `cfg`: any
@@ -129,7 +147,11 @@ def check_run_dir(cfg: TrainConfig, out_dir: str, *, free=RESUME_FREE) -> Option
             old = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{stored}: cannot be read ({e})") from None
-    changes = config_changes(old, to_dict(cfg), free)
+    new = to_dict(cfg)
+    switch = training_kind_change(old, new, out_dir)
+    if switch:
+        raise ConfigError(switch)
+    changes = config_changes(old, new, free)
     if changes and not cfg.run.allow_config_change:
         raise ConfigError(f"run.resume=true with a config that differs from {stored} in "
                           f"{'; '.join(changes)}; resume with the same values, or set "
