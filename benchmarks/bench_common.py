@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import time
+
+
+def one_cpu_device() -> None:
+    """Set the environment of a benchmark that runs on ONE CPU device, before jax is imported:
+    XLA then runs each matmul on both cores (8 forced devices, the tests' setting, would split
+    them); the tokenizers' own threads are off."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                     os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def hf_qwen3_config(preset_name: str, *, min_vocab: int = 0):
+    """transformers' Qwen3Config with the shapes of our preset `preset_name` (tied head, default
+    RoPE at the preset's theta, 4096 positions), the vocabulary raised to `min_vocab` (the
+    byte-level test tokenizer's 272) when the preset's is smaller: the benchmarks' random HF
+    checkpoints."""
+    from transformers import Qwen3Config
+
+    from socialr1_jax.model.config import preset
+
+    c = preset(preset_name)
+    return Qwen3Config(vocab_size=max(c.vocab_size, min_vocab), hidden_size=c.hidden_size,
+                       num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+                       num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
+                       intermediate_size=c.intermediate_size, tie_word_embeddings=True,
+                       rms_norm_eps=c.rms_norm_eps, max_position_embeddings=4096,
+                       rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
 
 
 def add_options(ap, **defaults) -> None:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -31,12 +30,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                 os.environ.get("XLA_FLAGS", "")).strip()
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.bench_common import add_options, git_commit, wait_for_quiet  # noqa: E402
+from benchmarks.bench_common import (add_options, git_commit, hf_qwen3_config,  # noqa: E402
+                                     one_cpu_device, wait_for_quiet)
+
+one_cpu_device()  # before jax is imported
 
 GOAL = 4.0
 
@@ -44,18 +42,11 @@ GOAL = 4.0
 def build(path: str, preset_name: str):
     """A random HF Qwen3 with the preset's shapes and the byte-level tokenizer, saved to path."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    from socialr1_jax.model.config import preset
     from tests.hf_fixtures import make_tiny_tokenizer
 
-    c = preset(preset_name)
-    cfg = Qwen3Config(vocab_size=max(c.vocab_size, 272), hidden_size=c.hidden_size,
-                      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-                      intermediate_size=c.intermediate_size, tie_word_embeddings=True,
-                      rms_norm_eps=c.rms_norm_eps, max_position_embeddings=4096,
-                      rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    cfg = hf_qwen3_config(preset_name, min_vocab=272)
     torch.manual_seed(0)
     Qwen3ForCausalLM(cfg).eval().save_pretrained(path)
     make_tiny_tokenizer(path)

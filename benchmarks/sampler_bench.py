@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import threading
@@ -41,11 +40,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One CPU device: XLA then runs each matmul on both cores (8 forced devices would split them).
-os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                 os.environ.get("XLA_FLAGS", "")).strip()
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench_common import git_commit, hf_qwen3_config, one_cpu_device, wait_for_quiet  # noqa: E402
+
+one_cpu_device()  # before jax is imported
 
 TARGET_B8, TARGET_B1, TARGET_FLOOR = 2.5, 1.0, 1.5
 GIB = 1 << 30
@@ -54,17 +52,9 @@ GIB = 1 << 30
 def build_checkpoint(path: str, seed: int = 0):
     """A random transformers Qwen3ForCausalLM with the bench-100m shapes, saved to `path`."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    from socialr1_jax.model.config import preset
-
-    c = preset("bench-100m")
-    cfg = Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-                      intermediate_size=c.intermediate_size, tie_word_embeddings=True,
-                      rms_norm_eps=c.rms_norm_eps, max_position_embeddings=4096,
-                      rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    cfg = hf_qwen3_config("bench-100m")
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg).eval()
     model.save_pretrained(path)
@@ -118,8 +108,6 @@ def main(argv=None):
                     help="first wait (up to --wait-s) until the 1-min load average is below this")
     ap.add_argument("--wait-s", type=float, default=1800)
     args = ap.parse_args(argv)
-    from bench_common import git_commit, wait_for_quiet
-
     wait_for_quiet(args.quiet_load, args.wait_s)
 
     import jax

@@ -43,7 +43,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from bench_common import wait_for_quiet, write_results  # noqa: E402
+from bench_common import hf_qwen3_config, wait_for_quiet, write_results  # noqa: E402
 
 NO_EOS = 151935
 
@@ -51,21 +51,14 @@ NO_EOS = 151935
 def build_model(path: str) -> None:
     """The bench-100m-shaped HF checkpoint with the tiny tokenizer and a chat template."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    from socialr1_jax.model.config import preset
     from socialr1_jax.rollout import tokenizer as tk
     from tests.hf_fixtures import make_tiny_tokenizer
 
     if os.path.exists(os.path.join(path, "bytes_only")):
         return
-    c = preset("bench-100m")
-    cfg = Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-                      intermediate_size=c.intermediate_size, tie_word_embeddings=True,
-                      rms_norm_eps=c.rms_norm_eps, max_position_embeddings=4096,
-                      rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    cfg = hf_qwen3_config("bench-100m")
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
