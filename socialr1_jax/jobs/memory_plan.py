@@ -389,6 +389,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.sweep and not args.config:
         for m in args.meshes:
             _check_setting(cli, cfg, args, m)
+        if args.packed:  # rows of the worst case, or --packed-rows: refused now, not at compile
+            from socialr1_jax.jobs.plan_packed import packed_rows
+
+            cli.checked("--packed-row-len", args.packed_row_len, lambda t: packed_rows(
+                args.prompts * args.group, args.prompt_len + args.completion_len, t, 1,
+                args.packed_rows))
     if args.topology and ":" not in args.topology:
         raise cli.UsageError(f"--topology {args.topology!r}: expected CHIP:SHAPE, e.g. v5e:2x4")
     if args.out:  # checked now, not after minutes of compiling

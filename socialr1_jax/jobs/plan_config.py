@@ -1,7 +1,7 @@
 """`memory_plan --config FILE`: the settings of a training config as `memory_plan.plan` takes
 them (model preset or model.path's config.json, LoRA, prompts x group, lengths, micro-batch,
-remat, dtypes, mesh, rollout slots, grpo.packed). Nothing is loaded: a config whose model.path is empty is planned on its
-preset (as if model.random_init were set)."""
+remat, dtypes, mesh, rollout slots, grpo.packed). Nothing is loaded: a config whose model.path
+is empty is planned on its preset (as if model.random_init were set)."""
 
 from __future__ import annotations
 
