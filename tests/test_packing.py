@@ -204,3 +204,8 @@ def test_per_process_plans_give_the_padded_loss_in_every_mode(model):
     one = ps.plan_batch(batch.prompt_mask, batch.completion_mask, row_len=26, multiple=8)
     for k in ("tok_src", "segment_ids", "positions", "loss_src", "seq_of"):
         np.testing.assert_array_equal(np.asarray(getattr(glob, k)), np.asarray(getattr(one, k)))
+    # A sequence too long for the rows: every process raises (none waits in the all-gather).
+    with pytest.raises(ValueError, match=r"packed_row_len=8: a sequence of \d+ tokens does not "
+                                         r"fit a packed row of 8 \(on process\(es\) \[0\]\)"):
+        ps.process_plan(jax.device_put(batch.prompt_mask, two),
+                        jax.device_put(batch.completion_mask, two), mesh, row_len=8, multiple=8)

@@ -27,8 +27,8 @@ from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.packing import (PackedBatch, PackPlan, pack, pack_inputs, pack_plan,
-                                     shift_plan, unpack)
+from socialr1_jax.rl.packing import (PackedBatch, PackPlan, first_fit_decreasing, pack,
+                                     pack_inputs, pack_plan, shift_plan, unpack)
 
 
 def packed_logprobs(model, ids, segment_ids, positions, targets, *, temperature: float = 1.0,
@@ -182,9 +182,22 @@ def plan_batch(prompt_mask, completion_mask, *, row_len: int = 0, multiple: int 
                      rows=lambda needed: bucket_rows(needed, pm.shape[0], multiple))
 
 
-def _most_over_processes(n: int) -> int:
-    """The largest of every process's `n` (a collective: every process must call it)."""
-    return int(np.max(multihost_utils.process_allgather(np.asarray([n], np.int32))))
+def agreed_rows(prompt_mask, completion_mask, row_len: int) -> int:
+    """The most packed rows of `row_len` that any process's sequences (its host masks) need,
+    a collective every process calls; when one process's sequences do not fit, every process
+    raises the ValueError (none is left waiting for the others)."""
+    lengths = np.asarray(prompt_mask).sum(1) + np.asarray(completion_mask).sum(1)
+    try:
+        needed, why = len(first_fit_decreasing(lengths, row_len)), ""
+    except ValueError as e:
+        needed, why = -1, str(e)
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([needed], np.int32)))
+    counts = counts.reshape(-1)
+    if (counts < 0).any():
+        bad = [int(i) for i in np.nonzero(counts < 0)[0]]
+        raise ValueError(f"grpo.packed_row_len={row_len}: {why or 'a sequence does not fit'} "
+                         f"(on process(es) {bad})")
+    return int(counts.max())
 
 
 def process_plan(prompt_mask, completion_mask, mesh: Mesh, *, row_len: int = 0,
@@ -203,10 +216,12 @@ def process_plan(prompt_mask, completion_mask, mesh: Mesh, *, row_len: int = 0,
                          f"not split over the {blocks} processes' row blocks")
     per = multiple // blocks
     pm = distributed.local_rows(prompt_mask, mesh)
-    local = pack_plan(pm, distributed.local_rows(completion_mask, mesh), row_len=row_len,
-                      rows_multiple=per, rows=lambda needed: bucket_rows(
-                          _most_over_processes(needed), pm.shape[0], per))
-    local = shift_plan(local, mine.start, b, prompt_mask.shape[1] + c)
+    cm = distributed.local_rows(completion_mask, mesh)
+    seq_len = prompt_mask.shape[1] + c
+    most = agreed_rows(pm, cm, row_len or seq_len)
+    local = pack_plan(pm, cm, row_len=row_len, rows_multiple=per,
+                      rows=bucket_rows(most, pm.shape[0], per))
+    local = shift_plan(local, mine.start, b, seq_len)
     fields = ("tok_src", "segment_ids", "positions", "loss_src", "seq_of")
     arrays = distributed.global_batch({k: getattr(local, k) for k in fields}, mesh,
                                       global_size=blocks * local.rows)
