@@ -56,6 +56,28 @@ def test_plan_agrees_with_the_shardings():
     assert plan["peak_bytes_per_device"] == max(q["peak"] for q in plan["programs"])
 
 
+def test_packed_plan_compiles_the_packed_programs():
+    """grpo.packed: the update and the reference forward planned on packed rows of
+    packed_row_len tokens, by default as many as full-length sequences need (2 per row of
+    48 here: 8 rows, bucketed to a multiple of 2 micro-batches x 8 shards = 16)."""
+    plan = memory_plan.plan(preset="tiny", mesh="1x8x1", prompts=4, group=4, prompt_len=8,
+                            completion_len=16, micro_batch=8, remat="none",
+                            param_dtype="bfloat16", master_dtype="float32", rollout=False,
+                            packed=True, packed_row_len=48)
+    s, st = plan["setting"], plan["state_bytes_per_device"]
+    assert (s["packed"], s["packed_rows"], s["packed_ref_rows"], s["packed_row_len"]) == (
+        True, 16, 16, 48)
+    train, ref = plan["programs"]
+    # Its weight shards and this device's 2 packed rows of ids, segment ids, positions, targets.
+    assert ref["arguments"] == st["reference_params"] + 4 * 4 * 2 * 48
+    assert ref["outputs"] == 4 * 2 * 48
+    assert train["aliased"] >= st["master"] and train["resident_besides"] == st["reference_params"]
+    assert "packed: 16 rows x 48 tokens (reference 16)" in memory_plan.format_plan(plan)
+    with pytest.raises(ValueError, match="packed_row_len=20 is shorter than prompt"):
+        memory_plan.plan(preset="tiny", mesh="1x8x1", prompts=4, group=4, prompt_len=8,
+                         completion_len=16, rollout=False, packed=True, packed_row_len=20)
+
+
 @pytest.mark.slow
 def test_cli_shows_remat_and_micro_batching(tmp_path):
     """A fresh process (its own XLA flags): 4 settings; remat and micro-batching cut temps."""

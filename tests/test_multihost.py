@@ -165,7 +165,14 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
     for i, n in enumerate([10, 4, 7, 1, 10, 9, 2, 6]):
         mask[i, : 10 - n] = 0
     ids = np.where(mask == 1, ids, 0)
-    np.savez(tmp_path / "batch.npz", ids=ids, mask=mask)
+    # A scored batch over these prompts for the packed-vs-padded GRPO loss (ragged completions).
+    c_len = np.array([6, 1, 3, 6, 2, 5, 4, 1])
+    cmask = (np.arange(6)[None] < c_len[:, None]).astype(np.int32)
+    np.savez(tmp_path / "batch.npz", ids=ids, mask=mask,
+             completion_ids=rng.integers(0, 256, (8, 6)).astype(np.int32), completion_mask=cmask,
+             old_logp=rng.normal(-5.5, 0.3, (8, 6)).astype(np.float32),
+             ref_logp=rng.normal(-5.5, 0.3, (8, 6)).astype(np.float32),
+             advantages=rng.normal(size=8).astype(np.float32))
     run_two_processes(["-m", "tests.multihost_worker", "--checkpoint", tiny_hf, "--batch",
                        str(tmp_path / "batch.npz"), "--meshes", ",".join(meshes), "--out",
                        str(tmp_path)], tmp_path, "worker", timeout=240)
@@ -181,6 +188,17 @@ def test_two_processes_match_one_process(tiny_hf, tmp_path):
             assert m["ids_global_shape"] == [8, 10]
             assert m["local_rows"] == ids[4 * i:4 * i + 4].tolist()
             assert not m["q_is_fully_addressable"]
+    # grpo.packed over 2 processes (each packing its own 4 sequences of up to 16 tokens into as
+    # many rows as the other): the padded GRPO loss in every aggregation mode.
+    from socialr1_jax.rl.grpo import AGG_MODES
+
+    for r in reports:
+        assert r["packed"]["rows"] % 8 == 0 and set(r["packed"]) == {"rows", *AGG_MODES}
+        for agg in AGG_MODES:
+            padded, packed = r["packed"][agg]
+            assert abs(packed - padded) <= 1e-6 and abs(padded) > 1e-3, (agg, padded, packed)
+    assert reports[0]["packed"] == reports[1]["packed"]
+    print(f"packed check: {reports[0]['packed_s']:.1f} s of the workers' run")
     assert reports[0]["meshes"]["1x8x1"]["q_local_shards"] == [[2, 4, 16, 8]]  # [L, N, H, D/8]
     assert reports[0]["meshes"]["2x2x2"]["q_local_shards"] == [[2, 2, 16, 32]]
     assert reports[0]["meshes"]["2x2x2"]["ids_local_shards"] == [[2, 10]]

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from socialr1_jax import preset
+from socialr1_jax import make_mesh, preset
 from socialr1_jax.model.build import create_model
 from socialr1_jax.model.logprobs import completion_logprobs
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import packed_step as ps
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
-from socialr1_jax.rl.packing import first_fit_decreasing, pack, pack_plan, unpack
+from socialr1_jax.parallel.sharding import batch_sharding
+from socialr1_jax.rl.packing import (_flat_take, concat_plans, first_fit_decreasing, pack,
+                                     pack_plan, shift_plan, unpack)
 
 CFG = preset("tiny")
 PADDED_LOGPROBS = ts.make_logprob_fn(CFG)  # one program for every test's padded forward
@@ -156,3 +158,54 @@ def test_packed_update_with_micro_batches_equals_padded(model):
     np.testing.assert_allclose(np.asarray(unpack(logp, plan)) * m, np.asarray(ref) * m,
                                atol=2e-5)
 
+
+
+def test_per_process_plans_give_the_padded_loss_in_every_mode(model):
+    """What several processes do (`packed_step.process_plan`), on one host: each half of the
+    batch planned alone into the same number of rows (the half needing fewer gets empty rows),
+    re-indexed into the whole batch and stacked: the log-probs unpack to the padded ones, and
+    the loss of every aggregation mode, its normalisers counted over the stacked rows, is the
+    padded loss. Then `process_plan` itself on this one process and an 8-device mesh."""
+    batch = ragged_batch(model, seed=4)
+    halves = [slice(0, 4), slice(4, 8)]
+    need = [len(first_fit_decreasing(batch.prompt_mask[h].sum(1) + batch.completion_mask[h]
+                                     .sum(1), 26)) for h in halves]
+    rows = max(need) + 1  # at least one empty row in each half
+    plan = concat_plans([
+        shift_plan(pack_plan(batch.prompt_mask[h], batch.completion_mask[h], row_len=26,
+                             rows=rows), h.start, 8, 26) for h in halves])
+    assert plan.rows == 2 * rows and plan.batch == 8
+    pb = pack(batch, plan)
+    assert int(pb.loss_mask.sum()) == int(batch.completion_mask.sum())
+    logp1 = jax.jit(lambda *a: ps.packed_logprobs(model, *a))(pb.ids, pb.segment_ids,
+                                                               pb.positions, pb.targets)
+    logp0 = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                batch.completion_mask)
+    m = batch.completion_mask
+    np.testing.assert_allclose(np.asarray(unpack(logp1, plan)) * m, np.asarray(logp0) * m,
+                               atol=2e-5)
+    lp1 = jnp.where(pb.loss_mask > 0, _flat_take(logp0, plan.loss_src), 0.0)  # the same values
+    for agg in grpo.AGG_MODES:
+        kw = dict(beta=0.1, agg=agg, entropy=None)
+        n0 = grpo.batch_normalisers(m, agg)
+        n1 = ps.packed_normalisers(pb, GRPOConfig(group_size=4, beta=0.1, agg=agg))
+        l0, _ = grpo.loss(logp0, batch.old_logp, batch.ref_logp, batch.advantages, m, **kw,
+                          num_tokens=n0[0], num_seqs=n0[1], loss_scale_factor=n0[2])
+        l1, _ = grpo.loss(lp1, pb.old_logp, pb.ref_logp, pb.advantages, pb.loss_mask, **kw,
+                          segment_ids=pb.segment_ids, num_tokens=n1[0], num_seqs=n1[1],
+                          loss_scale_factor=n1[2])
+        assert abs(float(l1) - float(l0)) <= 1e-6, (agg, float(l0), float(l1))
+
+    mesh = make_mesh(2, 4, 1)
+    two = batch_sharding(mesh, 2)
+    glob = ps.process_plan(jax.device_put(batch.prompt_mask, two),
+                           jax.device_put(batch.completion_mask, two), mesh, row_len=26,
+                           multiple=8)
+    one = ps.plan_batch(batch.prompt_mask, batch.completion_mask, row_len=26, multiple=8)
+    for k in ("tok_src", "segment_ids", "positions", "loss_src", "seq_of"):
+        np.testing.assert_array_equal(np.asarray(getattr(glob, k)), np.asarray(getattr(one, k)))
+    # A sequence too long for the rows: every process raises (none waits in the all-gather).
+    with pytest.raises(ValueError, match=r"packed_row_len=8: a sequence of \d+ tokens does not "
+                                         r"fit a packed row of 8 \(on process\(es\) \[0\]\)"):
+        ps.process_plan(jax.device_put(batch.prompt_mask, two),
+                        jax.device_put(batch.completion_mask, two), mesh, row_len=8, multiple=8)

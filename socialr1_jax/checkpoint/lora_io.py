@@ -66,11 +66,17 @@ def content_hash(path: str) -> str:
 
 
 def params_hash(state) -> str:
-    """sha256 of a parameter state's arrays (a random preset base, which has no files)."""
+    """sha256 of a parameter state's arrays (a random preset base, which has no files).
+    On several processes a collective: every process must call it (each gets the whole)."""
+    from socialr1_jax.parallel import distributed
+
     h = hashlib.sha256()
     for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(state), key=lambda x: str(x[0])):
         h.update(str(path).encode())
-        h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+        # A leaf sharded over other processes' devices cannot be fetched alone: gathered.
+        whole = (distributed.gather(leaf) if isinstance(leaf, jax.Array)
+                 and not leaf.is_fully_addressable else jax.device_get(leaf))
+        h.update(np.ascontiguousarray(whole).tobytes())
     return "sha256:" + h.hexdigest()
 
 

@@ -159,7 +159,8 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
          ref_micro_batch: int | None = None, remat: str = "none", param_dtype: str = "bfloat16",
          master_dtype: str = "float32", logprob_chunk: int = 256, layers: int = 0,
          compute_entropy: bool = True, topology: str | None = None, lora=None,
-         slots: int | None = None, rollout: bool = True) -> dict:
+         slots: int | None = None, rollout: bool = True, packed: bool = False,
+         packed_row_len: int = 0, packed_rows: int = 0) -> dict:
     """Compile the train step, the log-prob forward and the rollout abstractly; return the
     memory plan.
 
@@ -172,6 +173,8 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     reference forward's weights).
     slots: the rollout's decode slots (`rollout.slots`: None = every row at once, K = refill
     through K slots, rollout/refill.py); rollout=False leaves the rollout program out.
+    packed: plan grpo.packed's update and reference forward on rows of `packed_row_len` tokens
+    (jobs/plan_packed.py: `packed_rows` rows, or the full-length worst case when 0).
     """
     import jax
 
@@ -208,11 +211,23 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                               micro_batch_size=ref_micro)
     key = (preset, mesh, topology, layers, param_dtype, prompts, group, prompt_len,
            completion_len)
+    lower_step = lambda: step.lower(state, abatch)  # noqa: E731
+    lower_logp = lambda: logp.lower(ref_params, abatch.prompt_ids,  # noqa: E731
+                                    abatch.prompt_mask, abatch.completion_ids,
+                                    abatch.completion_mask)
+    packed_setting = {}
+    if packed:
+        from socialr1_jax.jobs import plan_packed
+
+        lower_step, lower_logp, packed_setting = plan_packed.lowerers(
+            cfg, m, optim, grpo_cfg, lora=lora, state=state, ref_params=ref_params, batch=batch,
+            prompt_len=prompt_len, completion_len=completion_len,
+            micro_batch=micro_batch or batch, ref_micro_batch=ref_micro or batch,
+            row_len=packed_row_len, rows=packed_rows, logprob_chunk=logprob_chunk)
+        key += tuple(sorted(packed_setting.items()))
     programs = [
-        _measure("train step", lambda: step.lower(state, abatch), beside_step),
-        _measure_once(("logp", ref_micro, logprob_chunk) + key, "log-prob forward",
-                      lambda: logp.lower(ref_params, abatch.prompt_ids, abatch.prompt_mask,
-                                         abatch.completion_ids, abatch.completion_mask),
+        _measure("train step", lower_step, beside_step),
+        _measure_once(("logp", ref_micro, logprob_chunk) + key, "log-prob forward", lower_logp,
                       state_bytes),
     ]
     if rollout:
@@ -230,7 +245,8 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                         layers=cfg.num_layers, params=cfg.num_params(),
                         slots=slots if rollout else "not planned",
                         lora=None if lora is None else dict(rank=lora.rank, alpha=lora.alpha,
-                                                            targets=list(lora.targets))),
+                                                            targets=list(lora.targets)),
+                        packed=packed, **packed_setting),
         **_totals(state, state_bytes, ref_bytes, programs, topology),
     }
 
@@ -339,6 +355,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--slots", type=cli.positive_int, default=None,
                     help="the rollout's decode slots (refill, rollout.slots); default: every "
                          "row at once (with --config: the config's rollout.slots)")
+    ap.add_argument("--packed", action="store_true",
+                    help="plan grpo.packed's update and reference forward (packed rows)")
+    ap.add_argument("--packed-row-len", type=cli.nonnegative_int, default=0,
+                    help="grpo.packed_row_len (0 = prompt + completion length)")
+    ap.add_argument("--packed-rows", type=cli.nonnegative_int, default=0,
+                    help="packed rows per update to plan (0 = every sequence at full length)")
     ap.add_argument("--layers", type=cli.nonnegative_int, default=0,
                     help="override the layer count (quick looks)")
     ap.add_argument("--topology", default=None,
@@ -367,6 +389,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.sweep and not args.config:
         for m in args.meshes:
             _check_setting(cli, cfg, args, m)
+        if args.packed:  # rows of the worst case, or --packed-rows: refused now, not at compile
+            from socialr1_jax.jobs.plan_packed import packed_rows
+
+            cli.checked("--packed-row-len", args.packed_row_len, lambda t: packed_rows(
+                args.prompts * args.group, args.prompt_len + args.completion_len, t, 1,
+                args.packed_rows))
     if args.topology and ":" not in args.topology:
         raise cli.UsageError(f"--topology {args.topology!r}: expected CHIP:SHAPE, e.g. v5e:2x4")
     if args.out:  # checked now, not after minutes of compiling
@@ -419,7 +447,8 @@ def main(argv=None) -> int:
                          micro_batch=mb, ref_micro_batch=args.ref_micro_batch, remat=remat,
                          param_dtype=args.param_dtype, master_dtype=args.master_dtype,
                          logprob_chunk=args.logprob_chunk, layers=args.layers,
-                         topology=args.topology, slots=args.slots)
+                         topology=args.topology, slots=args.slots, packed=args.packed,
+                         packed_row_len=args.packed_row_len, packed_rows=args.packed_rows)
                     for mesh in args.meshes for remat in args.remats
                     for mb in args.micro_batches]
     plans = []

@@ -1,7 +1,7 @@
 """`memory_plan --config FILE`: the settings of a training config as `memory_plan.plan` takes
 them (model preset or model.path's config.json, LoRA, prompts x group, lengths, micro-batch,
-remat, dtypes, mesh, rollout slots). Nothing is loaded: a config whose model.path is empty is planned on its
-preset (as if model.random_init were set)."""
+remat, dtypes, mesh, rollout slots, grpo.packed). Nothing is loaded: a config whose model.path
+is empty is planned on its preset (as if model.random_init were set)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ def settings_from_config(path: str, args, *, topology=None) -> list[dict]:
                 param_dtype=pdt, master_dtype=cfg.optim.master_dtype,
                 logprob_chunk=g.logprob_chunk, layers=args.layers, topology=topology,
                 compute_entropy=g.compute_entropy, lora=m.lora.spec(),
-                slots=r.slots if getattr(args, "slots", None) is None else args.slots)
+                slots=r.slots if getattr(args, "slots", None) is None else args.slots,
+                packed=g.packed or getattr(args, "packed", False),
+                packed_row_len=getattr(args, "packed_row_len", 0) or g.packed_row_len,
+                packed_rows=getattr(args, "packed_rows", 0))
     for mesh in meshes:
         sizes = cli.mesh_sizes("--mesh", mesh)
         if not topology and math.prod(sizes.values()) != args.devices:

@@ -22,7 +22,9 @@ def format_plan(p: dict) -> str:
         f"{s['mesh']} ({s['devices']} devices): batch {s['batch']} = {s['prompts']} prompts x "
         f"{s['group']}, prompt {s['prompt_len']} + completion {s['completion_len']}, micro-batch "
         f"{s['micro_batch']} (reference {s['ref_micro_batch']}), remat {s['remat']}, "
-        f"{s['param_dtype']} params, {s['master_dtype']} master + AdamW moments",
+        f"{s['param_dtype']} params, {s['master_dtype']} master + AdamW moments"
+        + (f"; packed: {s['packed_rows']} rows x {s['packed_row_len']} tokens (reference "
+           f"{s['packed_ref_rows']})" if s.get("packed") else ""),
         f"  train state per device: params {_gib(st['params'])} + master {_gib(st['master'])} + "
         f"optimizer {_gib(st['optimizer'])} = {_gib(st['train_state_total'])} {unit}; "
         f"reference weights {_gib(st['reference_params'])} {unit}",

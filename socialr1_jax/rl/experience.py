@@ -92,18 +92,26 @@ class Programs:
         self._tokens = jax.jit(lambda m: jnp.sum(m, dtype=jnp.int32))
 
     def _packed_programs(self, cfg, model_cfg, mesh, lora):
-        """grpo.packed: the update and the log-prob forwards on packed rows (rl/packing.py)."""
+        """grpo.packed: the update and the log-prob forwards on packed rows (rl/packing.py);
+        with `lora`, the update trains the adapters over the frozen base and the reference
+        forward runs the base alone, as the padded LoRA programs do."""
         g, r = cfg.grpo, cfg.rollout
-        if lora is not None:
-            raise ValueError("grpo.packed=true with model.lora is not supported yet")
         micro = cfg.mini_batch // cfg.micro_batch
-        self.train_step = packed_step.PackedStep(
-            model_cfg, cfg.optim, g, mesh, temperature=r.temperature, micro_batches=micro,
-            total_updates=cfg.total_updates)
+        kw = dict(temperature=r.temperature, micro_batches=micro, total_updates=cfg.total_updates)
+        if lora is None:
+            step = packed_step.make_packed_train_step(model_cfg, cfg.optim, g, mesh, **kw)
+        else:
+            step = lora_train.LoraStep(lora_train.make_packed_train_step(
+                model_cfg, cfg.optim, g, mesh, dropout_seed=cfg.run.seed, **kw), lora.base)
+        self.train_step = packed_step.PackedStep(step, mesh, micro_batches=micro,
+                                                 row_len=g.packed_row_len)
         # The rollout's forwards take as many passes as the update does per mini-batch.
-        self.logprobs = self.old_logprobs = packed_step.PackedLogprobs(
-            model_cfg, mesh, temperature=r.temperature, chunk=g.logprob_chunk,
-            row_len=g.packed_row_len, micro_batches=cfg.rollout_size // cfg.micro_batch)
+        fw = dict(temperature=r.temperature, chunk=g.logprob_chunk, row_len=g.packed_row_len,
+                  micro_batches=cfg.rollout_size // cfg.micro_batch)
+        ref_cfg = model_cfg if lora is None else lora.reference_cfg
+        self.logprobs = packed_step.PackedLogprobs(ref_cfg, mesh, **fw)
+        self.old_logprobs = self.logprobs if lora is None else packed_step.PackedLogprobs(
+            model_cfg, mesh, **fw)
 
     def sample(self, params, prompts: PromptBatch, *, seed: int, eos_ids, pad_id: int):
         """The group_size completions of every prompt under the policy `params`."""

@@ -25,6 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from socialr1_jax.model import build, lora
 from socialr1_jax.model.config import ModelConfig
+from socialr1_jax.parallel.sharding import batch_sharding
+from socialr1_jax.rl import packed_step
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 
@@ -105,6 +107,25 @@ def make_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GR
                           dropout=lora.dropout_of(model_cfg, dropout_seed))
     return jit_update(step, model_cfg, optim_cfg, mesh, ts.batch_shardings(mesh),
                       total_updates=total_updates)
+
+
+def make_packed_train_step(model_cfg: ModelConfig, optim_cfg: OptimConfig,
+                           grpo_cfg: GRPOConfig, mesh: Optional[Mesh] = None, *,
+                           temperature: float = 1.0, micro_batches: int = 1,
+                           total_updates: int = 1, dropout_seed: int = 0) -> ts.MeshFunction:
+    """`make_train_step` on packed rows (grpo.packed): the jitted `fn(state, packed, base)`,
+    the loss of `packed_step.packed_update` under base + adapters, differentiated in the
+    adapters only; the state donated, the base not. With model.lora.dropout > 0 the masks are
+    drawn per packed row (keys from the seed, the update count and the packed row)."""
+    graphdef = build.abstract_lora_parts(model_cfg, mesh)[0]
+    step = packed_step.packed_update(
+        graphdef, model_cfg, optim_cfg, grpo_cfg, mesh, temperature=temperature,
+        micro_batches=micro_batches, total_updates=total_updates,
+        params_of=lambda adapters, base: full_params(base, adapters),
+        dropout=lora.dropout_of(model_cfg, dropout_seed))
+    # One sharding for the whole packed batch (a tree prefix: every field is [R, T]).
+    rows = batch_sharding(mesh, 2) if mesh is not None else None
+    return jit_update(step, model_cfg, optim_cfg, mesh, rows, total_updates=total_updates)
 
 
 @dataclasses.dataclass

@@ -15,17 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from socialr1_jax.model import build
 from socialr1_jax.model.config import ModelConfig
 from socialr1_jax.model.logprobs import head_logprobs
+from socialr1_jax.parallel import distributed
 from socialr1_jax.parallel.sharding import batch_sharding, batch_shards
 from socialr1_jax.rl import grpo
 from socialr1_jax.rl import train_step as ts
 from socialr1_jax.rl.config import GRPOConfig, OptimConfig
 from socialr1_jax.rl.optimizer import make_optimizer
-from socialr1_jax.rl.packing import PackedBatch, PackPlan, pack, pack_inputs, pack_plan, unpack
+from socialr1_jax.rl.packing import (PackedBatch, PackPlan, first_fit_decreasing, pack,
+                                     pack_inputs, pack_plan, shift_plan, unpack)
 
 
 def packed_logprobs(model, ids, segment_ids, positions, targets, *, temperature: float = 1.0,
@@ -77,9 +80,11 @@ def _advantage_metrics(batch: PackedBatch) -> dict:
 def packed_update(graphdef, model_cfg: ModelConfig, optim_cfg: OptimConfig,
                   grpo_cfg: GRPOConfig, mesh: Optional[Mesh] = None, *,
                   temperature: float = 1.0, micro_batches: int = 1, total_updates: int = 1,
-                  params_of: Callable = lambda p: p):
+                  params_of: Callable = lambda p: p, dropout=None):
     """The un-jitted `step(state, packed, *extra)`: `train_step.grpo_update` on a PackedBatch.
-    micro_batches: forward/backward passes per update (the packed rows split evenly)."""
+    micro_batches: forward/backward passes per update (the packed rows split evenly).
+    params_of / dropout: as `train_step.grpo_update` takes them (a LoRA run: base + adapters,
+    `lora.Dropout`); dropout keys are then drawn per packed row, not per sequence."""
     optimizer, schedule = make_optimizer(optim_cfg, total_updates)
     master = ts._needs_master(model_cfg.jnp_param_dtype, optim_cfg)
     compute_dtype = model_cfg.jnp_param_dtype if master else None
@@ -99,7 +104,9 @@ def packed_update(graphdef, model_cfg: ModelConfig, optim_cfg: OptimConfig,
                                       temperature=temperature, normalisers=norms,
                                       remat_head=remat_head)
 
-        new_state, metrics = ts.apply_update(state, batch, loss_fn, optimizer, schedule,
+        rows_in, loss = (batch, loss_fn) if dropout is None else dropout.wrap(state.step, batch,
+                                                                              loss_fn)
+        new_state, metrics = ts.apply_update(state, rows_in, loss, optimizer, schedule,
                                              micro_batch_size=rows, compute_dtype=compute_dtype)
         metrics.update(_advantage_metrics(batch))
         return new_state, metrics
@@ -158,35 +165,84 @@ def bucket_rows(needed: int, batch: int, multiple: int) -> int:
     return -(-needed // step) * step
 
 
-def plan_batch(prompt_mask, completion_mask, *, row_len: int = 0, multiple: int = 1) -> PackPlan:
-    """`pack_plan` of a batch whose masks may be device arrays (one process: they are brought
-    to the host, [B, P + C] int32, small beside the forward), rows bucketed (`bucket_rows`)."""
+def plan_batch(prompt_mask, completion_mask, *, row_len: int = 0, multiple: int = 1,
+               mesh: Optional[Mesh] = None) -> PackPlan:
+    """`pack_plan` of a batch whose masks may be device arrays, rows bucketed (`bucket_rows`).
+
+    One process: the masks ([B, P + C] int32, small beside the forward) come to the host and
+    one plan covers every row. Several: each process plans the rows it holds
+    (`process_plan`)."""
     if jax.process_count() > 1:
-        raise ValueError("grpo.packed runs on one process for now (the plan reads the masks of "
-                         "every row on the host)")
+        if mesh is None:
+            raise ValueError("grpo.packed on several processes needs the run's mesh")
+        return process_plan(prompt_mask, completion_mask, mesh, row_len=row_len,
+                            multiple=multiple)
     pm = np.asarray(prompt_mask)
     return pack_plan(pm, np.asarray(completion_mask), row_len=row_len, rows_multiple=multiple,
                      rows=lambda needed: bucket_rows(needed, pm.shape[0], multiple))
 
 
+def agreed_rows(prompt_mask, completion_mask, row_len: int) -> int:
+    """The most packed rows of `row_len` that any process's sequences (its host masks) need,
+    a collective every process calls; when one process's sequences do not fit, every process
+    raises the ValueError (none is left waiting for the others)."""
+    lengths = np.asarray(prompt_mask).sum(1) + np.asarray(completion_mask).sum(1)
+    try:
+        needed, why = len(first_fit_decreasing(lengths, row_len)), ""
+    except ValueError as e:
+        needed, why = -1, str(e)
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([needed], np.int32)))
+    counts = counts.reshape(-1)
+    if (counts < 0).any():
+        bad = [int(i) for i in np.nonzero(counts < 0)[0]]
+        raise ValueError(f"grpo.packed_row_len={row_len}: {why or 'a sequence does not fit'} "
+                         f"(on process(es) {bad})")
+    return int(counts.max())
+
+
+def process_plan(prompt_mask, completion_mask, mesh: Mesh, *, row_len: int = 0,
+                 multiple: int = 1) -> PackPlan:
+    """The plan of a global batch on several processes: each process packs the rows its
+    devices hold (only those masks reach its host) into as many packed rows as every other
+    process (the most any needs, bucketed; the rest are empty rows, which carry no loss
+    weight), re-indexed into the global batch (`shift_plan`) and put back as its block of
+    one global plan. The loss normalisers are computed on the global packed batch inside the
+    update, so they count every process's tokens and sequences, as the padded update's do."""
+    b, c = prompt_mask.shape[0], completion_mask.shape[1]
+    mine = distributed.process_rows(mesh, b)
+    blocks = b // (mine.stop - mine.start)  # distinct row blocks (processes holding other rows)
+    if multiple % blocks:
+        raise ValueError(f"{multiple} packed rows per step (micro-batches x batch shards) do "
+                         f"not split over the {blocks} processes' row blocks")
+    per = multiple // blocks
+    pm = distributed.local_rows(prompt_mask, mesh)
+    cm = distributed.local_rows(completion_mask, mesh)
+    seq_len = prompt_mask.shape[1] + c
+    most = agreed_rows(pm, cm, row_len or seq_len)
+    local = pack_plan(pm, cm, row_len=row_len, rows_multiple=per,
+                      rows=bucket_rows(most, pm.shape[0], per))
+    local = shift_plan(local, mine.start, b, seq_len)
+    fields = ("tok_src", "segment_ids", "positions", "loss_src", "seq_of")
+    arrays = distributed.global_batch({k: getattr(local, k) for k in fields}, mesh,
+                                      global_size=blocks * local.rows)
+    return PackPlan(**arrays, batch=b, completion_len=c)
+
+
 class PackedStep:
     """`step(state, batch) -> (state, metrics)` on a padded TrainBatch, run packed: plan on the
-    host, gather on the devices, the packed update (`make_packed_train_step`). Drop-in for the
+    host, gather on the devices, then `step(state, packed)`, a packed update
+    (`make_packed_train_step`, or a LoRA one bound to its base: `lora_train`). Drop-in for the
     padded step in `train_step.rollout_updates`."""
 
-    def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, grpo_cfg: GRPOConfig,
-                 mesh: Optional[Mesh] = None, *, temperature: float = 1.0, micro_batches: int = 1,
-                 total_updates: int = 1):
-        self.step = make_packed_train_step(model_cfg, optim_cfg, grpo_cfg, mesh,
-                                           temperature=temperature, micro_batches=micro_batches,
-                                           total_updates=total_updates)
-        shards = batch_shards(mesh) if mesh is not None else 1
-        self.multiple, self.row_len = micro_batches * shards, grpo_cfg.packed_row_len
+    def __init__(self, step, mesh: Optional[Mesh] = None, *, micro_batches: int = 1,
+                 row_len: int = 0):
+        self.step, self.mesh, self.row_len = step, mesh, row_len
+        self.multiple = micro_batches * (batch_shards(mesh) if mesh is not None else 1)
         self._pack = _pack_program(mesh)
 
     def __call__(self, state, batch):
         plan = plan_batch(batch.prompt_mask, batch.completion_mask, row_len=self.row_len,
-                          multiple=self.multiple)
+                          multiple=self.multiple, mesh=self.mesh)
         return self.step(state, self._pack(batch, plan))
 
 
@@ -200,14 +256,14 @@ class PackedLogprobs:
         self.fn = make_packed_logprob_fn(model_cfg, mesh, temperature=temperature, chunk=chunk,
                                          micro_batches=micro_batches)
         shards = batch_shards(mesh) if mesh is not None else 1
-        self.row_len, self.multiple = row_len, micro_batches * shards
+        self.mesh, self.row_len, self.multiple = mesh, row_len, micro_batches * shards
         rows = batch_sharding(mesh, 2) if mesh is not None else None
         self._inputs = jax.jit(pack_inputs, out_shardings=rows)
         self._unpack = jax.jit(unpack, out_shardings=rows)
 
     def __call__(self, params, prompt_ids, prompt_mask, completion_ids, completion_mask):
         plan = plan_batch(prompt_mask, completion_mask, row_len=self.row_len,
-                          multiple=self.multiple)
+                          multiple=self.multiple, mesh=self.mesh)
         return self._unpack(self.fn(params, *self._inputs(prompt_ids, completion_ids, plan)),
                             plan)
 

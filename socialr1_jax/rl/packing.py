@@ -148,6 +148,31 @@ def pack_plan(prompt_mask, completion_mask, *, row_len: int = 0, rows_multiple: 
                     batch=int(b), completion_len=int(c))
 
 
+def shift_plan(plan: PackPlan, start: int, batch: int, seq_len: int) -> PackPlan:
+    """A plan of rows start : start + plan.batch of a batch of `batch` sequences of `seq_len`
+    (P + C) tokens, re-indexed into the whole batch: what one process's plan of the rows it
+    holds becomes in the global plan (`packed_step.process_plan`). Host arrays in and out."""
+    b, c = plan.batch, plan.completion_len
+    seg = np.asarray(plan.segment_ids)
+    loss = np.asarray(plan.loss_src)
+    return PackPlan(
+        tok_src=np.where(seg > 0, np.asarray(plan.tok_src) + start * seq_len, 0).astype(np.int32),
+        segment_ids=seg, positions=np.asarray(plan.positions),
+        # The local "predicts nothing" index (b * c) becomes the global one.
+        loss_src=np.where(loss < b * c, loss + start * c, batch * c).astype(np.int32),
+        seq_of=np.where(seg > 0, np.asarray(plan.seq_of) + start, 0).astype(np.int32),
+        batch=int(batch), completion_len=int(c))
+
+
+def concat_plans(plans) -> PackPlan:
+    """Global plans (`shift_plan`) of disjoint rows, their packed rows stacked in order: the
+    one-host picture of what the processes' blocks of one global plan are."""
+    fields = ("tok_src", "segment_ids", "positions", "loss_src", "seq_of")
+    return PackPlan(**{k: np.concatenate([np.asarray(getattr(p, k)) for p in plans])
+                       for k in fields}, batch=plans[0].batch,
+                    completion_len=plans[0].completion_len)
+
+
 def _flat_take(x, idx_rt, fill=0):
     """x.reshape(-1)[idx], `fill` where idx is out of range (no sequence there)."""
     return jnp.take(x.reshape(-1), idx_rt, mode="fill", fill_value=fill)
