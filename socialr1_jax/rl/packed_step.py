@@ -232,7 +232,7 @@ class PackedStep:
     """`step(state, batch) -> (state, metrics)` on a padded TrainBatch, run packed: plan on the
     host, gather on the devices, then `step(state, packed)`, a packed update
     (`make_packed_train_step`, or a LoRA one bound to its base: `lora_train`). Drop-in for the
-    padded step in `train_step.rollout_updates`."""
+    padded step in `rollout_updates.rollout_updates`."""
 
     def __init__(self, step, mesh: Optional[Mesh] = None, *, micro_batches: int = 1,
                  row_len: int = 0):
