@@ -15,6 +15,7 @@ from socialr1_jax.rollout import generate
 from socialr1_jax.rollout import tokenizer as tk
 from socialr1_jax.rollout.sampler import sample
 from tests.hf_fixtures import make_tiny_chat_checkpoint, make_tiny_tokenizer
+from tests.xla_env import session_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A Jinja chat template of our own (Qwen's turn format plus a marker line), to see it is used.
@@ -87,7 +88,7 @@ def test_generate_bad_prompts_file(tmp_path, chat_ckpt):
 @pytest.mark.slow
 def test_generate_cli_subprocess_sampling_on_a_mesh(chat_ckpt):
     """`python -m socialr1_jax.generate` in a fresh process, sampled, on a 1x2x2 CPU mesh."""
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=session_flags(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "socialr1_jax.generate", "--model", chat_ckpt, "--prompt",
          "Who knows where the ball is?", "--chat", "--chat-format", "qwen", "--temperature", "0.8",

@@ -17,6 +17,7 @@ import pytest
 
 from socialr1_jax.rollout import tokenizer as tk
 from tests.hf_fixtures import make_tiny_chat_checkpoint
+from tests.xla_env import session_flags
 
 openai = pytest.importorskip("openai")
 torch = pytest.importorskip("torch")
@@ -71,7 +72,7 @@ def served(tmp_path_factory):
     model = make_tiny_chat_checkpoint(d, seed=2, chat_template=tk.DEMO_CHAT_TEMPLATE)
     port = _free_port()
     log_path = str(d / "server.log")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=ROOT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=session_flags(), PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "socialr1_jax.serve", "--model", str(d), "--port", str(port),
            "--served-model-name", NAME, "--api-key", KEY, "--max-batch", "4",
            "--batch-buckets", "4", "--max-model-len", str(MAX_LEN), "--prompt-buckets",
@@ -79,7 +80,7 @@ def served(tmp_path_factory):
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
     s = Served(str(d), model, proc, port, log_path)
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     while time.time() < deadline:
         assert proc.poll() is None, s.log()
         try:
@@ -339,7 +340,7 @@ def test_lm_eval_loglikelihood_and_generate_until(served, tmp_path):
         model_args=f"model={NAME},base_url={s.url}/v1/completions,tokenizer={s.ckpt},"
                    "tokenizer_backend=huggingface,tokenized_requests=True,max_retries=1")
     assert "acc,none" in mc["results"]["serve_tiny_mc"]
-    refs, acc = [], []
+    acc = []
     for doc, sample in zip(docs, sorted(mc["samples"]["serve_tiny_mc"], key=lambda x: x["doc_id"])):
         ctx = tk.encode(s.tok, doc["question"])
         ll = []

@@ -14,6 +14,7 @@ import pytest
 
 from socialr1_jax.rollout import tokenizer as tk
 from tests.hf_fixtures import make_tiny_chat_checkpoint
+from tests.xla_env import session_flags
 
 openai = pytest.importorskip("openai")
 torch = pytest.importorskip("torch")
@@ -32,12 +33,12 @@ def _start(ckpt, port, log_path, *flags):
     cmd = [sys.executable, "-m", "socialr1_jax.serve", "--model", str(ckpt), "--port",
            str(port), "--served-model-name", "m", "--max-batch", "2", "--batch-buckets", "2",
            "--max-model-len", "48", "--prompt-buckets", "32", "--batch-window-ms", "20", *flags]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=ROOT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=session_flags(), PYTHONPATH=ROOT)
     with open(log_path, "w") as logf:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
 
 
-def _wait(proc, url, log_path, seconds=120):
+def _wait(proc, url, log_path, seconds=300):
     deadline = time.time() + seconds
     while time.time() < deadline:
         assert proc.poll() is None, open(log_path).read()

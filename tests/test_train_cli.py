@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from tests.train_args import TOY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

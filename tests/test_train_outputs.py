@@ -4,7 +4,6 @@ the same logits, and `generate` and `evaluate` run on it. The periodic held-out 
 (eval.every) runs through the evaluator during training."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
