@@ -44,17 +44,3 @@ def tiny_hf(tmp_path_factory):
     make_hf_checkpoint(d, tie=True, heads=4, kv_heads=2, seed=0)
     return str(d)
 
-
-# The heaviest files first (measured CPU, longest first): `--dist loadfile` hands files to the
-# workers in collection order, so a long file collected last (alphabetically, test_train_step.py)
-# ran alone at the end while the other worker sat idle. Longest-first keeps both busy to the end.
-# Within a file the order is unchanged; files not named keep their alphabetical order after these.
-HEAVY_FIRST = ("test_demo.py", "test_train_step.py", "test_sft.py", "test_lora.py",
-               "test_jobs_faults.py", "test_faults.py", "test_lora_sft.py", "test_multihost.py",
-               "test_train_rm.py", "test_serve.py", "test_refill.py", "test_train_resume.py",
-               "test_train.py", "test_memory_plan.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))
