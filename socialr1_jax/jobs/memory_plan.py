@@ -176,9 +176,6 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     packed: plan grpo.packed's update and reference forward on rows of `packed_row_len` tokens
     (jobs/plan_packed.py: `packed_rows` rows, or the full-length worst case when 0).
     """
-    import jax
-
-    from socialr1_jax.rl import lora_train
     from socialr1_jax.rl import train_step as ts
     from socialr1_jax.model.build import abstract_state
     from socialr1_jax.rl.config import GRPOConfig, OptimConfig
@@ -196,16 +193,9 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
     abatch = ts.abstract_batch(batch, prompt_len, completion_len, m)
     _, ref_params = abstract_state(cfg, m)
     ref_bytes = tree_bytes_per_device(ref_params)
-    if lora is None:
-        state = ts.abstract_train_state(cfg, optim, m)
-        step = ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch)
-        beside_step = ref_bytes
-    else:  # the base is the train step's argument (counted there) and the reference's weights
-        cfg_lora = cfg.replace(lora=lora)
-        state = lora_train.abstract_train_state(cfg_lora, optim, m)
-        step = lora_train.LoraStep(lora_train.make_train_step(
-            cfg_lora, optim, grpo_cfg, m, micro_batch_size=micro_batch), ref_params)
-        beside_step = 0
+    state, step = _train_step(cfg, m, optim, grpo_cfg, lora, micro_batch, ref_params)
+    # A LoRA step takes the base as its argument (counted there), not beside it.
+    beside_step = ref_bytes if lora is None else 0
     state_bytes = tree_bytes_per_device(state)
     logp = ts.make_logprob_fn(cfg, m, chunk=logprob_chunk,
                               micro_batch_size=ref_micro)
@@ -236,19 +226,36 @@ def plan(*, preset: str = "qwen3-4b", mesh: str = "1x8x1", prompts: int = 8, gro
                                         group=group, prompt_len=prompt_len,
                                         completion_len=completion_len, slots=slots,
                                         key=("rollout", slots, lora) + key))
-    return {
-        "setting": dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts,
-                        group=group, batch=batch, prompt_len=prompt_len,
-                        completion_len=completion_len, micro_batch=micro_batch or batch,
-                        ref_micro_batch=ref_micro or batch, remat=remat, param_dtype=param_dtype,
-                        master_dtype=master_dtype, logprob_chunk=logprob_chunk,
-                        layers=cfg.num_layers, params=cfg.num_params(),
-                        slots=slots if rollout else "not planned",
-                        lora=None if lora is None else dict(rank=lora.rank, alpha=lora.alpha,
-                                                            targets=list(lora.targets)),
-                        packed=packed, **packed_setting),
-        **_totals(state, state_bytes, ref_bytes, programs, topology),
-    }
+    setting = dict(preset=preset, mesh=mesh, devices=len(devices), prompts=prompts, group=group,
+                   batch=batch, prompt_len=prompt_len, completion_len=completion_len,
+                   micro_batch=micro_batch or batch, ref_micro_batch=ref_micro or batch,
+                   remat=remat, param_dtype=param_dtype, master_dtype=master_dtype,
+                   logprob_chunk=logprob_chunk, layers=cfg.num_layers, params=cfg.num_params(),
+                   slots=slots if rollout else "not planned", lora=_lora_setting(lora),
+                   packed=packed, **packed_setting)
+    return {"setting": setting, **_totals(state, state_bytes, ref_bytes, programs, topology)}
+
+
+def _train_step(cfg, m, optim, grpo_cfg, lora, micro_batch: int, ref_params):
+    """(abstract train state, the train step to lower): full, or LoRA's adapters over the
+    frozen base `ref_params` (rl/lora_train.py)."""
+    from socialr1_jax.rl import lora_train
+    from socialr1_jax.rl import train_step as ts
+
+    if lora is None:
+        return (ts.abstract_train_state(cfg, optim, m),
+                ts.make_train_step(cfg, optim, grpo_cfg, m, micro_batch_size=micro_batch))
+    cfg_lora = cfg.replace(lora=lora)
+    return (lora_train.abstract_train_state(cfg_lora, optim, m),
+            lora_train.LoraStep(lora_train.make_train_step(
+                cfg_lora, optim, grpo_cfg, m, micro_batch_size=micro_batch), ref_params))
+
+
+def _lora_setting(lora):
+    """The plan's record of the LoRA spec (None for full fine-tuning)."""
+    if lora is None:
+        return None
+    return dict(rank=lora.rank, alpha=lora.alpha, targets=list(lora.targets))
 
 
 def _totals(state, state_bytes: int, ref_bytes: int, programs, topology) -> dict:
